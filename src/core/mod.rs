@@ -1,0 +1,10 @@
+//! The pure core: no filesystem, network, async or SQLite. Everything here is unit-testable on byte slices.
+
+pub mod chunker;
+pub mod container;
+pub mod erasure;
+pub mod error;
+pub mod ids;
+pub mod placement;
+pub mod records;
+pub mod shard;

@@ -1,0 +1,4 @@
+//! Cairn: a deduplicating, erasure-coded S3 backup target. See README.md and storage-format.md.
+
+pub mod core;
+pub mod store;
