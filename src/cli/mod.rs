@@ -1,0 +1,38 @@
+//! Command-line interface (clap derive). Each subcommand lives in its own module.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod catalog;
+pub mod debug;
+
+#[derive(Parser, Debug)]
+#[command(name = "cairn", version, about = "Deduplicating, erasure-coded S3 backup target")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Catalog maintenance: check, rebuild from the disks.
+    #[command(subcommand)]
+    Catalog(catalog::CatalogCommand),
+    /// Developer tools (ingest loops for crash tests, local put/get).
+    #[command(subcommand, hide = true)]
+    Debug(debug::DebugCommand),
+}
+
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Catalog(c) => catalog::run(c),
+        Command::Debug(c) => debug::run(c),
+    }
+}
