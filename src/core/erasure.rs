@@ -1,1 +1,303 @@
-//! TODO
+//! k+m Reed-Solomon erasure coding of sealed containers (storage-format.md §3).
+
+use reed_solomon_erasure::galois_8::ReedSolomon;
+
+use super::error::CoreError;
+
+/// Shard payloads are a multiple of this many bytes (storage-format.md §3).
+pub const SHARD_ALIGN: usize = 64;
+
+/// k data shards + m parity shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Geometry {
+    pub k: u8,
+    pub m: u8,
+}
+
+impl Geometry {
+    /// k in 2..=16, m in 1..=3.
+    pub fn new(k: u8, m: u8) -> Result<Geometry, CoreError> {
+        let err = |detail: &str| {
+            Err(CoreError::Geometry {
+                k: k.into(),
+                m: m.into(),
+                detail: detail.to_string(),
+            })
+        };
+        if !(2..=16).contains(&k) {
+            return err("k must be in 2..=16");
+        }
+        if !(1..=3).contains(&m) {
+            return err("m must be in 1..=3");
+        }
+        Ok(Geometry { k, m })
+    }
+
+    /// k+m.
+    pub fn width(&self) -> usize {
+        usize::from(self.k) + usize::from(self.m)
+    }
+
+    /// S = round_up(ceil(L/k), 64), at least 64.
+    pub fn shard_len(&self, container_len: usize) -> usize {
+        let k = usize::from(self.k.max(1));
+        container_len
+            .div_ceil(k)
+            .next_multiple_of(SHARD_ALIGN)
+            .max(SHARD_ALIGN)
+    }
+
+    /// [`Geometry::shard_len`] for a length read from disk: checked, so a hostile header cannot overflow it.
+    pub fn shard_len_u64(&self, container_len: u64) -> Option<u64> {
+        let k = u64::from(self.k.max(1));
+        container_len
+            .div_ceil(k)
+            .checked_next_multiple_of(SHARD_ALIGN as u64)
+            .map(|s| s.max(SHARD_ALIGN as u64))
+    }
+}
+
+/// Encoder/decoder for one geometry. `Send + Sync`: the decode-matrix cache inside is behind a mutex.
+pub struct Erasure {
+    geometry: Geometry,
+    rs: ReedSolomon,
+}
+
+impl Erasure {
+    pub fn new(g: Geometry) -> Result<Erasure, CoreError> {
+        let g = Geometry::new(g.k, g.m)?; // a deserialized Geometry skipped the checks
+        let rs = ReedSolomon::new(g.k.into(), g.m.into()).map_err(|e| CoreError::Geometry {
+            k: g.k.into(),
+            m: g.m.into(),
+            detail: format!("{e:?}"),
+        })?;
+        Ok(Erasure { geometry: g, rs })
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// Pads the container with zeros to k*S, splits into k data shards, computes m parity shards.
+    /// Returns k+m Vecs of S bytes.
+    pub fn encode(&self, container: &[u8]) -> Vec<Vec<u8>> {
+        let s = self.geometry.shard_len(container.len());
+        let mut shards: Vec<Vec<u8>> = (0..self.geometry.width())
+            .map(|j| {
+                let start = (j * s).min(container.len());
+                let end = ((j + 1) * s).min(container.len());
+                let mut v = Vec::with_capacity(s);
+                if j < usize::from(self.geometry.k) {
+                    v.extend_from_slice(&container[start..end]);
+                }
+                v.resize(s, 0);
+                v
+            })
+            .collect();
+        // Cannot fail: k+m shards of equal, non-zero length were built just above.
+        self.rs
+            .encode(&mut shards)
+            .expect("k+m equal non-empty shards");
+        shards
+    }
+
+    /// `shards.len() == k+m`; present entries all have the same length (any length: RS is bytewise, so this
+    /// works on a sub-range of every shard). Fills in every missing shard (data and parity).
+    pub fn reconstruct(&self, shards: &mut [Option<Vec<u8>>]) -> Result<(), CoreError> {
+        self.reconstruct_inner(shards, false)
+    }
+
+    /// Same as [`Erasure::reconstruct`], but only the data shards are guaranteed filled (cheaper, for reads).
+    pub fn reconstruct_data(&self, shards: &mut [Option<Vec<u8>>]) -> Result<(), CoreError> {
+        self.reconstruct_inner(shards, true)
+    }
+
+    fn reconstruct_inner(
+        &self,
+        shards: &mut [Option<Vec<u8>>],
+        data_only: bool,
+    ) -> Result<(), CoreError> {
+        let (k, width) = (usize::from(self.geometry.k), self.geometry.width());
+        if shards.len() != width {
+            return Err(CoreError::Malformed {
+                what: "shard set",
+                detail: format!("{} shards given, geometry has {width}", shards.len()),
+            });
+        }
+        let have = shards.iter().filter(|s| s.is_some()).count();
+        if have < k {
+            return Err(CoreError::TooFewShards { have, need: k });
+        }
+        let mut lens = shards.iter().flatten().map(Vec::len);
+        let len = lens.next().unwrap_or(0);
+        if lens.any(|l| l != len) {
+            return Err(CoreError::Malformed {
+                what: "shard set",
+                detail: "present shards differ in length".into(),
+            });
+        }
+        if len == 0 {
+            // reed-solomon-erasure rejects empty shards; an empty range reconstructs to empty shards.
+            shards
+                .iter_mut()
+                .filter(|s| s.is_none())
+                .for_each(|s| *s = Some(Vec::new()));
+            return Ok(());
+        }
+        let r = if data_only {
+            self.rs.reconstruct_data(shards)
+        } else {
+            self.rs.reconstruct(shards)
+        };
+        r.map_err(|e| CoreError::Malformed {
+            what: "shard set",
+            detail: format!("reed-solomon: {e:?}"),
+        })
+    }
+
+    /// Concatenates data shards and truncates to `container_len` (inverse of encode's split).
+    pub fn join(&self, data_shards: &[Vec<u8>], container_len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(container_len);
+        for s in data_shards.iter().take(self.geometry.k.into()) {
+            if out.len() >= container_len {
+                break;
+            }
+            let take = (container_len - out.len()).min(s.len());
+            out.extend_from_slice(&s[..take]);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn erasure_is_send_sync() {
+        assert_send_sync::<Erasure>();
+    }
+
+    #[test]
+    fn geometry_limits() {
+        assert!(Geometry::new(1, 1).is_err());
+        assert!(Geometry::new(17, 1).is_err());
+        assert!(Geometry::new(4, 0).is_err());
+        assert!(Geometry::new(4, 4).is_err());
+        let g = Geometry::new(4, 2).unwrap();
+        assert_eq!(g.width(), 6);
+        assert_eq!(g.shard_len(0), 64);
+        assert_eq!(g.shard_len(1), 64);
+        assert_eq!(g.shard_len(256), 64);
+        assert_eq!(g.shard_len(257), 128);
+        assert_eq!(g.shard_len_u64(257), Some(128));
+        assert_eq!(g.shard_len_u64(u64::MAX), Some(1 << 62));
+        assert!(Erasure::new(Geometry { k: 1, m: 9 }).is_err());
+    }
+
+    #[test]
+    fn empty_container_round_trips() {
+        let e = Erasure::new(Geometry::new(4, 2).unwrap()).unwrap();
+        let shards = e.encode(&[]);
+        assert_eq!(shards.len(), 6);
+        assert!(shards.iter().all(|s| s == &vec![0u8; 64]));
+        assert!(e.join(&shards[..4], 0).is_empty());
+    }
+
+    #[test]
+    fn empty_sub_range_reconstructs() {
+        let e = Erasure::new(Geometry::new(4, 2).unwrap()).unwrap();
+        let mut s: Vec<Option<Vec<u8>>> = vec![Some(vec![]); 6];
+        s[1] = None;
+        e.reconstruct(&mut s).unwrap();
+        assert_eq!(s[1], Some(vec![]));
+    }
+
+    fn geometry() -> impl Strategy<Value = Geometry> {
+        (2u8..=16, 1u8..=3).prop_map(|(k, m)| Geometry::new(k, m).unwrap())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn lose_up_to_m_reconstructs(
+            g in geometry(),
+            data in proptest::collection::vec(any::<u8>(), 0..5000),
+            lost_seed in proptest::collection::vec(any::<usize>(), 0..=3),
+            corrupt: bool,
+            data_only: bool,
+        ) {
+            let e = Erasure::new(g).unwrap();
+            let full = e.encode(&data);
+            prop_assert_eq!(full.len(), g.width());
+            prop_assert!(full.iter().all(|s| s.len() == g.shard_len(data.len())));
+            let mut shards: Vec<Option<Vec<u8>>> = full.iter().cloned().map(Some).collect();
+            for i in lost_seed.iter().take(g.m.into()) {
+                let i = i % g.width();
+                if corrupt {
+                    // a shard found bad (flipped bytes) is dropped before reconstruction
+                    if let Some(s) = shards[i].as_mut() { s[0] ^= 0xff; }
+                }
+                shards[i] = None;
+            }
+            if data_only {
+                e.reconstruct_data(&mut shards).unwrap();
+                for j in 0..usize::from(g.k) {
+                    prop_assert_eq!(shards[j].as_ref(), Some(&full[j]));
+                }
+            } else {
+                e.reconstruct(&mut shards).unwrap();
+                let got: Vec<Vec<u8>> = shards.into_iter().map(Option::unwrap).collect();
+                prop_assert_eq!(&got, &full);
+            }
+            prop_assert_eq!(e.join(&full[..usize::from(g.k)], data.len()), data);
+        }
+
+        #[test]
+        fn lose_m_plus_one_fails(g in geometry(), data in proptest::collection::vec(any::<u8>(), 1..2000), start: usize) {
+            let e = Erasure::new(g).unwrap();
+            let mut shards: Vec<Option<Vec<u8>>> = e.encode(&data).into_iter().map(Some).collect();
+            for n in 0..=usize::from(g.m) {
+                shards[(start % g.width() + n) % g.width()] = None;
+            }
+            let err = e.reconstruct(&mut shards).unwrap_err();
+            prop_assert_eq!(err, CoreError::TooFewShards { have: usize::from(g.k) - 1, need: g.k.into() });
+            prop_assert!(e.reconstruct_data(&mut shards).is_err());
+        }
+
+        #[test]
+        fn sub_range_reconstructs(
+            g in geometry(),
+            data in proptest::collection::vec(any::<u8>(), 1..5000),
+            a: usize, b: usize, lost: usize,
+        ) {
+            let e = Erasure::new(g).unwrap();
+            let full = e.encode(&data);
+            let s = full[0].len();
+            let (a, b) = { let (x, y) = (a % (s + 1), b % (s + 1)); (x.min(y), x.max(y)) };
+            let mut shards: Vec<Option<Vec<u8>>> = full.iter().map(|f| Some(f[a..b].to_vec())).collect();
+            shards[lost % g.width()] = None;
+            e.reconstruct(&mut shards).unwrap();
+            for (got, f) in shards.iter().zip(&full) {
+                prop_assert_eq!(got.as_deref(), Some(&f[a..b]));
+            }
+        }
+
+        #[test]
+        fn unequal_lengths_are_malformed(g in geometry()) {
+            let e = Erasure::new(g).unwrap();
+            let mut shards: Vec<Option<Vec<u8>>> = e.encode(b"abc").into_iter().map(Some).collect();
+            if let Some(s) = shards[0].as_mut() { s.pop(); }
+            shards[1] = None;
+            let is_malformed = matches!(e.reconstruct(&mut shards), Err(CoreError::Malformed { .. }));
+            prop_assert!(is_malformed);
+            shards.pop();
+            let is_malformed = matches!(e.reconstruct(&mut shards), Err(CoreError::Malformed { .. }));
+            prop_assert!(is_malformed);
+        }
+    }
+}
