@@ -1,17 +1,43 @@
 //! The chunk store: disks, catalog, ingest and verified reads (sync I/O; see storage-format.md).
+//!
+//! Locking rules (operation x operation):
+//! - Ingest streams run in parallel; each fills its own containers (stream-informed layout) and seals them
+//!   independently. Container sealing writes shard files (never overwritten) and then commits one catalog
+//!   transaction; the catalog writer mutex serialises those transactions.
+//! - Object commits, deletes and copies are catalog transactions; `seq` orders them (last writer wins).
+//! - Conditional commits (If-None-Match / If-Match) additionally hold `commit_lock` from the condition check
+//!   through the commit, so two conditional writers of one key cannot both succeed.
+//! - Reads use reader connections and never block writers (SQLite WAL).
 
 pub mod api;
+pub mod catalog;
+pub mod dedup;
+pub mod disk;
+pub mod diskset;
 pub mod error;
+mod ingest;
+mod objects;
+mod read;
+pub mod recover;
+mod seal;
 
-use std::ops::Range;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 pub use api::*;
 pub use error::{Result, StoreError};
+pub use ingest::Upload;
+pub use read::ObjectReader;
 
 use crate::core::chunker::ChunkerParams;
+use crate::core::erasure::{Erasure, Geometry};
+use crate::core::ids::{ContainerId, DiskId, StoreId};
+use catalog::Catalog;
+use dedup::DedupIndex;
+use disk::{Disk, FileDisk, MARKER_FILE};
+use diskset::{DiskEntry, DiskMarker, DiskSet, DiskState, MarkerCheck, check_marker};
 
 /// How to open a store. `cairn serve`'s config file maps onto this.
 #[derive(Clone, Debug)]
@@ -29,170 +55,291 @@ pub struct StoreConfig {
     pub zstd_level: i32,
 }
 
-pub struct Store {}
+impl StoreConfig {
+    /// The embedded default: six directory-disks (4+2) and one hot spare under `<data>/disks`.
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> StoreConfig {
+        let data_dir = data_dir.into();
+        let disks = (0..6).map(|i| data_dir.join("disks").join(format!("d{i:02}"))).collect();
+        let spares = vec![data_dir.join("disks").join("spare00")];
+        StoreConfig {
+            data_dir,
+            disks,
+            spares,
+            k: 4,
+            m: 2,
+            chunker: ChunkerParams::DEFAULT,
+            container_target: DEFAULT_CONTAINER_TARGET,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+        }
+    }
 
-/// A stream being ingested. Dropping it without `finish_*` aborts it (nothing becomes visible).
-pub struct Upload {}
-
-/// Streams an object's bytes; every chunk is verified against its BLAKE3 before a byte is returned.
-pub struct ObjectReader {}
-
-impl std::io::Read for ObjectReader {
-    fn read(&mut self, _buf: &mut [u8]) -> std::io::Result<usize> {
-        todo!()
+    pub fn catalog_path(&self) -> PathBuf {
+        self.data_dir.join("catalog.sqlite")
     }
 }
 
-#[allow(unused_variables)]
+/// 8 MiB containers: 2 MiB shards at 4+2, big enough for sequential I/O, small enough that 16 parallel
+/// uploads stay well under 1 GiB of buffers.
+pub const DEFAULT_CONTAINER_TARGET: usize = 8 * 1024 * 1024;
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+/// Container ids are reserved in the catalog in blocks, so an id is never reused after a crash.
+const CONTAINER_ID_BLOCK: u64 = 1024;
+
+pub struct Store {
+    cfg: StoreConfig,
+    store_id: StoreId,
+    catalog: Catalog,
+    disks: DiskSet,
+    erasure: Erasure,
+    dedup: DedupIndex,
+    /// (next id, first id not reserved)
+    container_ids: Mutex<(u64, u64)>,
+    last_seq: AtomicU64,
+    commit_lock: Mutex<()>,
+    _lock: File,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn lock_data_dir(dir: &Path) -> Result<File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("cairn.lock");
+    let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    // SAFETY-free: flock is a plain syscall on an fd we own.
+    let rc = unsafe_free_flock(f.as_raw_fd());
+    if rc != 0 {
+        return Err(StoreError::Locked(dir.display().to_string()));
+    }
+    Ok(f)
+}
+
+#[allow(unsafe_code)]
+fn unsafe_free_flock(fd: i32) -> i32 {
+    // SAFETY: flock only reads the fd number; the File outlives the lock (held in Store).
+    unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) }
+}
+
 impl Store {
     pub fn open(cfg: StoreConfig) -> Result<Arc<Store>> {
-        todo!()
-    }
-    /// Fails with `BucketExists` if it exists, `InvalidBucketName` for names S3 rejects.
-    pub fn create_bucket(&self, name: &str) -> Result<()> {
-        todo!()
-    }
-    /// `NoSuchBucket`, `BucketNotEmpty` (objects or multipart uploads in progress).
-    pub fn delete_bucket(&self, name: &str) -> Result<()> {
-        todo!()
-    }
-    pub fn head_bucket(&self, name: &str) -> Result<BucketInfo> {
-        todo!()
-    }
-    pub fn list_buckets(&self) -> Result<Vec<BucketInfo>> {
-        todo!()
-    }
-    pub fn begin_upload(self: &Arc<Self>) -> Result<Upload> {
-        todo!()
-    }
-    /// Makes an object out of sealed uploads (used for conditional PUTs: write with `finish_sealed`, then commit
-    /// here, where the condition is checked atomically). ETag = quoted MD5 if `meta.etag` is None and there is
-    /// exactly one source.
-    pub fn commit_object(
-        &self,
-        bucket: &str,
-        key: &str,
-        sources: &[SealedUpload],
-        meta: ObjectMeta,
-        cond: PutCondition,
-    ) -> Result<ObjectInfo> {
-        todo!()
-    }
-    /// Releases a sealed upload that will not be committed (e.g. a checksum mismatch was found after sealing).
-    pub fn release_upload(&self, sealed: SealedUpload) -> Result<()> {
-        todo!()
-    }
-    pub fn head_object(&self, bucket: &str, key: &str) -> Result<ObjectInfo> {
-        todo!()
-    }
-    /// `range` is already resolved to absolute byte offsets (end exclusive) and within the object size;
-    /// `InvalidRange` otherwise.
-    pub fn open_object(
-        self: &Arc<Self>,
-        bucket: &str,
-        key: &str,
-        range: Option<Range<u64>>,
-    ) -> Result<(ObjectInfo, ObjectReader)> {
-        todo!()
-    }
-    /// Returns whether an object was deleted. `NoSuchBucket` if the bucket is missing.
-    pub fn delete_object(&self, bucket: &str, key: &str) -> Result<bool> {
-        todo!()
-    }
-    /// Shares chunks with the source; `meta` None keeps the source's metadata (COPY), Some replaces it (REPLACE).
-    pub fn copy_object(
-        &self,
-        src_bucket: &str,
-        src_key: &str,
-        dst_bucket: &str,
-        dst_key: &str,
-        meta: Option<ObjectMeta>,
-    ) -> Result<ObjectInfo> {
-        todo!()
-    }
-    /// Keys in byte order, starting strictly after `after`. With a delimiter, keys sharing
-    /// `prefix + ... + delimiter` fold into one common prefix (counted once towards `max_keys`).
-    pub fn list_objects(
-        &self,
-        bucket: &str,
-        prefix: &str,
-        delimiter: Option<&str>,
-        after: Option<&str>,
-        max_keys: usize,
-    ) -> Result<ListPage> {
-        todo!()
+        let disks: Vec<(PathBuf, DiskState)> = cfg
+            .disks
+            .iter()
+            .map(|p| (p.clone(), DiskState::Active))
+            .chain(cfg.spares.iter().map(|p| (p.clone(), DiskState::Spare)))
+            .collect();
+        Self::open_with(cfg, &|p| Arc::new(FileDisk::new(p)) as Arc<dyn Disk>, disks)
     }
 
-    // ---- multipart ----
-    /// Returns the new upload id (an opaque string).
-    pub fn create_multipart(&self, bucket: &str, key: &str, meta: ObjectMeta) -> Result<String> {
-        todo!()
+    /// Opens with a custom disk constructor (tests pass `FaultyDisk`s).
+    pub fn open_with(
+        cfg: StoreConfig,
+        make_disk: &dyn Fn(&Path) -> Arc<dyn Disk>,
+        configured: Vec<(PathBuf, DiskState)>,
+    ) -> Result<Arc<Store>> {
+        let geometry = Geometry::new(cfg.k, cfg.m)?;
+        cfg.chunker.validate()?;
+        if cfg.container_target < 64 * 1024 || cfg.container_target > 256 * 1024 * 1024 {
+            return Err(StoreError::Config("container_target must be between 64 KiB and 256 MiB".into()));
+        }
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let lock = lock_data_dir(&cfg.data_dir)?;
+        let catalog = Catalog::open(&cfg.catalog_path())?;
+        let now = now_ms();
+
+        let store_id = catalog.write(|tx| {
+            Ok(match catalog::meta_get(tx, "store_id")? {
+                Some(s) => StoreId::from_hex(&s)
+                    .ok_or_else(|| StoreError::Config(format!("catalog has a malformed store_id {s:?}")))?,
+                None => {
+                    let id = StoreId::random();
+                    catalog::meta_set(tx, "store_id", &id.to_hex())?;
+                    catalog::meta_set(tx, "format", "1")?;
+                    id
+                }
+            })
+        })?;
+
+        // Configured directories the catalog does not know yet become new disks (first start, or added capacity).
+        let known = catalog.read(|c| catalog::list_disks(c))?;
+        for (path, state) in &configured {
+            let key = path_key(path);
+            if known.iter().any(|d| d.path == key) {
+                continue;
+            }
+            std::fs::create_dir_all(path)?;
+            let d = make_disk(path);
+            if d.read_all(Path::new(MARKER_FILE)).is_ok() {
+                return Err(StoreError::Config(format!(
+                    "{} already carries a Cairn disk marker the catalog does not know; if the catalog was lost \
+                     run `cairn catalog rebuild`, otherwise use an empty directory",
+                    path.display()
+                )));
+            }
+            catalog.write(|tx| {
+                let id = catalog::insert_disk(tx, &key, state.as_str(), now)?;
+                let marker = DiskMarker::new(store_id, id, now);
+                d.write_durable(Path::new(MARKER_FILE), &[&marker.encode()])?;
+                Ok(())
+            })?;
+        }
+
+        let rows = catalog.read(|c| catalog::list_disks(c))?;
+        let mut entries = Vec::new();
+        for row in rows {
+            let path = PathBuf::from(&row.path);
+            let disk = make_disk(&path);
+            let mut state = DiskState::parse(&row.state).unwrap_or(DiskState::Failed);
+            if state != DiskState::Failed && state != DiskState::Retired {
+                match check_marker(disk.as_ref(), store_id, row.id) {
+                    MarkerCheck::Ok => {
+                        let _ = disk.clean_tmp();
+                    }
+                    problem => {
+                        tracing::error!(disk = %row.id, path = %row.path, ?problem,
+                            "disk is missing or foreign: marking it failed; it will not be written again");
+                        state = DiskState::Failed;
+                        catalog.write(|tx| {
+                            catalog::set_disk_state(tx, row.id, state.as_str())?;
+                            catalog::add_event(tx, now, "disk-failed", None, &format!("disk {} {problem:?}", row.id))
+                        })?;
+                    }
+                }
+            }
+            entries.push(Arc::new(DiskEntry::new(row.id, path, disk, state, row.shards)));
+        }
+
+        // Uploads never committed (crash, dropped connection): release their pins.
+        let orphans = catalog.read(|c| catalog::orphan_uploads(c))?;
+        if !orphans.is_empty() {
+            tracing::info!(count = orphans.len(), "releasing uploads left unfinished by the last run");
+            catalog.write(|tx| {
+                for u in &orphans {
+                    catalog::release_upload(tx, u)?;
+                }
+                Ok(())
+            })?;
+        }
+
+        let dedup = catalog.read(|c| Ok(DedupIndex::load(c, 64)?))?;
+        let next_container = catalog.read(|c| {
+            let reserved = catalog::meta_get(c, "container_id_reserved")?.and_then(|s| s.parse::<u64>().ok());
+            Ok(reserved.unwrap_or(0).max(catalog::max_container_id(c)? + 1))
+        })?;
+        let last_seq = catalog.read(|c| {
+            Ok(c.query_row(
+                "SELECT MAX(COALESCE((SELECT MAX(seq) FROM objects), 0), COALESCE((SELECT MAX(seq) FROM buckets), 0))",
+                [],
+                |r| r.get::<_, i64>(0),
+            )? as u64)
+        })?;
+
+        let store = Store {
+            erasure: Erasure::new(geometry)?,
+            cfg,
+            store_id,
+            catalog,
+            disks: DiskSet::new(entries),
+            dedup,
+            container_ids: Mutex::new((next_container, next_container)),
+            last_seq: AtomicU64::new(last_seq),
+            commit_lock: Mutex::new(()),
+            _lock: lock,
+        };
+        let writable = store.disks.writable_loads().len();
+        if writable < geometry.width() {
+            tracing::error!(writable, needed = geometry.width(),
+                "DEGRADED: fewer writable disks than the stripe width; writes will fail until disks are replaced");
+        }
+        Ok(Arc::new(store))
     }
-    /// Records (or replaces) a part. The part's ETag is the quoted MD5 of its bytes.
-    pub fn put_part(
-        &self,
-        upload_id: &str,
-        part_number: u32,
-        sealed: SealedUpload,
-        checksums: std::collections::BTreeMap<String, String>,
-    ) -> Result<PartInfo> {
-        todo!()
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
     }
-    pub fn get_multipart(&self, upload_id: &str) -> Result<MultipartUploadInfo> {
-        todo!()
+    pub fn store_id(&self) -> StoreId {
+        self.store_id
     }
-    pub fn list_parts(&self, upload_id: &str, after_part: u32, max_parts: usize) -> Result<Vec<PartInfo>> {
-        todo!()
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
     }
-    /// In-progress uploads of a bucket, ordered by (key, upload id), after the given markers.
-    pub fn list_multipart_uploads(
-        &self,
-        bucket: &str,
-        prefix: &str,
-        after_key: Option<&str>,
-        after_upload_id: Option<&str>,
-        max: usize,
-    ) -> Result<Vec<MultipartUploadInfo>> {
-        todo!()
+    pub fn disks(&self) -> &DiskSet {
+        &self.disks
     }
-    pub fn abort_multipart(&self, upload_id: &str) -> Result<()> {
-        todo!()
+    pub fn dedup(&self) -> &DedupIndex {
+        &self.dedup
     }
-    /// Validates (InvalidPart, InvalidPartOrder, EntityTooSmall), computes the `"md5-of-md5s-N"` ETag, commits.
-    pub fn complete_multipart(
-        &self,
-        upload_id: &str,
-        parts: &[(u32, String)],
-        cond: PutCondition,
-    ) -> Result<ObjectInfo> {
-        todo!()
+
+    /// A new container id; reserves another block in the catalog first when the current one is used up.
+    fn alloc_container_id(&self) -> Result<ContainerId> {
+        let mut g = self.container_ids.lock().map_err(|_| StoreError::Config("id allocator poisoned".into()))?;
+        if g.0 >= g.1 {
+            let until = g.0 + CONTAINER_ID_BLOCK;
+            self.catalog.write(|tx| catalog::meta_set(tx, "container_id_reserved", &until.to_string()))?;
+            g.1 = until;
+        }
+        let id = g.0;
+        g.0 += 1;
+        Ok(ContainerId(id))
     }
-    /// Aborts multipart uploads initiated longer ago than `age`; returns how many.
-    pub fn expire_multipart_older_than(&self, age: Duration) -> Result<usize> {
-        todo!()
+
+    /// Strictly increasing, and above the wall clock in nanoseconds so it keeps growing after a catalog rebuild.
+    fn next_seq(&self) -> u64 {
+        let now = now_nanos();
+        let mut cur = self.last_seq.load(Ordering::SeqCst);
+        loop {
+            let next = now.max(cur + 1);
+            match self.last_seq.compare_exchange(cur, next, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return next,
+                Err(v) => cur = v,
+            }
+        }
+    }
+
+    /// Marks a disk failed after it vanished or kept failing (never written again).
+    pub(crate) fn note_disk_error(&self, disk: DiskId, err: &std::io::Error) {
+        let Some(d) = self.disks.get(disk) else { return };
+        let n = d.io_errors.fetch_add(1, Ordering::SeqCst) + 1;
+        let gone = !d.disk.is_present() || check_marker(d.disk.as_ref(), self.store_id, disk) != MarkerCheck::Ok;
+        let new_state = if gone || n >= IO_ERROR_FAIL_THRESHOLD {
+            DiskState::Failed
+        } else if d.state() == DiskState::Active {
+            DiskState::Suspect
+        } else {
+            return;
+        };
+        if d.state() == new_state {
+            return;
+        }
+        tracing::error!(%disk, path = %d.path.display(), error = %err, state = %new_state, "disk error");
+        d.set_state(new_state);
+        let _ = self.catalog.write(|tx| {
+            catalog::set_disk_state(tx, disk, new_state.as_str())?;
+            catalog::add_event(tx, now_ms(), "disk-state", None, &format!("disk {disk} -> {new_state}: {err}"))
+        });
     }
 }
 
-#[allow(unused_variables)]
-impl Upload {
-    pub fn write(&mut self, data: &[u8]) -> Result<()> {
-        todo!()
-    }
-    /// Bytes written so far.
-    pub fn size(&self) -> u64 {
-        todo!()
-    }
-    /// MD5 of the bytes written so far (for Content-MD5 checks before committing).
-    pub fn md5(&self) -> [u8; 16] {
-        todo!()
-    }
-    /// Seals the stream and commits it as object `bucket/key` in one step (the commit record rides in the last
-    /// container). Returns only when the object is durable.
-    pub fn finish_object(self, bucket: &str, key: &str, meta: ObjectMeta) -> Result<ObjectInfo> {
-        todo!()
-    }
-    /// Seals the stream without making it an object (multipart parts, conditional PUTs).
-    pub fn finish_sealed(self) -> Result<SealedUpload> {
-        todo!()
-    }
+/// I/O errors after which a still-present disk is failed.
+pub const IO_ERROR_FAIL_THRESHOLD: u32 = 16;
+
+/// Disk paths are stored as given if absolute, else made absolute, so the catalog survives a changed cwd.
+pub(crate) fn path_key(p: &Path) -> String {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map(|c| c.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    };
+    abs.to_string_lossy().into_owned()
 }

@@ -1,0 +1,95 @@
+//! The SQLite catalog (storage-format.md §7): one writer connection behind a mutex (SQLite allows one writer
+//! anyway) and a pool of reader connections (WAL lets them run beside the writer).
+//!
+//! Locking rules: every mutation runs in one `write()` transaction (BEGIN IMMEDIATE); a container's chunk rows,
+//! its segment rows and their chunk reference increments commit together, so a crash never leaves refs that
+//! disagree with segments. Readers never take the writer mutex.
+
+pub mod queries;
+pub mod schema;
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+
+use super::error::{Result, StoreError};
+
+pub use queries::*;
+
+pub struct Catalog {
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    path: std::path::PathBuf,
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a committed transaction survives power loss (the WAL is fsync'd at every commit).
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "cache_size", -65536)?; // 64 MiB per connection
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(())
+}
+
+impl Catalog {
+    pub fn open(path: &Path) -> Result<Catalog> {
+        let conn = Connection::open(path)?;
+        configure(&conn)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        match version {
+            0 => {
+                conn.execute_batch(&format!(
+                    "BEGIN; {} PRAGMA user_version = {}; COMMIT;",
+                    schema::SCHEMA_V1,
+                    schema::SCHEMA_VERSION
+                ))?;
+            }
+            schema::SCHEMA_VERSION => {}
+            v => {
+                return Err(StoreError::Config(format!(
+                    "catalog {} has schema version {v}; this cairn understands up to {}: upgrade cairn",
+                    path.display(),
+                    schema::SCHEMA_VERSION
+                )));
+            }
+        }
+        Ok(Catalog { writer: Mutex::new(conn), readers: Mutex::new(Vec::new()), path: path.to_path_buf() })
+    }
+
+    /// Runs `f` in one write transaction; commits if it returns Ok, rolls back otherwise.
+    pub fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.writer.lock().map_err(|_| StoreError::Config("catalog writer poisoned".into()))?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Runs `f` with a reader connection (a consistent snapshot if `f` opens a transaction).
+    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = {
+            let mut pool = self.readers.lock().map_err(|_| StoreError::Config("catalog pool poisoned".into()))?;
+            pool.pop()
+        };
+        let conn = match conn {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                configure(&c)?;
+                c
+            }
+        };
+        let out = f(&conn);
+        if let Ok(mut pool) = self.readers.lock()
+            && pool.len() < 16
+        {
+            pool.push(conn);
+        }
+        out
+    }
+}

@@ -1,0 +1,96 @@
+//! Catalog schema, version 1 (storage-format.md §7). Migrations key off `PRAGMA user_version`.
+
+pub const SCHEMA_VERSION: i64 = 1;
+
+pub const SCHEMA_V1: &str = r#"
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE disks(
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    added_unix_ms INTEGER NOT NULL,
+    shards INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE containers(
+    id INTEGER PRIMARY KEY,
+    k INTEGER NOT NULL,
+    m INTEGER NOT NULL,
+    len INTEGER NOT NULL,
+    shard_len INTEGER NOT NULL,
+    created_unix_ms INTEGER NOT NULL,
+    last_verified_unix_ms INTEGER
+);
+CREATE TABLE shards(
+    container_id INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    disk_id INTEGER NOT NULL,
+    PRIMARY KEY(container_id, idx)
+) WITHOUT ROWID;
+CREATE INDEX shards_by_disk ON shards(disk_id, container_id);
+CREATE TABLE chunks(
+    id BLOB PRIMARY KEY,
+    container_id INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    stored_len INTEGER NOT NULL,
+    raw_len INTEGER NOT NULL,
+    codec INTEGER NOT NULL,
+    refs INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX chunks_by_container ON chunks(container_id);
+CREATE TABLE uploads(
+    id BLOB PRIMARY KEY,
+    state TEXT NOT NULL,
+    refs INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    segments INTEGER NOT NULL,
+    md5 BLOB,
+    created_unix_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE segments(
+    upload_id BLOB NOT NULL,
+    segment_no INTEGER NOT NULL,
+    logical_start INTEGER NOT NULL,
+    container_id INTEGER NOT NULL,
+    entries BLOB NOT NULL,
+    PRIMARY KEY(upload_id, segment_no)
+) WITHOUT ROWID;
+CREATE INDEX segments_by_offset ON segments(upload_id, logical_start);
+CREATE TABLE buckets(name TEXT PRIMARY KEY, created_unix_ms INTEGER NOT NULL, seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE objects(
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    created_unix_ms INTEGER NOT NULL,
+    meta_json TEXT NOT NULL,
+    sources_json TEXT NOT NULL,
+    PRIMARY KEY(bucket, key)
+) WITHOUT ROWID;
+CREATE TABLE multipart(
+    id TEXT PRIMARY KEY,
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    initiated_unix_ms INTEGER NOT NULL,
+    meta_json TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX multipart_by_key ON multipart(bucket, key, id);
+CREATE TABLE parts(
+    mpu_id TEXT NOT NULL,
+    part_number INTEGER NOT NULL,
+    upload_id BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    md5 BLOB NOT NULL,
+    checksums_json TEXT NOT NULL,
+    modified_unix_ms INTEGER NOT NULL,
+    PRIMARY KEY(mpu_id, part_number)
+) WITHOUT ROWID;
+CREATE TABLE events(
+    id INTEGER PRIMARY KEY,
+    at_unix_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    container_id INTEGER,
+    disk_id INTEGER,
+    detail TEXT NOT NULL
+);
+"#;

@@ -1,0 +1,369 @@
+//! All disk access goes through the `Disk` trait, so tests can inject faults (`FaultyDisk`).
+//! Paths given to a `Disk` are relative to the disk's root (storage-format.md §1).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+use crate::core::ids::ContainerId;
+
+pub const MARKER_FILE: &str = "CAIRN-DISK";
+pub const SHARDS_DIR: &str = "shards";
+pub const TMP_DIR: &str = "tmp";
+pub const QUARANTINE_DIR: &str = "quarantine";
+
+/// Relative path of shard `index` of `container` (storage-format.md §1).
+pub fn shard_path(container: ContainerId, index: usize) -> PathBuf {
+    PathBuf::from(format!(
+        "{SHARDS_DIR}/{:04x}/{}.{:02}.shard",
+        container.0 >> 12,
+        container,
+        index
+    ))
+}
+
+/// Parses a shard file name `<16 hex>.<2 digits>.shard` back into (container, index).
+pub fn parse_shard_name(name: &str) -> Option<(ContainerId, usize)> {
+    let stem = name.strip_suffix(".shard")?;
+    let (id, idx) = stem.split_once('.')?;
+    if id.len() != 16 {
+        return None;
+    }
+    let id = u64::from_str_radix(id, 16).ok()?;
+    let idx = idx.parse().ok()?;
+    Some((ContainerId(id), idx))
+}
+
+pub trait Disk: Send + Sync {
+    fn root(&self) -> &Path;
+    /// Writes a complete file durably: tmp file, write, fsync, rename, fsync directory (storage-format.md §9).
+    fn write_durable(&self, rel: &Path, parts: &[&[u8]]) -> io::Result<()>;
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    fn read_at(&self, rel: &Path, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    fn read_all(&self, rel: &Path) -> io::Result<Vec<u8>>;
+    fn file_len(&self, rel: &Path) -> io::Result<u64>;
+    fn remove(&self, rel: &Path) -> io::Result<()>;
+    /// Moves a bad file to `quarantine/` (never deletes it).
+    fn quarantine(&self, rel: &Path) -> io::Result<PathBuf>;
+    /// Relative paths of every shard file on the disk.
+    fn list_shards(&self) -> io::Result<Vec<PathBuf>>;
+    /// Deletes leftovers of unacknowledged writes in `tmp/`.
+    fn clean_tmp(&self) -> io::Result<usize>;
+    /// Whether the disk's root directory is there at all.
+    fn is_present(&self) -> bool;
+}
+
+/// A directory on a real filesystem (normally the mount point of one JBOD disk).
+pub struct FileDisk {
+    root: PathBuf,
+    tmp_counter: AtomicU64,
+}
+
+impl FileDisk {
+    pub fn new(root: impl Into<PathBuf>) -> FileDisk {
+        FileDisk { root: root.into(), tmp_counter: AtomicU64::new(0) }
+    }
+
+    fn fsync_dir(dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+}
+
+impl Disk for FileDisk {
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn write_durable(&self, rel: &Path, parts: &[&[u8]]) -> io::Result<()> {
+        let tmp_dir = self.root.join(TMP_DIR);
+        if !tmp_dir.is_dir() {
+            // Refuse to recreate the root of a vanished disk: only create tmp/ inside an existing root.
+            if !self.root.is_dir() {
+                return Err(io::Error::new(io::ErrorKind::NotFound, "disk root is missing"));
+            }
+            fs::create_dir_all(&tmp_dir)?;
+        }
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = tmp_dir.join(format!("{}-{n}.tmp", std::process::id()));
+        let result = (|| {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            for p in parts {
+                f.write_all(p)?;
+            }
+            f.sync_all()?;
+            drop(f);
+            let dest = self.root.join(rel);
+            let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
+            if !parent.is_dir() {
+                fs::create_dir_all(&parent)?;
+                if let Some(pp) = parent.parent() {
+                    Self::fsync_dir(pp)?;
+                }
+            }
+            fs::rename(&tmp, &dest)?;
+            Self::fsync_dir(&parent)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn read_at(&self, rel: &Path, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let f = File::open(self.root.join(rel))?;
+        f.read_exact_at(buf, offset)
+    }
+
+    fn read_all(&self, rel: &Path) -> io::Result<Vec<u8>> {
+        fs::read(self.root.join(rel))
+    }
+
+    fn file_len(&self, rel: &Path) -> io::Result<u64> {
+        Ok(fs::metadata(self.root.join(rel))?.len())
+    }
+
+    fn remove(&self, rel: &Path) -> io::Result<()> {
+        let p = self.root.join(rel);
+        fs::remove_file(&p)?;
+        if let Some(parent) = p.parent() {
+            Self::fsync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    fn quarantine(&self, rel: &Path) -> io::Result<PathBuf> {
+        let qdir = self.root.join(QUARANTINE_DIR);
+        fs::create_dir_all(&qdir)?;
+        let name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let dest = qdir.join(format!("{name}.{stamp}.bad"));
+        fs::rename(self.root.join(rel), &dest)?;
+        Self::fsync_dir(&qdir)?;
+        Ok(dest)
+    }
+
+    fn list_shards(&self) -> io::Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        let dir = self.root.join(SHARDS_DIR);
+        let top = match fs::read_dir(&dir) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && self.root.is_dir() => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        for sub in top {
+            let sub = sub?;
+            if !sub.file_type()?.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(sub.path())? {
+                let f = f?;
+                let name = f.file_name();
+                if parse_shard_name(&name.to_string_lossy()).is_some() {
+                    out.push(PathBuf::from(SHARDS_DIR).join(sub.file_name()).join(name));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn clean_tmp(&self) -> io::Result<usize> {
+        let dir = self.root.join(TMP_DIR);
+        let mut n = 0;
+        match fs::read_dir(&dir) {
+            Ok(entries) => {
+                for e in entries {
+                    fs::remove_file(e?.path())?;
+                    n += 1;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        Ok(n)
+    }
+
+    fn is_present(&self) -> bool {
+        self.root.is_dir()
+    }
+}
+
+/// What `FaultyDisk` does wrong. Tests flip these at run time.
+#[derive(Default)]
+pub struct Faults {
+    /// Operations left before every operation fails (negative = never fail).
+    pub ops_left: AtomicI64,
+    /// Writes store only the first half of the file, then fail (a torn write that still reached disk).
+    pub torn_writes: AtomicBool,
+    /// Reads return data with one bit flipped.
+    pub flip_bits: AtomicBool,
+    /// The disk is gone: everything fails with NotFound.
+    pub vanished: AtomicBool,
+}
+
+/// A `FileDisk` with injectable faults, for tests.
+pub struct FaultyDisk {
+    inner: FileDisk,
+    pub faults: Faults,
+    log: Mutex<Vec<String>>,
+}
+
+impl FaultyDisk {
+    pub fn new(root: impl Into<PathBuf>) -> FaultyDisk {
+        let faults = Faults::default();
+        faults.ops_left.store(-1, Ordering::SeqCst);
+        FaultyDisk { inner: FileDisk::new(root), faults, log: Mutex::new(Vec::new()) }
+    }
+
+    /// Fail every operation after `n` more succeed.
+    pub fn fail_after(&self, n: i64) {
+        self.faults.ops_left.store(n, Ordering::SeqCst);
+    }
+
+    pub fn injected(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    fn gate(&self, what: &str) -> io::Result<()> {
+        if self.faults.vanished.load(Ordering::SeqCst) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "injected: disk vanished"));
+        }
+        let left = self.faults.ops_left.load(Ordering::SeqCst);
+        if left == 0 {
+            if let Ok(mut l) = self.log.lock() {
+                l.push(format!("fail {what}"));
+            }
+            return Err(io::Error::other("injected: I/O error"));
+        }
+        if left > 0 {
+            self.faults.ops_left.fetch_sub(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+impl Disk for FaultyDisk {
+    fn root(&self) -> &Path {
+        self.inner.root()
+    }
+    fn write_durable(&self, rel: &Path, parts: &[&[u8]]) -> io::Result<()> {
+        self.gate("write")?;
+        if self.faults.torn_writes.load(Ordering::SeqCst) {
+            let all: Vec<u8> = parts.concat();
+            let half = &all[..all.len() / 2];
+            // A torn write that bypassed the rename protocol (e.g. a buggy filesystem): half a file in place.
+            let dest = self.inner.root().join(rel);
+            if let Some(p) = dest.parent() {
+                fs::create_dir_all(p)?;
+            }
+            fs::write(dest, half)?;
+            return Err(io::Error::other("injected: torn write"));
+        }
+        self.inner.write_durable(rel, parts)
+    }
+    fn read_at(&self, rel: &Path, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.gate("read")?;
+        self.inner.read_at(rel, offset, buf)?;
+        if self.faults.flip_bits.load(Ordering::SeqCst) && !buf.is_empty() {
+            buf[buf.len() / 2] ^= 0x10;
+        }
+        Ok(())
+    }
+    fn read_all(&self, rel: &Path) -> io::Result<Vec<u8>> {
+        self.gate("read")?;
+        let mut v = self.inner.read_all(rel)?;
+        if self.faults.flip_bits.load(Ordering::SeqCst) && !v.is_empty() {
+            let i = v.len() / 2;
+            v[i] ^= 0x10;
+        }
+        Ok(v)
+    }
+    fn file_len(&self, rel: &Path) -> io::Result<u64> {
+        self.gate("stat")?;
+        self.inner.file_len(rel)
+    }
+    fn remove(&self, rel: &Path) -> io::Result<()> {
+        self.gate("remove")?;
+        self.inner.remove(rel)
+    }
+    fn quarantine(&self, rel: &Path) -> io::Result<PathBuf> {
+        self.gate("quarantine")?;
+        self.inner.quarantine(rel)
+    }
+    fn list_shards(&self) -> io::Result<Vec<PathBuf>> {
+        self.gate("list")?;
+        self.inner.list_shards()
+    }
+    fn clean_tmp(&self) -> io::Result<usize> {
+        self.gate("clean")?;
+        self.inner.clean_tmp()
+    }
+    fn is_present(&self) -> bool {
+        !self.faults.vanished.load(Ordering::SeqCst) && self.inner.is_present()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_names_round_trip() {
+        let p = shard_path(ContainerId(0x12345), 3);
+        assert_eq!(p, PathBuf::from("shards/0012/0000000000012345.03.shard"));
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(parse_shard_name(&name), Some((ContainerId(0x12345), 3)));
+        assert_eq!(parse_shard_name("x.shard"), None);
+        assert_eq!(parse_shard_name("0000000000012345.zz.shard"), None);
+    }
+
+    #[test]
+    fn durable_write_leaves_no_tmp_and_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = FileDisk::new(dir.path());
+        let p = shard_path(ContainerId(7), 1);
+        d.write_durable(&p, &[b"abc", b"def"]).unwrap();
+        assert_eq!(d.read_all(&p).unwrap(), b"abcdef");
+        let mut buf = [0u8; 2];
+        d.read_at(&p, 2, &mut buf).unwrap();
+        assert_eq!(&buf, b"cd");
+        assert_eq!(d.list_shards().unwrap(), vec![p.clone()]);
+        assert_eq!(fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(), 0);
+        let q = d.quarantine(&p).unwrap();
+        assert!(q.exists());
+        assert!(d.list_shards().unwrap().is_empty());
+    }
+
+    #[test]
+    fn vanished_root_is_not_recreated() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("disk");
+        fs::create_dir(&root).unwrap();
+        let d = FileDisk::new(&root);
+        fs::remove_dir_all(&root).unwrap();
+        assert!(d.write_durable(&shard_path(ContainerId(1), 0), &[b"x"]).is_err());
+        assert!(!root.exists());
+    }
+
+    #[test]
+    fn faulty_disk_injects() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = FaultyDisk::new(dir.path());
+        let p = shard_path(ContainerId(1), 0);
+        d.fail_after(1);
+        d.write_durable(&p, &[b"hello"]).unwrap();
+        assert!(d.read_all(&p).is_err());
+        d.fail_after(-1);
+        d.faults.flip_bits.store(true, Ordering::SeqCst);
+        assert_ne!(d.read_all(&p).unwrap(), b"hello");
+        d.faults.vanished.store(true, Ordering::SeqCst);
+        assert!(!d.is_present());
+        assert_eq!(d.read_all(&p).unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+}

@@ -1,0 +1,311 @@
+//! Ingest: chunk -> BLAKE3 -> dedup -> zstd -> container -> seal (storage-format.md §4, §6).
+//!
+//! Memory per upload is bounded: one batch of chunks (`BATCH_BYTES`), one open container
+//! (`container_target`) and one segment of at most `MAX_SEGMENT_ENTRIES` entries, whatever the object size.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use md5::{Digest, Md5};
+use rayon::prelude::*;
+
+use super::api::{ObjectInfo, ObjectMeta, PutCondition, SealedUpload};
+use super::catalog;
+use super::dedup::ChunkLocation;
+use super::error::Result;
+use super::{Store, now_ms};
+use crate::core::chunker::Chunker;
+use crate::core::container::{ContainerBuilder, EntryType, compress_chunk};
+use crate::core::ids::{ChunkId, UploadId};
+use crate::core::records::{ObjectCommitRecord, SegmentRecord, SourceRef, encode_segment_entries};
+
+/// Chunks are hashed and compressed in parallel batches of about this many bytes.
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// A segment (and so the container carrying it) is sealed at this many entries even if the container holds
+/// few new chunks: keeps memory flat when a long stream is all duplicates.
+const MAX_SEGMENT_ENTRIES: usize = 64 * 1024;
+
+struct OpenContainer {
+    builder: ContainerBuilder,
+    new_chunks: Vec<(ChunkId, ChunkLocation)>,
+}
+
+/// A stream being ingested. Dropping it without `finish_*` aborts it (nothing becomes visible).
+pub struct Upload {
+    store: Arc<Store>,
+    id: UploadId,
+    chunker: Chunker,
+    md5: Md5,
+    size: u64,
+    pending: Vec<Vec<u8>>,
+    pending_bytes: usize,
+    open: Option<OpenContainer>,
+    /// Chunk ids stored in the open container, so repeats within it dedup.
+    open_ids: HashSet<ChunkId>,
+    segment_no: u32,
+    segment_start: u64,
+    segment: Vec<(ChunkId, u32)>,
+    logical: u64,
+    registered: bool,
+    done: bool,
+}
+
+/// What the final seal of an upload also commits.
+enum Finish<'a> {
+    Sealed,
+    Object { record: ObjectCommitRecord, info: ObjectInfo, cond: &'a PutCondition },
+}
+
+impl Store {
+    pub fn begin_upload(self: &Arc<Self>) -> Result<Upload> {
+        Ok(Upload {
+            store: self.clone(),
+            id: UploadId::random(),
+            chunker: Chunker::new(self.cfg.chunker),
+            md5: Md5::new(),
+            size: 0,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            open: None,
+            open_ids: HashSet::new(),
+            segment_no: 0,
+            segment_start: 0,
+            segment: Vec::new(),
+            logical: 0,
+            registered: false,
+            done: false,
+        })
+    }
+}
+
+impl Upload {
+    pub fn id(&self) -> UploadId {
+        self.id
+    }
+
+    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.md5.update(data);
+        self.size += data.len() as u64;
+        let pending = &mut self.pending;
+        let pending_bytes = &mut self.pending_bytes;
+        self.chunker.push(data, &mut |c| {
+            *pending_bytes += c.len();
+            pending.push(c.to_vec());
+        });
+        if self.pending_bytes >= BATCH_BYTES {
+            self.process_batch()?;
+        }
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// MD5 of the bytes written so far (for Content-MD5 checks before committing).
+    pub fn md5(&self) -> [u8; 16] {
+        md5_bytes(self.md5.clone())
+    }
+
+    fn process_batch(&mut self) -> Result<()> {
+        let chunks = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<ChunkId> = chunks.par_iter().map(|c| ChunkId::of(c)).collect();
+
+        // Classify in stream order: a chunk is new unless the open container, this batch or the index has it.
+        let mut is_new = vec![false; chunks.len()];
+        let mut batch_new: HashSet<ChunkId> = HashSet::new();
+        self.store.catalog.read(|conn| {
+            for (i, id) in ids.iter().enumerate() {
+                if self.open_ids.contains(id) || batch_new.contains(id) {
+                    continue;
+                }
+                if self.store.dedup.lookup(conn, id)?.is_none() {
+                    is_new[i] = true;
+                    batch_new.insert(*id);
+                }
+            }
+            Ok(())
+        })?;
+
+        let level = self.store.cfg.zstd_level;
+        let compressed: Vec<Option<(crate::core::container::Codec, Vec<u8>)>> = chunks
+            .par_iter()
+            .zip(is_new.par_iter())
+            .map(|(c, &new)| new.then(|| compress_chunk(c, level)))
+            .collect();
+
+        for ((raw, id), comp) in chunks.iter().zip(ids.iter()).zip(compressed) {
+            let raw_len = raw.len() as u32;
+            if let Some((codec, stored)) = comp {
+                let open = self.open_container()?;
+                let offset = open.builder.push_chunk(id, codec, raw_len, &stored);
+                open.new_chunks.push((
+                    *id,
+                    ChunkLocation {
+                        container: open.builder.id(),
+                        offset,
+                        stored_len: stored.len() as u32,
+                        raw_len,
+                        codec,
+                    },
+                ));
+                self.open_ids.insert(*id);
+            }
+            self.segment.push((*id, raw_len));
+            self.logical += raw_len as u64;
+            let full = self.open.as_ref().is_some_and(|o| o.builder.len() >= self.store.cfg.container_target);
+            if full || self.segment.len() >= MAX_SEGMENT_ENTRIES {
+                self.seal_current(None)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn open_container(&mut self) -> Result<&mut OpenContainer> {
+        if self.open.is_none() {
+            let id = self.store.alloc_container_id()?;
+            let cap = self.store.cfg.container_target + self.store.cfg.chunker.max as usize + 4096;
+            self.open = Some(OpenContainer { builder: ContainerBuilder::new(id, now_ms(), cap), new_chunks: Vec::new() });
+        }
+        // The branch above guarantees Some.
+        self.open.as_mut().ok_or_else(|| super::StoreError::Config("no open container".into()))
+    }
+
+    /// Seals the open container with the current segment (and, at the end, the upload's final state).
+    fn seal_current(&mut self, finish: Option<Finish<'_>>) -> Result<()> {
+        if self.segment.is_empty() && finish.is_none() && self.open.is_none() {
+            return Ok(());
+        }
+        self.open_container()?;
+        let Some(mut open) = self.open.take() else { return Ok(()) };
+        let entries = std::mem::take(&mut self.segment);
+        let segment = (!entries.is_empty()).then(|| SegmentRecord {
+            upload: self.id,
+            segment_no: self.segment_no,
+            logical_start: self.segment_start,
+            entries,
+        });
+        if let Some(seg) = &segment {
+            open.builder.push_record(EntryType::Segment, &seg.encode());
+        }
+        if let Some(Finish::Object { record, .. }) = &finish {
+            open.builder.push_record(EntryType::Commit, &record.encode());
+        }
+        let container = open.builder.id();
+        let upload = self.id;
+        let (size, md5) = (self.size, self.md5());
+        let store = self.store.clone();
+        store.seal_container(open.builder, &open.new_chunks, |tx| {
+            catalog::upsert_upload_open(tx, &upload, now_ms())?;
+            if let Some(seg) = &segment {
+                catalog::insert_segment(
+                    tx,
+                    &upload,
+                    seg.segment_no,
+                    seg.logical_start,
+                    container,
+                    &encode_segment_entries(&seg.entries),
+                )?;
+                catalog::add_chunk_refs(tx, &seg.entries, 1)?;
+            }
+            match &finish {
+                None => Ok(()),
+                Some(Finish::Sealed) => catalog::seal_upload(tx, &upload, size, &md5, 0),
+                Some(Finish::Object { record, info, cond }) => {
+                    catalog::seal_upload(tx, &upload, size, &md5, 0)?;
+                    store.commit_in_tx(tx, info, &record.sources, cond)
+                }
+            }
+        })?;
+        self.registered = true;
+        self.open_ids.clear();
+        if segment.is_some() {
+            self.segment_no += 1;
+        }
+        self.segment_start = self.logical;
+        Ok(())
+    }
+
+    fn drain(&mut self) -> Result<()> {
+        let pending = &mut self.pending;
+        let pending_bytes = &mut self.pending_bytes;
+        self.chunker.finish(&mut |c| {
+            *pending_bytes += c.len();
+            pending.push(c.to_vec());
+        });
+        self.process_batch()
+    }
+
+    fn source_ref(&self) -> SourceRef {
+        SourceRef { upload_id: self.id.to_hex(), segments: self.segment_no, size: self.size }
+    }
+
+    /// Seals the stream and commits it as object `bucket/key` in one step (the commit record rides in the last
+    /// container). Returns only when the object is durable.
+    pub fn finish_object(mut self, bucket: &str, key: &str, mut meta: ObjectMeta) -> Result<ObjectInfo> {
+        self.store.require_bucket(bucket)?;
+        self.drain()?;
+        if meta.etag.is_none() {
+            meta.etag = Some(format!("\"{}\"", hex::encode(self.md5())));
+        }
+        let seq = self.store.next_seq();
+        let created = now_ms();
+        // The segment sealed with the commit counts too.
+        let segments = self.segment_no + u32::from(!self.segment.is_empty());
+        let source = SourceRef { segments, ..self.source_ref() };
+        let info = ObjectInfo {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            size: self.size,
+            seq,
+            created_unix_ms: created,
+            meta: meta.clone(),
+            part_sizes: vec![self.size],
+        };
+        let record = ObjectCommitRecord {
+            v: 1,
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            seq,
+            size: self.size,
+            created_unix_ms: created,
+            meta,
+            sources: vec![source],
+        };
+        let cond = PutCondition::None;
+        self.seal_current(Some(Finish::Object { record, info: info.clone(), cond: &cond }))?;
+        self.done = true;
+        Ok(info)
+    }
+
+    /// Seals the stream without making it an object (multipart parts, conditional PUTs).
+    pub fn finish_sealed(mut self) -> Result<SealedUpload> {
+        self.drain()?;
+        self.seal_current(Some(Finish::Sealed))?;
+        self.done = true;
+        Ok(SealedUpload { upload_id: self.id, size: self.size, md5: self.md5() })
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if !self.done && self.registered {
+            let id = self.id;
+            if let Err(e) = self.store.catalog.write(|tx| catalog::release_upload(tx, &id)) {
+                tracing::warn!(upload = %id.to_hex(), error = %e, "could not release an aborted upload; it is released at the next start");
+            }
+        }
+    }
+}
+
+pub(crate) fn md5_bytes(h: Md5) -> [u8; 16] {
+    let out = h.finalize();
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&out);
+    a
+}

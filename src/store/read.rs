@@ -1,0 +1,317 @@
+//! Verified reads. Every chunk is checked against its BLAKE3 before a byte leaves; missing or corrupt shards are
+//! reconstructed from parity (degraded read) and the event recorded; with fewer than k good shards the reader
+//! fails with `DataLost`, naming the container and the objects it affects (storage-format.md §3 recovery rules).
+
+use std::collections::HashSet;
+use std::io;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use super::api::ObjectInfo;
+use super::catalog::{self, ContainerRow, SegmentRow};
+use super::disk::shard_path;
+use super::diskset::DiskState;
+use super::error::{Result, StoreError};
+use super::{Store, now_ms};
+use crate::core::container::decode_chunk;
+use crate::core::ids::{ChunkId, ContainerId, UploadId};
+use crate::core::shard::SHARD_HEADER_LEN;
+
+/// Streams an object's bytes; every chunk is verified against its BLAKE3 before a byte is returned.
+pub struct ObjectReader {
+    store: Arc<Store>,
+    /// (upload, size) of each source, in order.
+    sources: Vec<(UploadId, u64)>,
+    pos: u64,
+    end: u64,
+    buf: Vec<u8>,
+    buf_pos: usize,
+    src_idx: usize,
+    src_base: u64,
+    seg: Option<SegmentRow>,
+    entry_idx: usize,
+    entry_start: u64,
+}
+
+impl Store {
+    /// `range` is absolute byte offsets (end exclusive) within the object; `InvalidRange` otherwise.
+    pub fn open_object(
+        self: &Arc<Self>,
+        bucket: &str,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<(ObjectInfo, ObjectReader)> {
+        let row = self.object_row(bucket, key)?;
+        let range = range.unwrap_or(0..row.info.size);
+        if range.start > range.end || range.end > row.info.size {
+            return Err(StoreError::InvalidRange);
+        }
+        let mut sources = Vec::with_capacity(row.sources.len());
+        for s in &row.sources {
+            let id = UploadId::from_hex(&s.upload_id)
+                .ok_or_else(|| StoreError::Config(format!("catalog: malformed upload id {:?}", s.upload_id)))?;
+            sources.push((id, s.size));
+        }
+        let reader = ObjectReader {
+            store: self.clone(),
+            sources,
+            pos: range.start,
+            end: range.end,
+            buf: Vec::new(),
+            buf_pos: 0,
+            src_idx: 0,
+            src_base: 0,
+            seg: None,
+            entry_idx: 0,
+            entry_start: 0,
+        };
+        Ok((row.info, reader))
+    }
+
+    /// Reads and verifies one chunk, reconstructing from parity when needed.
+    pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let (loc, row) = self.catalog.read(|c| {
+            let loc = catalog::get_chunk(c, id)?
+                .ok_or_else(|| StoreError::Corrupt { container: ContainerId(0), detail: format!("chunk {id} is not in the index") })?;
+            let row = catalog::get_container(c, loc.container)?.ok_or_else(|| StoreError::Corrupt {
+                container: loc.container,
+                detail: "container is not in the catalog".into(),
+            })?;
+            Ok((loc, row))
+        })?;
+        let range = loc.offset..loc.offset + loc.stored_len as u64;
+        if let Ok(stored) = self.read_container_range(&row, range.clone())
+            && let Ok(raw) = decode_chunk(loc.codec, loc.raw_len, &stored, id)
+        {
+            return Ok(raw);
+        }
+        let (raw, bad) = self.degraded_read(&row, range, &|stored| decode_chunk(loc.codec, loc.raw_len, stored, id).ok())?;
+        self.note_degraded(row.id, &bad);
+        Ok(raw)
+    }
+
+    fn shard_source(&self, row: &ContainerRow, idx: usize) -> Option<Arc<super::diskset::DiskEntry>> {
+        let disk = self.disks.get(row.disks.get(idx).copied().flatten()?)?;
+        (disk.state() != DiskState::Failed && disk.state() != DiskState::Retired).then_some(disk)
+    }
+
+    fn read_shard_range(&self, row: &ContainerRow, idx: usize, within: u64, buf: &mut [u8]) -> io::Result<()> {
+        let Some(d) = self.shard_source(row, idx) else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "shard's disk is failed or unknown"));
+        };
+        let r = d.disk.read_at(&shard_path(row.id, idx), SHARD_HEADER_LEN as u64 + within, buf);
+        if let Err(e) = &r
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            self.note_disk_error(d.id, e);
+        } else if r.is_err() && !d.disk.is_present() {
+            self.note_disk_error(d.id, &io::Error::new(io::ErrorKind::NotFound, "disk vanished"));
+        }
+        r
+    }
+
+    /// Container bytes `range`, read straight from the data shards (the healthy path).
+    fn read_container_range(&self, row: &ContainerRow, range: Range<u64>) -> io::Result<Vec<u8>> {
+        let s = row.shard_len;
+        let mut out = vec![0u8; (range.end - range.start) as usize];
+        let mut pos = range.start;
+        let mut filled = 0usize;
+        while pos < range.end {
+            let idx = (pos / s) as usize;
+            let within = pos % s;
+            let n = (s - within).min(range.end - pos) as usize;
+            self.read_shard_range(row, idx, within, &mut out[filled..filled + n])?;
+            pos += n as u64;
+            filled += n;
+        }
+        Ok(out)
+    }
+
+    /// Reconstructs container bytes `range` from any k shards, trying subsets until `accept` takes the result
+    /// (it verifies a chunk hash). Returns the accepted value and the shard indexes found bad.
+    pub(crate) fn degraded_read<T>(
+        &self,
+        row: &ContainerRow,
+        range: Range<u64>,
+        accept: &dyn Fn(&[u8]) -> Option<T>,
+    ) -> Result<(T, Vec<usize>)> {
+        let k = row.k as usize;
+        let width = k + row.m as usize;
+        let s = row.shard_len;
+        if s == 0 || range.end > s * k as u64 {
+            return Err(StoreError::Corrupt { container: row.id, detail: "range outside the container".into() });
+        }
+        // Rows [lo, hi) of every shard cover the requested range.
+        let first = range.start / s;
+        let last = (range.end.max(1) - 1) / s;
+        let (lo, hi) = if first == last { (range.start % s, (range.end - 1) % s + 1) } else { (0, s) };
+        let mut pieces: Vec<Option<Vec<u8>>> = (0..width)
+            .map(|i| {
+                let mut b = vec![0u8; (hi - lo) as usize];
+                self.read_shard_range(row, i, lo, &mut b).ok().map(|_| b)
+            })
+            .collect();
+        let present: Vec<usize> = (0..width).filter(|i| pieces[*i].is_some()).collect();
+        if present.len() < k {
+            return Err(self.data_lost(row.id, present.len(), k));
+        }
+        let erasure = crate::core::erasure::Erasure::new(crate::core::erasure::Geometry::new(row.k, row.m)?)?;
+        for subset in combinations(&present, k) {
+            let mut trial: Vec<Option<Vec<u8>>> =
+                (0..width).map(|i| if subset.contains(&i) { pieces[i].clone() } else { None }).collect();
+            if erasure.reconstruct(&mut trial).is_err() {
+                continue;
+            }
+            let mut bytes = Vec::with_capacity((range.end - range.start) as usize);
+            let mut pos = range.start;
+            while pos < range.end {
+                let idx = (pos / s) as usize;
+                let within = pos % s;
+                let n = (s - within).min(range.end - pos);
+                let Some(shard) = &trial[idx] else { break };
+                let a = (within - lo) as usize;
+                bytes.extend_from_slice(&shard[a..a + n as usize]);
+                pos += n;
+            }
+            if let Some(v) = accept(&bytes) {
+                let bad: Vec<usize> = (0..width)
+                    .filter(|i| match (&pieces[*i], &trial[*i]) {
+                        (Some(read), Some(good)) => read != good,
+                        _ => true,
+                    })
+                    .collect();
+                for i in &bad {
+                    pieces[*i] = None;
+                }
+                return Ok((v, bad));
+            }
+        }
+        Err(self.data_lost(row.id, present.len().saturating_sub(1), k))
+    }
+
+    pub(crate) fn data_lost(&self, container: ContainerId, have: usize, need: usize) -> StoreError {
+        let objects = self.catalog.read(|c| catalog::objects_using_container(c, container, 20)).unwrap_or_default();
+        tracing::error!(%container, have, need, ?objects, "container unreadable: data lost");
+        StoreError::DataLost { container, have, need, objects }
+    }
+
+    /// Records a degraded read once per container per process (scrub repairs it).
+    fn note_degraded(&self, container: ContainerId, bad: &[usize]) {
+        static SEEN: OnceLock<Mutex<HashSet<u64>>> = OnceLock::new();
+        let seen = SEEN.get_or_init(|| Mutex::new(HashSet::new()));
+        let first = seen.lock().map(|mut s| s.len() < 100_000 && s.insert(container.0)).unwrap_or(false);
+        if !first {
+            return;
+        }
+        tracing::warn!(%container, ?bad, "degraded read: reconstructed from parity");
+        let _ = self.catalog.write(|tx| {
+            catalog::add_event(tx, now_ms(), "degraded-read", Some(container), &format!("bad or missing shards {bad:?}"))
+        });
+    }
+}
+
+/// All k-subsets of `items`, in lexicographic order (the first is "the first k present shards").
+fn combinations(items: &[usize], k: usize) -> Vec<Vec<usize>> {
+    let n = items.len();
+    let mut out = Vec::new();
+    if k == 0 || k > n {
+        return out;
+    }
+    let mut idx: Vec<usize> = (0..k).collect();
+    loop {
+        out.push(idx.iter().map(|&i| items[i]).collect());
+        let Some(i) = (0..k).rev().find(|&i| idx[i] < n - k + i) else { return out };
+        idx[i] += 1;
+        for j in i + 1..k {
+            idx[j] = idx[j - 1] + 1;
+        }
+    }
+}
+
+impl ObjectReader {
+    fn next_chunk(&mut self) -> Result<()> {
+        // Move to the source holding `pos`.
+        while self.src_idx < self.sources.len() && self.pos >= self.src_base + self.sources[self.src_idx].1 {
+            self.src_base += self.sources[self.src_idx].1;
+            self.src_idx += 1;
+            self.seg = None;
+        }
+        let Some(&(upload, _)) = self.sources.get(self.src_idx) else {
+            return Err(StoreError::Corrupt { container: ContainerId(0), detail: "object shorter than its size".into() });
+        };
+        let off = self.pos - self.src_base;
+        loop {
+            let need_seek = match &self.seg {
+                None => true,
+                Some(seg) => self.entry_idx >= seg.entries.len(),
+            };
+            if need_seek {
+                let next = match &self.seg {
+                    Some(seg) => self.store.catalog.read(|c| catalog::get_segment(c, &upload, seg.segment_no + 1))?,
+                    None => self.store.catalog.read(|c| catalog::find_segment(c, &upload, off))?,
+                };
+                let Some(seg) = next else {
+                    return Err(StoreError::Corrupt {
+                        container: ContainerId(0),
+                        detail: format!("upload {} has no segment for offset {off}", upload.to_hex()),
+                    });
+                };
+                self.entry_start = seg.logical_start;
+                self.entry_idx = 0;
+                self.seg = Some(seg);
+            }
+            let Some(seg) = &self.seg else { continue };
+            let (id, len) = seg.entries[self.entry_idx];
+            let len = len as u64;
+            if off >= self.entry_start + len {
+                self.entry_start += len;
+                self.entry_idx += 1;
+                continue;
+            }
+            let raw = self.store.read_chunk(&id)?;
+            if raw.len() as u64 != len {
+                return Err(StoreError::Corrupt { container: ContainerId(0), detail: format!("chunk {id} has the wrong length") });
+            }
+            let skip = (off - self.entry_start) as usize;
+            let take = ((self.end - self.pos) as usize).min(raw.len() - skip);
+            self.buf = raw;
+            self.buf.truncate(skip + take);
+            self.buf_pos = skip;
+            self.entry_start += len;
+            self.entry_idx += 1;
+            return Ok(());
+        }
+    }
+}
+
+impl io::Read for ObjectReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.buf_pos >= self.buf.len() {
+            if self.pos >= self.end {
+                return Ok(0);
+            }
+            self.next_chunk().map_err(io::Error::other)?;
+        }
+        let n = out.len().min(self.buf.len() - self.buf_pos);
+        out[..n].copy_from_slice(&self.buf[self.buf_pos..self.buf_pos + n]);
+        self.buf_pos += n;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::combinations;
+
+    #[test]
+    fn combinations_enumerate_all_subsets() {
+        let c = combinations(&[0, 1, 3, 4, 5], 4);
+        assert_eq!(c.len(), 5);
+        assert_eq!(c[0], vec![0, 1, 3, 4]);
+        assert_eq!(c[4], vec![1, 3, 4, 5]);
+        assert_eq!(combinations(&[0, 1, 2, 3, 4, 5], 4).len(), 15);
+        assert_eq!(combinations(&[1, 2], 2), vec![vec![1, 2]]);
+        assert!(combinations(&[1], 2).is_empty());
+    }
+}

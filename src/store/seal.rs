@@ -1,0 +1,121 @@
+//! Sealing a container: erasure-code it, write every shard to its own disk durably, then commit the catalog
+//! transaction that makes it (and whatever rides with it) visible. Shard files are only ever created, never
+//! modified, so there is no parity update in place and no write hole (storage-format.md §3, §6).
+
+use rusqlite::Transaction;
+
+use super::catalog::{self, ContainerRow};
+use super::dedup::ChunkLocation;
+use super::disk::shard_path;
+use super::error::{Result, StoreError};
+use super::{Store, now_ms};
+use crate::core::container::ContainerBuilder;
+use crate::core::ids::{ChunkId, DiskId};
+use crate::core::placement::place;
+use crate::core::shard::{ShardHeader, encode_trailer};
+
+/// How often a container's shards are re-placed after disk write failures before the write is refused.
+const MAX_PLACEMENT_ATTEMPTS: usize = 4;
+
+impl Store {
+    /// Seals `builder`, writes its shards, then commits one catalog transaction holding the container, its
+    /// shard locations, its new chunk rows, and whatever `then` adds. Returns only when all of it is durable.
+    pub(crate) fn seal_container(
+        &self,
+        builder: ContainerBuilder,
+        new_chunks: &[(ChunkId, ChunkLocation)],
+        then: impl FnOnce(&Transaction<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let id = builder.id();
+        let created = now_ms();
+        let bytes = builder.seal();
+        let geometry = self.erasure.geometry();
+        let shards = self.erasure.encode(&bytes);
+        let container_len = bytes.len() as u64;
+        drop(bytes);
+        let shard_len = shards.first().map(|s| s.len()).unwrap_or(0);
+        let width = geometry.width();
+
+        let mut placed: Vec<Option<DiskId>> = vec![None; width];
+        for attempt in 0.. {
+            let missing: Vec<usize> = (0..width).filter(|i| placed[*i].is_none()).collect();
+            if missing.is_empty() {
+                break;
+            }
+            if attempt >= MAX_PLACEMENT_ATTEMPTS {
+                return Err(StoreError::NotEnoughDisks {
+                    need: width,
+                    have: self.disks.writable_loads().len(),
+                });
+            }
+            let loads: Vec<_> =
+                self.disks.writable_loads().into_iter().filter(|l| !placed.contains(&Some(l.id))).collect();
+            let chosen = place(id, &loads, missing.len()).map_err(|_| StoreError::NotEnoughDisks {
+                need: width,
+                have: loads.len() + (width - missing.len()),
+            })?;
+            let results: Vec<(usize, DiskId, std::io::Result<()>)> = std::thread::scope(|s| {
+                let handles: Vec<_> = missing
+                    .iter()
+                    .zip(chosen.iter())
+                    .map(|(&idx, &disk_id)| {
+                        let shard = &shards[idx];
+                        let entry = self.disks.get(disk_id);
+                        s.spawn(move || {
+                            let Some(entry) = entry else {
+                                return (idx, disk_id, Err(std::io::Error::other("disk disappeared from set")));
+                            };
+                            let header = ShardHeader {
+                                k: geometry.k,
+                                m: geometry.m,
+                                index: idx as u8,
+                                container: id,
+                                store: self.store_id,
+                                container_len,
+                                shard_len: shard.len() as u64,
+                            };
+                            let trailer = encode_trailer(shard);
+                            let r = entry.disk.write_durable(&shard_path(id, idx), &[&header.encode(), shard, &trailer]);
+                            (idx, disk_id, r)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().filter_map(|h| h.join().ok()).collect()
+            });
+            for (idx, disk_id, r) in results {
+                match r {
+                    Ok(()) => placed[idx] = Some(disk_id),
+                    Err(e) => self.note_disk_error(disk_id, &e),
+                }
+            }
+        }
+
+        let row = ContainerRow {
+            id,
+            k: geometry.k,
+            m: geometry.m,
+            len: container_len,
+            shard_len: shard_len as u64,
+            created_unix_ms: created,
+            disks: placed.clone(),
+        };
+        let inserted = self.catalog.write(|tx| {
+            catalog::insert_container(tx, &row)?;
+            let mut inserted = Vec::with_capacity(new_chunks.len());
+            for (cid, loc) in new_chunks {
+                if catalog::insert_chunk(tx, cid, loc)? {
+                    inserted.push((*cid, *loc));
+                }
+            }
+            then(tx)?;
+            Ok(inserted)
+        })?;
+        for d in placed.into_iter().flatten() {
+            if let Some(e) = self.disks.get(d) {
+                e.shards.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.dedup.note_inserted(&inserted);
+        Ok(())
+    }
+}
