@@ -59,13 +59,19 @@ impl Codec {
 
 // Little-endian field readers that never panic: `None` when the slice is too short.
 pub(crate) fn le_u16(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(off..off.checked_add(2)?)?.try_into().ok()?))
+    Some(u16::from_le_bytes(
+        b.get(off..off.checked_add(2)?)?.try_into().ok()?,
+    ))
 }
 pub(crate) fn le_u32(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(off..off.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        b.get(off..off.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 pub(crate) fn le_u64(b: &[u8], off: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(off..off.checked_add(8)?)?.try_into().ok()?))
+    Some(u64::from_le_bytes(
+        b.get(off..off.checked_add(8)?)?.try_into().ok()?,
+    ))
 }
 pub(crate) fn array<const N: usize>(b: &[u8], off: usize) -> Option<[u8; N]> {
     b.get(off..off.checked_add(N)?)?.try_into().ok()
@@ -146,7 +152,8 @@ impl ContainerBuilder {
         self.buf.push(ty as u8);
         self.buf.push(codec as u8);
         self.buf.extend_from_slice(&[0u8; 2]);
-        self.buf.extend_from_slice(&stored_len(payload).to_le_bytes());
+        self.buf
+            .extend_from_slice(&stored_len(payload).to_le_bytes());
         self.buf.extend_from_slice(&raw_len.to_le_bytes());
         self.buf.extend_from_slice(id);
         let crc = crc32fast::hash(&self.buf[start..]);
@@ -269,9 +276,7 @@ pub struct ParsedEntry<'a> {
 
 /// Parses a whole sealed container: header, all entries, footer; checks magics, CRCs, entry count and
 /// footer offset. Record payload hashes are checked (HashMismatch); chunk payloads are NOT decoded here.
-pub fn parse_container(
-    bytes: &[u8],
-) -> Result<(ContainerHeader, Vec<ParsedEntry<'_>>), CoreError> {
+pub fn parse_container(bytes: &[u8]) -> Result<(ContainerHeader, Vec<ParsedEntry<'_>>), CoreError> {
     const W: &str = "container footer";
     let header = parse_container_header(bytes)?;
     let footer_at = bytes
@@ -307,7 +312,10 @@ pub fn parse_container(
             .checked_add(header.stored_len as usize)
             .and_then(|end| body.get(start..end))
             .ok_or_else(|| {
-                malformed("container entry", format!("at offset {pos}: payload overruns footer"))
+                malformed(
+                    "container entry",
+                    format!("at offset {pos}: payload overruns footer"),
+                )
             })?;
         if header.ty != EntryType::Chunk && *blake3::hash(payload).as_bytes() != header.id {
             return Err(CoreError::HashMismatch {

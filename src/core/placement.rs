@@ -107,10 +107,7 @@ mod tests {
             for id in place(ContainerId(c), &d, width).unwrap() {
                 *load.get_mut(&id).unwrap() += 1;
             }
-            let (max, min) = (
-                load.values().max().unwrap(),
-                load.values().min().unwrap(),
-            );
+            let (max, min) = (load.values().max().unwrap(), load.values().min().unwrap());
             assert!(max - min <= width as u64, "after {c}: {load:?}");
         }
         assert_eq!(load.values().sum::<u64>(), 60_000);

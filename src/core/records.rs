@@ -87,7 +87,7 @@ pub fn encode_segment_entries(entries: &[(ChunkId, u32)]) -> Vec<u8> {
 /// Inverse of [`encode_segment_entries`]; raw lengths must be 1..=16 MiB (§4.1).
 pub fn decode_segment_entries(b: &[u8]) -> Result<Vec<(ChunkId, u32)>, CoreError> {
     const W: &str = "segment entries";
-    if b.len() % SEGMENT_ENTRY_LEN != 0 {
+    if !b.len().is_multiple_of(SEGMENT_ENTRY_LEN) {
         return Err(malformed(
             W,
             format!("{} bytes is not a multiple of {SEGMENT_ENTRY_LEN}", b.len()),

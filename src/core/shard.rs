@@ -143,14 +143,15 @@ pub fn verify_shard_file(bytes: &[u8]) -> Result<ShardHeader, CoreError> {
     if bytes.len() as u64 != h.file_len() {
         return Err(malformed(
             "shard file",
-            format!("{} bytes, header says {} (torn?)", bytes.len(), h.file_len()),
+            format!(
+                "{} bytes, header says {} (torn?)",
+                bytes.len(),
+                h.file_len()
+            ),
         ));
     }
     let trailer_at = bytes.len() - SHARD_TRAILER_LEN;
-    check_trailer(
-        &bytes[trailer_at..],
-        &bytes[SHARD_HEADER_LEN..trailer_at],
-    )?;
+    check_trailer(&bytes[trailer_at..], &bytes[SHARD_HEADER_LEN..trailer_at])?;
     Ok(h)
 }
 
@@ -265,6 +266,156 @@ mod tests {
             let _ = ShardHeader::decode(&f);
             let split = cut % (f.len() + 1);
             let _ = check_trailer(&f[split..], &f[..split]);
+        }
+    }
+}
+
+/// Golden test pinning format v1 forever: a deterministic container, its 4+2 shard files, and their BLAKE3.
+/// If this fails, the on-disk bytes changed: add a format version and a read path, never edit the constants.
+#[cfg(test)]
+mod golden_v1 {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::core::container::{
+        Codec, ContainerBuilder, EntryType, compress_chunk, decode_chunk, parse_container,
+    };
+    use crate::core::erasure::Erasure;
+    use crate::core::ids::{ChunkId, UploadId};
+    use crate::core::records::{
+        BucketRecord, ObjectCommitRecord, SegmentRecord, SourceRef, TombstoneRecord,
+    };
+    use crate::store::api::ObjectMeta;
+
+    /// A zstd frame (level 3) of `TEXT`, pasted as bytes so a zstd upgrade cannot change the golden layout.
+    const TEXT: &[u8] =
+        b"cairn golden chunk. cairn golden chunk. cairn golden chunk. cairn golden chunk. ";
+    const TEXT_ZSTD_HEX: &str =
+        "28b52ffd2050dd0000a0636169726e20676f6c64656e206368756e6b2e20010072d26402";
+
+    /// Builds the golden container: one raw chunk, one zstd chunk, and one record of each type.
+    fn golden_container() -> Vec<u8> {
+        let raw: Vec<u8> = (0u16..300).map(|i| (i * 31 % 251) as u8).collect();
+        let zstd = hex::decode(TEXT_ZSTD_HEX).unwrap();
+        let upload = UploadId([0x11; 16]);
+        let mut b = ContainerBuilder::new(ContainerId(0x0123_4567_89ab), 1_700_000_000_000, 0);
+        b.push_chunk(&ChunkId::of(&raw), Codec::Raw, raw.len() as u32, &raw);
+        b.push_chunk(&ChunkId::of(TEXT), Codec::Zstd, TEXT.len() as u32, &zstd);
+        let seg = SegmentRecord {
+            upload,
+            segment_no: 0,
+            logical_start: 0,
+            entries: vec![
+                (ChunkId::of(&raw), 300),
+                (ChunkId::of(TEXT), TEXT.len() as u32),
+            ],
+        };
+        b.push_record(EntryType::Segment, &seg.encode());
+        let commit = ObjectCommitRecord {
+            v: 1,
+            bucket: "golden".into(),
+            key: "dir/object.bin".into(),
+            seq: 1_700_000_000_000_000_000,
+            size: 300 + TEXT.len() as u64,
+            created_unix_ms: 1_700_000_000_000,
+            meta: ObjectMeta {
+                etag: Some("\"0123456789abcdef0123456789abcdef\"".into()),
+                content_type: Some("application/octet-stream".into()),
+                headers: BTreeMap::new(),
+                user_meta: BTreeMap::from([("k".into(), "v".into())]),
+                checksums: BTreeMap::new(),
+            },
+            sources: vec![SourceRef::new(upload, 1, 300 + TEXT.len() as u64)],
+        };
+        b.push_record(EntryType::Commit, &commit.encode());
+        let bucket = BucketRecord {
+            v: 1,
+            bucket: "golden".into(),
+            created_unix_ms: 1_699_999_999_000,
+            seq: 1_699_999_999_000_000_000,
+            deleted: false,
+        };
+        b.push_record(EntryType::Bucket, &bucket.encode());
+        let tomb = TombstoneRecord {
+            v: 1,
+            bucket: "golden".into(),
+            key: "old".into(),
+            seq: 1_700_000_000_000_000_001,
+        };
+        b.push_record(EntryType::Tombstone, &tomb.encode());
+        b.seal()
+    }
+
+    fn golden_shard_files(container: &[u8]) -> Vec<Vec<u8>> {
+        let g = Geometry::new(4, 2).unwrap();
+        let e = Erasure::new(g).unwrap();
+        e.encode(container)
+            .iter()
+            .enumerate()
+            .map(|(i, payload)| {
+                let h = ShardHeader {
+                    k: 4,
+                    m: 2,
+                    index: i as u8,
+                    container: ContainerId(0x0123_4567_89ab),
+                    store: StoreId([0x5a; 16]),
+                    container_len: container.len() as u64,
+                    shard_len: payload.len() as u64,
+                };
+                encode_shard_file(&h, payload)
+            })
+            .collect()
+    }
+
+    const CONTAINER_BLAKE3: &str =
+        "1a6737305b15d187282abf1a3ab4aee3ff9cd3f49c7280fdb6d0a26e9c58052c";
+    const SHARD_BLAKE3: [&str; 6] = [
+        "d82f3dc56c725c4bc192813e3a114e4ef824f05064d4247253d8af5f45984edc",
+        "9d4ea4f21a6d1ee8731a6fa0f501be580a48be7ce32466812dd84c9ccc8f278a",
+        "fa104091a827191892229bc9515a4b6a70398dbd0df18e5fcb7e764b5cb47dde",
+        "0a4bc22d2f9013cda85e74a36721ac705a2b4b711e9a74c3682ce96ef982cd9a",
+        "72cabe5771592046b3175686f5cacfba2c1792ebdbc686c94f99f17fc74f9dab",
+        "b5c6274b126083a6d8dcfaf2d193da351d7f3edcfdbfac1091b15a8e85c8bec8",
+    ];
+
+    #[test]
+    fn golden_container_reads_back() {
+        let c = golden_container();
+        let (h, entries) = parse_container(&c).unwrap();
+        assert_eq!(h.id, ContainerId(0x0123_4567_89ab));
+        assert_eq!(entries.len(), 6);
+        let text = &entries[1];
+        assert_eq!(text.header.codec, Codec::Zstd);
+        let id = ChunkId(text.header.id);
+        assert_eq!(
+            decode_chunk(Codec::Zstd, text.header.raw_len, text.payload, &id).unwrap(),
+            TEXT
+        );
+        assert_eq!(compress_chunk(TEXT, 3).0, Codec::Zstd);
+        let seg = SegmentRecord::decode(entries[2].payload).unwrap();
+        assert_eq!(seg.entries.len(), 2);
+        ObjectCommitRecord::decode(entries[3].payload).unwrap();
+        BucketRecord::decode(entries[4].payload).unwrap();
+        TombstoneRecord::decode(entries[5].payload).unwrap();
+        for (i, f) in golden_shard_files(&c).iter().enumerate() {
+            assert_eq!(usize::from(verify_shard_file(f).unwrap().index), i);
+        }
+    }
+
+    #[test]
+    fn format_v1_is_pinned() {
+        let c = golden_container();
+        let files = golden_shard_files(&c);
+        println!("container {} bytes: {}", c.len(), blake3::hash(&c).to_hex());
+        for f in &files {
+            println!("shard {} bytes: {}", f.len(), blake3::hash(f).to_hex());
+        }
+        assert_eq!(c.len(), 1294);
+        assert_eq!(blake3::hash(&c).to_hex().as_str(), CONTAINER_BLAKE3);
+        assert_eq!(files.len(), 6);
+        for (f, want) in files.iter().zip(SHARD_BLAKE3) {
+            assert_eq!(f.len(), 384 + 112);
+            assert_eq!(blake3::hash(f).to_hex().as_str(), want);
         }
     }
 }
