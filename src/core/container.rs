@@ -362,6 +362,12 @@ pub fn decode_chunk(
         return Err(malformed(W, format!("raw length {raw_len}")));
     }
     let raw = match codec {
+        Codec::Raw if stored.len() != raw_len as usize => {
+            return Err(malformed(
+                W,
+                format!("{} stored bytes, header says {raw_len}", stored.len()),
+            ));
+        }
         Codec::Raw => stored.to_vec(),
         Codec::Zstd => zstd::bulk::decompress(stored, raw_len as usize)
             .map_err(|e| malformed(W, format!("zstd: {e}")))?,
