@@ -425,11 +425,7 @@ struct BodyGen {
 impl BodyGen {
     fn new(f: &TarFile) -> BodyGen {
         let mut segments = vec![(f.base_len, Content::new(f.kind, f.seed))];
-        segments.extend(
-            f.appends
-                .iter()
-                .map(|&(l, s)| (l, Content::new(f.kind, s))),
-        );
+        segments.extend(f.appends.iter().map(|&(l, s)| (l, Content::new(f.kind, s))));
         let overlays = f
             .overlays
             .iter()
@@ -472,7 +468,8 @@ impl BodyGen {
             if a < b {
                 let dst = base + (a - start) as usize;
                 let src = (a - off) as usize;
-                out[dst..dst + (b - a) as usize].copy_from_slice(&bytes[src..src + (b - a) as usize]);
+                out[dst..dst + (b - a) as usize]
+                    .copy_from_slice(&bytes[src..src + (b - a) as usize]);
             }
         }
         true
@@ -660,7 +657,11 @@ impl VmState {
                 (kind, derive(self.seed, b))
             } else {
                 let s = derive(derive(self.seed, b), u64::from(version));
-                let kind = if s % 2 == 0 { Kind::Text } else { Kind::Random };
+                let kind = if s.is_multiple_of(2) {
+                    Kind::Text
+                } else {
+                    Kind::Random
+                };
                 (kind, s)
             };
             Content::new(kind, seed).fill(block);
@@ -676,9 +677,9 @@ impl VmState {
 /// A text SQL dump of one `orders` table, one `INSERT` per row, ordered by id (`pg_dump --inserts`).
 ///
 /// Full 0 has `rows` rows with ids spaced 10^7 apart. Between full `j-1` and `j`:
-/// `round(rows * insert_fraction)` new rows arrive in clusters of 1-64 at uniformly random places in the id
-/// order (a clustered key such as (customer, order)), shifting every byte after them; and
-/// `round(rows * update_fraction)` existing rows change their status, amount and updated_at columns (which
+/// `round(rows * insert_fraction)` (default 0.5%) new rows arrive in clusters of 1-64 at uniformly random places
+/// in the id order (a clustered key such as (customer, order)), shifting every byte after them; and
+/// `round(rows * update_fraction)` (default 0.01%) existing rows change their status, amount and updated_at columns (which
 /// may change their length). The dump header carries the dump date, so it changes every night.
 #[derive(Clone, Debug)]
 pub struct DbDump {
@@ -689,7 +690,7 @@ pub struct DbDump {
 }
 
 /// Mean length of a generated row, used to size a dump from bytes.
-const DB_ROW_BYTES: u64 = 190;
+const DB_ROW_BYTES: u64 = 220;
 const DB_MAX_CLUSTER: u64 = 64;
 
 impl DbDump {
@@ -699,7 +700,7 @@ impl DbDump {
             seed,
             rows: (approx_bytes / DB_ROW_BYTES).max(1),
             insert_fraction: 0.005,
-            update_fraction: 0.001,
+            update_fraction: 0.0001,
         }
     }
 
@@ -883,14 +884,22 @@ mod tests {
             let sum: u32 = h
                 .iter()
                 .enumerate()
-                .map(|(i, &c)| if (148..156).contains(&i) { 32 } else { u32::from(c) })
+                .map(|(i, &c)| {
+                    if (148..156).contains(&i) {
+                        32
+                    } else {
+                        u32::from(c)
+                    }
+                })
                 .sum();
             let field = |a: usize, l: usize| {
                 let s = std::str::from_utf8(&h[a..a + l]).unwrap();
                 u64::from_str_radix(s.trim_matches(|c| c == '\0' || c == ' '), 8).unwrap()
             };
             assert_eq!(u64::from(sum), field(148, 8), "header checksum");
-            let name = std::str::from_utf8(&h[..100]).unwrap().trim_end_matches('\0');
+            let name = std::str::from_utf8(&h[..100])
+                .unwrap()
+                .trim_end_matches('\0');
             let size = field(124, 12) as usize;
             let body = b[p + 512..p + 512 + size].to_vec();
             out.push((name.to_string(), field(136, 12), body));
@@ -942,9 +951,17 @@ mod tests {
             }
         }
         let expect = w.changes_for(fa.len());
-        assert!(fa.len() > 150, "enough files to mean something: {}", fa.len());
+        assert!(
+            fa.len() > 150,
+            "enough files to mean something: {}",
+            fa.len()
+        );
         // Every picked file is changed, removed, or swapped for an added one.
-        assert_eq!(changed + removed + added, expect, "{changed} + {removed} + {added}");
+        assert_eq!(
+            changed + removed + added,
+            expect,
+            "{changed} + {removed} + {added}"
+        );
         assert!(changed > 0);
         let frac = expect as f64 / fa.len() as f64;
         assert!((0.01..=0.02).contains(&frac), "{frac}");
@@ -985,25 +1002,39 @@ mod tests {
                 .collect()
         };
         let (ia, ib) = (ids(&a), ids(&b));
-        assert!(ib.windows(2).all(|w| w[0] < w[1]), "ordered by id, no duplicates");
+        assert!(
+            ib.windows(2).all(|w| w[0] < w[1]),
+            "ordered by id, no duplicates"
+        );
         assert_eq!(ib.len() - ia.len(), w.inserts_per_full() as usize);
         let sa: HashSet<_> = ia.iter().collect();
         let new: Vec<usize> = (0..ib.len()).filter(|&i| !sa.contains(&ib[i])).collect();
-        assert!(new[0] < ib.len() / 2, "inserted in the middle, not appended");
+        assert!(
+            new[0] < ib.len() / 2,
+            "inserted in the middle, not appended"
+        );
         // Rows present in both: all but the updated ones are byte-identical.
         let lines = |d: &[u8]| -> HashMap<u64, String> {
             std::str::from_utf8(d)
                 .unwrap()
                 .lines()
                 .filter(|l| l.starts_with("INSERT"))
-                .map(|l| (l[34..].split(',').next().unwrap().parse().unwrap(), l.to_string()))
+                .map(|l| {
+                    (
+                        l[34..].split(',').next().unwrap().parse().unwrap(),
+                        l.to_string(),
+                    )
+                })
                 .collect()
         };
         let (la, lb) = (lines(&a), lines(&b));
         let updated = la.iter().filter(|(id, l)| lb[*id] != **l).count();
         let expect = w.updates_per_full() as usize;
         // An update may pick a row updated the night before again, or redraw the same values (rarely).
-        assert!(updated <= expect && updated + 2 >= expect, "{updated} vs {expect}");
+        assert!(
+            updated <= expect && updated + 2 >= expect,
+            "{updated} vs {expect}"
+        );
         let mean_row = a.len() as f64 / ia.len() as f64;
         assert!((120.0..300.0).contains(&mean_row), "{mean_row}");
     }

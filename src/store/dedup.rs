@@ -154,19 +154,30 @@ impl LocalityCache {
         if self.last_touched == Some(c) {
             return;
         }
-        let Some(entry) = self.containers.get_mut(&c) else { return };
+        let Some(entry) = self.containers.get_mut(&c) else {
+            return;
+        };
         self.tick += 1;
         entry.0 = self.tick;
         self.order.push_back((c, self.tick));
         self.last_touched = Some(c);
         if self.order.len() > 4 * self.capacity + 64 {
             let containers = &self.containers;
-            self.order.retain(|(c, t)| containers.get(c).is_some_and(|e| e.0 == *t));
+            self.order
+                .retain(|(c, t)| containers.get(c).is_some_and(|e| e.0 == *t));
         }
     }
 
-    fn insert(&mut self, c: ContainerId, entries: impl IntoIterator<Item = (ChunkId, ChunkLocation)>) {
-        let ids = &mut self.containers.entry(c).or_insert_with(|| (0, Vec::new())).1;
+    fn insert(
+        &mut self,
+        c: ContainerId,
+        entries: impl IntoIterator<Item = (ChunkId, ChunkLocation)>,
+    ) {
+        let ids = &mut self
+            .containers
+            .entry(c)
+            .or_insert_with(|| (0, Vec::new()))
+            .1;
         for (id, loc) in entries {
             if self.chunks.insert(id, loc).is_none() {
                 ids.push(id);
@@ -175,7 +186,9 @@ impl LocalityCache {
         self.last_touched = None;
         self.touch(c);
         while self.containers.len() > self.capacity {
-            let Some((victim, t)) = self.order.pop_front() else { break };
+            let Some((victim, t)) = self.order.pop_front() else {
+                break;
+            };
             if self.containers.get(&victim).is_some_and(|e| e.0 == t) {
                 self.remove(victim);
             }
@@ -393,7 +406,11 @@ mod tests {
             offset: 32 + i * 1000,
             stored_len: 900 + i as u32,
             raw_len: 1000,
-            codec: if i % 2 == 0 { Codec::Zstd } else { Codec::Raw },
+            codec: if i.is_multiple_of(2) {
+                Codec::Zstd
+            } else {
+                Codec::Raw
+            },
         }
     }
 
@@ -431,7 +448,10 @@ mod tests {
             assert_eq!(x.lookup(&conn, &id(30 + i)).unwrap(), Some(loc(3, i)));
         }
         let s = x.stats();
-        assert_eq!((s.lookups, s.db_lookups, s.db_hits, s.cache_hits), (10, 1, 1, 9));
+        assert_eq!(
+            (s.lookups, s.db_lookups, s.db_hits, s.cache_hits),
+            (10, 1, 1, 9)
+        );
         assert_eq!((s.cached_containers, s.cached_chunks), (1, 10));
         assert_eq!(s.bloom_items, 50);
     }
@@ -456,7 +476,11 @@ mod tests {
             let mut b = [0u8; 32];
             for (k, w) in b.chunks_mut(8).enumerate() {
                 let x = (i * 4 + k as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                w.copy_from_slice(&(x ^ (x >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9).to_le_bytes());
+                w.copy_from_slice(
+                    &(x ^ (x >> 29))
+                        .wrapping_mul(0xBF58_476D_1CE4_E5B9)
+                        .to_le_bytes(),
+                );
             }
             ChunkId(b)
         };
@@ -464,8 +488,13 @@ mod tests {
         for i in 0..1_000_000u64 {
             b.insert(&uid(i));
         }
-        assert!((0..1_000_000).all(|i| b.may_contain(&uid(i))), "no false negatives");
-        let fp = (1_000_000..1_200_000).filter(|&i| b.may_contain(&uid(i))).count();
+        assert!(
+            (0..1_000_000).all(|i| b.may_contain(&uid(i))),
+            "no false negatives"
+        );
+        let fp = (1_000_000..1_200_000)
+            .filter(|&i| b.may_contain(&uid(i)))
+            .count();
         let rate = fp as f64 / 200_000.0;
         assert!((0.005..0.015).contains(&rate), "{rate}");
         assert_eq!(b.bits / 8, 1_198_128);
