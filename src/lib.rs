@@ -3,3 +3,7 @@
 pub mod core;
 pub mod store;
 pub mod workload;
+pub mod auth;
+pub mod config;
+pub mod s3;
+pub mod server;

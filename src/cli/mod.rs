@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 
 pub mod catalog;
 pub mod debug;
+pub mod key;
+pub mod serve;
 
 #[derive(Parser, Debug)]
 #[command(name = "cairn", version, about = "Deduplicating, erasure-coded S3 backup target")]
@@ -22,6 +24,10 @@ pub enum Command {
     /// Developer tools (ingest loops for crash tests, local put/get).
     #[command(subcommand, hide = true)]
     Debug(debug::DebugCommand),
+    /// Serve the S3 API (the embedded default without flags: 127.0.0.1:9000, ./cairn-data).
+    Serve(serve::ServeArgs),
+    /// Manage access keys limited to named buckets.
+    Key(key::KeyArgs),
 }
 
 pub fn init_tracing() {
@@ -34,5 +40,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Catalog(c) => catalog::run(c),
         Command::Debug(c) => debug::run(c),
+        Command::Serve(a) => serve::run(a),
+        Command::Key(a) => key::run(a),
     }
 }

@@ -1,0 +1,138 @@
+//! Moving bytes between HTTP bodies (async) and the store (sync, blocking). Bodies are never buffered whole:
+//! an upload body goes through a bounded channel to a blocking task that calls `Upload::write`, so a slow
+//! store slows the client down (backpressure) instead of filling memory; a download is read by a blocking
+//! task into a bounded channel that the response body drains.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use s3s::S3Result;
+use s3s::dto::StreamingBlob;
+use tokio::sync::mpsc;
+
+use super::checksum::{Algo, Hasher};
+use super::error::{body_error, internal, store_error};
+use crate::store::{ObjectReader, Store, Upload};
+
+/// Pieces handed to `Upload::write` are coalesced to about this size (fewer channel hops and store calls).
+const PIECE: usize = 1 << 20;
+/// Pieces in flight per upload or download: bounds the memory of one request to a few MiB.
+const DEPTH: usize = 4;
+
+/// A body fully written into an (unfinished) upload.
+pub struct Ingested {
+    pub upload: Upload,
+    pub size: u64,
+    pub checksums: BTreeMap<Algo, String>,
+}
+
+/// Streams `body` into a new upload, computing `algos` on the way. On any body error the upload is dropped,
+/// which aborts it: nothing becomes visible.
+pub async fn ingest(
+    store: &Arc<Store>,
+    body: Option<StreamingBlob>,
+    algos: &[Algo],
+) -> S3Result<Ingested> {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(DEPTH);
+    let store = store.clone();
+    let mut hasher = Hasher::new(algos);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut upload = store.begin_upload()?;
+        let mut size = 0u64;
+        while let Some(piece) = rx.blocking_recv() {
+            hasher.update(&piece);
+            upload.write(&piece)?;
+            size += piece.len() as u64;
+        }
+        Ok::<_, crate::store::StoreError>((upload, size, hasher.finish()))
+    });
+
+    let pumped = pump(body, &tx).await;
+    drop(tx);
+    let written = writer.await.map_err(internal)?;
+    // A body error wins over whatever the writer saw: the writer only ever saw a short stream.
+    pumped?;
+    let (upload, size, checksums) = written.map_err(store_error)?;
+    Ok(Ingested {
+        upload,
+        size,
+        checksums,
+    })
+}
+
+async fn pump(body: Option<StreamingBlob>, tx: &mpsc::Sender<Bytes>) -> S3Result<()> {
+    let Some(mut body) = body else { return Ok(()) };
+    let mut buf = BytesMut::new();
+    while let Some(item) = body.next().await {
+        let bytes = item.map_err(body_error)?;
+        if buf.is_empty() && bytes.len() >= PIECE {
+            if tx.send(bytes).await.is_err() {
+                return Ok(()); // writer failed; its error is reported
+            }
+            continue;
+        }
+        buf.extend_from_slice(&bytes);
+        if buf.len() >= PIECE && tx.send(buf.split().freeze()).await.is_err() {
+            return Ok(());
+        }
+    }
+    if !buf.is_empty() {
+        let _ = tx.send(buf.freeze()).await;
+    }
+    Ok(())
+}
+
+/// Streams an `ObjectReader` as a response body.
+pub fn reader_body(reader: ObjectReader, len: u64) -> StreamingBlob {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(DEPTH);
+    tokio::task::spawn_blocking(move || {
+        let mut reader = reader;
+        let mut left = len;
+        while left > 0 {
+            let want = usize::try_from(left.min(PIECE as u64)).unwrap_or(PIECE);
+            let mut buf = vec![0u8; want];
+            let mut filled = 0;
+            while filled < want {
+                match reader.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        tracing::error!("read failed mid-response: {e}");
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+            }
+            if filled < want {
+                // The catalog promised more bytes than the reader gave: never send a short body silently.
+                let _ = tx.blocking_send(Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "object ended early",
+                )));
+                return;
+            }
+            buf.truncate(filled);
+            left -= filled as u64;
+            if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                return; // client went away
+            }
+        }
+    });
+    StreamingBlob::wrap(ChannelStream(rx))
+}
+
+struct ChannelStream(mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl Stream for ChannelStream {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
