@@ -44,3 +44,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Key(a) => key::run(a),
     }
 }
+
+/// A progress bar on a terminal; hidden otherwise (and with --json), where plain summary lines are printed.
+pub fn progress_bar(json: bool, unit: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if json || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    let style = indicatif::ProgressStyle::with_template(&format!(
+        "{{elapsed_precise}} [{{bar:40}}] {{pos}}/{{len}} {unit} (eta {{eta}})"
+    ))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar
+}
