@@ -37,6 +37,8 @@ impl Store {
         let width = geometry.width();
 
         let mut placed: Vec<Option<DiskId>> = vec![None; width];
+        // Disks that failed a write of this container are not tried again for it.
+        let mut failed_here: Vec<DiskId> = Vec::new();
         for attempt in 0.. {
             let missing: Vec<usize> = (0..width).filter(|i| placed[*i].is_none()).collect();
             if missing.is_empty() {
@@ -49,7 +51,7 @@ impl Store {
                 });
             }
             let loads: Vec<_> =
-                self.disks.writable_loads().into_iter().filter(|l| !placed.contains(&Some(l.id))).collect();
+                self.disks.writable_loads().into_iter().filter(|l| !placed.contains(&Some(l.id)) && !failed_here.contains(&l.id)).collect();
             let chosen = place(id, &loads, missing.len()).map_err(|_| StoreError::NotEnoughDisks {
                 need: width,
                 have: loads.len() + (width - missing.len()),
@@ -85,7 +87,10 @@ impl Store {
             for (idx, disk_id, r) in results {
                 match r {
                     Ok(()) => placed[idx] = Some(disk_id),
-                    Err(e) => self.note_disk_error(disk_id, &e),
+                    Err(e) => {
+                        failed_here.push(disk_id);
+                        self.note_disk_error(disk_id, &e);
+                    }
                 }
             }
         }
