@@ -1,5 +1,6 @@
 //! Cairn: a deduplicating, erasure-coded S3 backup target. See README.md and storage-format.md.
 
+pub mod admin;
 pub mod core;
 pub mod store;
 pub mod workload;

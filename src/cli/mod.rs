@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod admin;
 pub mod catalog;
 pub mod debug;
 pub mod key;
@@ -18,6 +19,21 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Disks, capacity, dedup, redundancy, verification and jobs of the running server.
+    Status(catalog::StoreArgs),
+    /// Disk management on the running server.
+    #[command(subcommand)]
+    Disk(admin::DiskCommand),
+    /// Rebuild shards of failed disks onto spares (the server also starts this by itself).
+    Rebuild(admin::JobArgs),
+    /// Verify every shard and chunk; repair from parity and quarantine bad files.
+    Scrub {
+        #[command(flatten)]
+        job: admin::JobArgs,
+        /// Only report, do not repair
+        #[arg(long)]
+        no_repair: bool,
+    },
     /// Catalog maintenance: check, rebuild from the disks.
     #[command(subcommand)]
     Catalog(catalog::CatalogCommand),
@@ -38,6 +54,10 @@ pub fn init_tracing() {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Status(a) => admin::status(a),
+        Command::Disk(c) => admin::disk(c),
+        Command::Rebuild(a) => admin::rebuild(a),
+        Command::Scrub { job, no_repair } => admin::scrub(job, no_repair),
         Command::Catalog(c) => catalog::run(c),
         Command::Debug(c) => debug::run(c),
         Command::Serve(a) => serve::run(a),

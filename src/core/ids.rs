@@ -34,7 +34,8 @@ impl fmt::Display for ChunkId {
 }
 
 /// A sealed container; allocated by the catalog, never reused (storage-format.md §4).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct ContainerId(pub u64);
 
 impl fmt::Display for ContainerId {
@@ -44,7 +45,8 @@ impl fmt::Display for ContainerId {
 }
 
 /// A disk's id in the catalog (`disks.id`, storage-format.md §2).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct DiskId(pub u32);
 
 impl fmt::Display for DiskId {

@@ -6,5 +6,6 @@ pub mod erasure;
 pub mod error;
 pub mod ids;
 pub mod placement;
+pub mod plan;
 pub mod records;
 pub mod shard;

@@ -47,9 +47,14 @@ impl DiskState {
             _ => return None,
         })
     }
-    /// New containers may be placed here.
+    /// New containers may be placed here. A spare being rebuilt onto takes new writes too: it is a healthy
+    /// disk, and with the embedded 4+2 on six disks it is what keeps writes going after one disk fails.
     pub fn writable(&self) -> bool {
-        matches!(self, DiskState::Active | DiskState::Suspect)
+        matches!(self, DiskState::Active | DiskState::Suspect | DiskState::Rebuilding)
+    }
+    /// Shards on this disk count as present.
+    pub fn healthy(&self) -> bool {
+        self.writable()
     }
 }
 

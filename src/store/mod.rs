@@ -16,10 +16,13 @@ pub mod disk;
 pub mod diskset;
 pub mod error;
 mod ingest;
+pub mod jobs;
 mod objects;
 mod read;
 pub mod recover;
+pub mod repair;
 mod seal;
+pub mod status;
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -96,6 +99,7 @@ pub struct Store {
     container_ids: Mutex<(u64, u64)>,
     last_seq: AtomicU64,
     commit_lock: Mutex<()>,
+    jobs: jobs::Jobs,
     _lock: File,
 }
 
@@ -114,21 +118,11 @@ fn now_nanos() -> u64 {
 }
 
 pub(crate) fn lock_data_dir(dir: &Path) -> Result<File> {
-    use std::os::fd::AsRawFd;
     let path = dir.join("cairn.lock");
     let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
-    // SAFETY-free: flock is a plain syscall on an fd we own.
-    let rc = unsafe_free_flock(f.as_raw_fd());
-    if rc != 0 {
-        return Err(StoreError::Locked(dir.display().to_string()));
-    }
+    // An advisory flock: released by the kernel when the process dies, so a crash never leaves it stale.
+    f.try_lock().map_err(|_| StoreError::Locked(dir.display().to_string()))?;
     Ok(f)
-}
-
-#[allow(unsafe_code)]
-fn unsafe_free_flock(fd: i32) -> i32 {
-    // SAFETY: flock only reads the fd number; the File outlives the lock (held in Store).
-    unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) }
 }
 
 impl Store {
@@ -255,6 +249,7 @@ impl Store {
             container_ids: Mutex::new((next_container, next_container)),
             last_seq: AtomicU64::new(last_seq),
             commit_lock: Mutex::new(()),
+            jobs: jobs::Jobs::default(),
             _lock: lock,
         };
         let writable = store.disks.writable_loads().len();
