@@ -1,0 +1,197 @@
+//! Stage kernels shared by `benches/stages.rs` (criterion) and `benches/e2e.rs` (live limits in one run).
+//!
+//! Every kernel does what the store does per byte, with the store's own parameters: the store's `Chunker`
+//! (default 6/24/96 KiB), BLAKE3 per chunk, `compress_chunk` at `DEFAULT_ZSTD_LEVEL`, the store's 4+2
+//! `Erasure` on 8 MiB containers. The sample is the start of a `TarTree` full (text-like and incompressible
+//! files), so zstd sees what a real backup stream gives it.
+#![allow(dead_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::ops::Range;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cairn::core::chunker::{ChunkerParams, chunk_ranges};
+use cairn::core::container::{DEFAULT_ZSTD_LEVEL, compress_chunk};
+use cairn::core::erasure::{Erasure, Geometry};
+use cairn::workload::TarTree;
+use md5::Digest;
+
+pub const MB: f64 = 1e6;
+/// Container size the store seals at (`DEFAULT_CONTAINER_TARGET`) and its geometry (`StoreConfig::embedded`).
+pub const CONTAINER: usize = 8 * 1024 * 1024;
+pub const K: u8 = 4;
+pub const M: u8 = 2;
+
+/// The first `bytes` of TarTree full 0 with `seed`.
+pub fn sample(seed: u64, bytes: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(bytes);
+    TarTree::new(seed, bytes as u64 + (1 << 20)).reader(0).take(bytes as u64).read_to_end(&mut v).expect("generator");
+    v
+}
+
+pub fn chunks(data: &[u8]) -> Vec<Range<usize>> {
+    chunk_ranges(data, ChunkerParams::DEFAULT)
+}
+
+pub fn blake3_chunks(data: &[u8], ranges: &[Range<usize>]) -> u8 {
+    ranges.iter().fold(0u8, |a, r| a ^ blake3::hash(&data[r.clone()]).as_bytes()[0])
+}
+
+/// Compressed bytes of all chunks (the store's codec choice included).
+pub fn zstd_chunks(data: &[u8], ranges: &[Range<usize>]) -> usize {
+    ranges.iter().map(|r| compress_chunk(&data[r.clone()], DEFAULT_ZSTD_LEVEL).1.len()).sum()
+}
+
+pub fn compressed_chunks(data: &[u8], ranges: &[Range<usize>]) -> Vec<Vec<u8>> {
+    ranges.iter().map(|r| zstd::bulk::compress(&data[r.clone()], DEFAULT_ZSTD_LEVEL).expect("zstd")).collect()
+}
+
+pub fn unzstd_chunks(comp: &[Vec<u8>], ranges: &[Range<usize>]) -> usize {
+    comp.iter().zip(ranges).map(|(c, r)| zstd::bulk::decompress(c, r.len()).expect("unzstd").len()).sum()
+}
+
+pub fn md5(data: &[u8]) -> u8 {
+    md5::Md5::digest(data)[0]
+}
+
+pub fn sha256(data: &[u8]) -> u8 {
+    sha2::Sha256::digest(data)[0]
+}
+
+pub fn erasure() -> Erasure {
+    Erasure::new(Geometry::new(K, M).expect("geometry")).expect("erasure")
+}
+
+/// Data shards of `container` split the way the store does it.
+pub fn data_shards(container: &[u8], k: usize) -> Vec<Vec<u8>> {
+    let s = container.len().div_ceil(k).next_multiple_of(64);
+    (0..k)
+        .map(|j| {
+            let mut v = container[(j * s).min(container.len())..((j + 1) * s).min(container.len())].to_vec();
+            v.resize(s, 0);
+            v
+        })
+        .collect()
+}
+
+pub fn rs_simd_encode(data: &[Vec<u8>], m: usize) -> Vec<Vec<u8>> {
+    reed_solomon_simd::encode(data.len(), m, data).expect("rs-simd encode")
+}
+
+/// Reconstructs data shards 0 and 1 from the rest (the worst case for a read: two data shards gone).
+pub fn rs_simd_reconstruct(data: &[Vec<u8>], parity: &[Vec<u8>]) -> usize {
+    let k = data.len();
+    let orig = data.iter().enumerate().skip(2);
+    let rec = parity.iter().enumerate();
+    let out = reed_solomon_simd::decode(k, parity.len(), orig, rec).expect("rs-simd decode");
+    out.len()
+}
+
+pub fn rs_erasure_reconstruct(e: &Erasure, shards: &[Vec<u8>]) -> usize {
+    let mut s: Vec<Option<Vec<u8>>> = shards.iter().map(|v| Some(v.clone())).collect();
+    s[0] = None;
+    s[1] = None;
+    e.reconstruct_data(&mut s).expect("reconstruct");
+    s.len()
+}
+
+/// Runs `f` (which processes `bytes` bytes) until `min` has passed; MB/s.
+pub fn rate(bytes: usize, min: Duration, mut f: impl FnMut()) -> f64 {
+    let t = Instant::now();
+    let mut n = 0u64;
+    while n == 0 || t.elapsed() < min {
+        f();
+        n += 1;
+    }
+    bytes as f64 * n as f64 / t.elapsed().as_secs_f64() / MB
+}
+
+/// Sequential write of `bytes` in 1 MiB writes, then fsync; MB/s. The file is removed afterwards.
+pub fn disk_write_fsync(dir: &Path, bytes: usize) -> std::io::Result<f64> {
+    let p = dir.join("cairn-bench-disk.tmp");
+    let buf: Vec<u8> = (0..1 << 20).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let t = Instant::now();
+    let mut f = OpenOptions::new().create(true).truncate(true).write(true).open(&p)?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(buf.len());
+        f.write_all(&buf[..n])?;
+        left -= n;
+    }
+    f.sync_all()?;
+    let r = bytes as f64 / t.elapsed().as_secs_f64() / MB;
+    drop(f);
+    std::fs::remove_file(&p)?;
+    Ok(r)
+}
+
+/// Writes `bytes`, fsyncs, evicts the file from the page cache, then reads it back sequentially; MB/s of the
+/// read (a real disk read, not a page-cache copy).
+pub fn disk_read_cold(dir: &Path, bytes: usize) -> std::io::Result<f64> {
+    let p = dir.join("cairn-bench-read.tmp");
+    {
+        let mut f = File::create(&p)?;
+        let buf = vec![0x5au8; 1 << 20];
+        for _ in 0..bytes.div_ceil(buf.len()) {
+            f.write_all(&buf)?;
+        }
+        f.sync_all()?;
+    }
+    evict(&p);
+    let t = Instant::now();
+    let mut f = File::open(&p)?;
+    let mut buf = vec![0u8; 4 << 20];
+    let mut total = 0usize;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    let r = total as f64 / t.elapsed().as_secs_f64() / MB;
+    std::fs::remove_file(&p)?;
+    Ok(r)
+}
+
+/// Drops a (clean) file's pages from the page cache, so the next read goes to the disk.
+#[allow(unsafe_code)]
+pub fn evict(p: &Path) {
+    use std::os::fd::AsRawFd;
+    if let Ok(f) = File::open(p) {
+        // SAFETY: plain syscall on an fd owned by `f`, which outlives the call; no memory is passed.
+        unsafe {
+            libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+        }
+    }
+}
+
+/// Evicts every file under `dir` (recursively) from the page cache.
+pub fn evict_tree(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => evict_tree(&p),
+            Ok(t) if t.is_file() => evict(&p),
+            _ => {}
+        }
+    }
+}
+
+/// Bytes of all regular files under `dir`.
+pub fn tree_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    rd.flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
+pub mod s3;
+pub mod server;

@@ -1,0 +1,77 @@
+//! Starting the real `cairn serve` for the e2e bench, and reading its peak RSS.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub const ACCESS: &str = "cairnbenchroot";
+pub const SECRET: &str = "cairn-bench-secret-key-0123456789";
+
+pub struct Server {
+    pub data: PathBuf,
+    pub endpoint: String,
+    child: Child,
+}
+
+impl Server {
+    /// `cairn serve --data <data> --listen 127.0.0.1:0`; returns once it printed its address.
+    pub fn start(data: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .arg("serve")
+            .arg("--data")
+            .arg(data)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .env("CAIRN_ROOT_ACCESS_KEY", ACCESS)
+            .env("CAIRN_ROOT_SECRET_KEY", SECRET)
+            .env("CAIRN_LOG", std::env::var("CAIRN_LOG").unwrap_or_else(|_| "error".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn cairn serve");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let endpoint = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("cairn: listening on ").map(|s| s.trim().to_string()))
+            .expect("cairn serve exited before listening");
+        std::thread::spawn(move || for _ in lines {});
+        Server { data: data.to_path_buf(), endpoint, child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn disks(&self) -> PathBuf {
+        self.data.join("disks")
+    }
+
+    /// Resets the kernel's peak-RSS counter (VmHWM) of the server.
+    pub fn reset_peak_rss(&self) {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5");
+    }
+
+    /// VmHWM of the server in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    }
+
+    pub fn stop(mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,588 @@
+//! End-to-end performance of Cairn against the machine's limits and against restic, in one run (issue 5).
+//!
+//! 1. Stage limits measured live (one core each) on the start of the unique data set.
+//! 2. Pipeline limits derived from them, per core and for all cores (and the disk).
+//! 3. Through the real `cairn serve` over S3 (client: rusty-s3 + ureq, see common/s3.rs): unique ingest,
+//!    duplicate ingest (the same data again), restore healthy and with two disk directories removed, rebuild
+//!    and scrub, each against its limit.
+//! 4. The same data through restic into a local repository: throughput, stored bytes, Cairn/restic ratios.
+//! 5. Peak server RSS (VmHWM) during one big multipart upload and during 16 parallel uploads.
+//! 6. Stored bytes and dedup ratio over 7 nightly fulls of the three workloads, next to restic's.
+//!
+//! `cargo bench --bench e2e` uses the sizes below; under `cargo test` (no `--bench` argument) everything runs on
+//! a few MB. Environment (MB = 10^6 bytes):
+//!   CAIRN_BENCH_UNIQUE_MB=2000  unique data set (TarTree full 0: text-like and incompressible files)
+//!   CAIRN_BENCH_BIG_MB=20000    the one big upload of the RSS case
+//!   CAIRN_BENCH_PAR_MB=1000     each of the 16 parallel uploads (CAIRN_BENCH_PAR_N=16)
+//!   CAIRN_BENCH_NIGHTLY_MB=256  one nightly full of each workload
+//!   CAIRN_BENCH_PART_MB=64      multipart part size; CAIRN_BENCH_PARALLEL=4 parts in flight
+//!   CAIRN_BENCH_SKIP=restic,rss,nightly   sections to skip
+//!   CAIRN_BENCH_DIR             where the data, the store and the restic repos go (default: $TMPDIR)
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::s3::Client;
+use common::server::{ACCESS, SECRET, Server};
+use common::*;
+
+use cairn::workload::{DbDump, TarTree, VmImage};
+
+struct Opts {
+    bench: bool,
+    unique: u64,
+    big: u64,
+    par_n: usize,
+    par: u64,
+    nightly: u64,
+    part: usize,
+    parallel: usize,
+    skip: Vec<String>,
+    dir: PathBuf,
+}
+
+fn env_mb(name: &str, bench: bool, full: f64, tiny: f64) -> u64 {
+    let mb = std::env::var(name).ok().and_then(|v| v.parse::<f64>().ok()).unwrap_or(if bench { full } else { tiny });
+    (mb * MB) as u64
+}
+
+impl Opts {
+    fn from_env() -> Opts {
+        let bench = std::env::args().any(|a| a == "--bench");
+        let n = |name: &str, d: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+        Opts {
+            bench,
+            unique: env_mb("CAIRN_BENCH_UNIQUE_MB", bench, 2000.0, 12.0),
+            big: env_mb("CAIRN_BENCH_BIG_MB", bench, 20000.0, 12.0),
+            par_n: n("CAIRN_BENCH_PAR_N", if bench { 16 } else { 4 }),
+            par: env_mb("CAIRN_BENCH_PAR_MB", bench, 1000.0, 1.0),
+            nightly: env_mb("CAIRN_BENCH_NIGHTLY_MB", bench, 256.0, 2.0),
+            part: env_mb("CAIRN_BENCH_PART_MB", bench, 64.0 * 1.048_576, 5.0 * 1.048_576) as usize,
+            parallel: n("CAIRN_BENCH_PARALLEL", 4),
+            skip: std::env::var("CAIRN_BENCH_SKIP").unwrap_or_default().split(',').map(str::to_string).collect(),
+            dir: std::env::var_os("CAIRN_BENCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir),
+        }
+    }
+    fn skip(&self, s: &str) -> bool {
+        self.skip.iter().any(|x| x == s)
+    }
+}
+
+/// Stage rates in MB/s (one core), measured on the sample.
+struct Stages {
+    cdc: f64,
+    blake3: f64,
+    zstd: f64,
+    unzstd: f64,
+    /// compressed / raw on the sample (the store's codec choice included)
+    ratio: f64,
+    rs_erasure_enc: f64,
+    rs_simd_enc: f64,
+    rs_erasure_rec: f64,
+    rs_simd_rec: f64,
+    md5: f64,
+    sha256: f64,
+    disk_write: f64,
+    disk_read: f64,
+}
+
+fn measure_stages(o: &Opts, data_file: &Path, work: &Path) -> Stages {
+    let n = o.unique.min(64 << 20) as usize;
+    let mut data = vec![0u8; n];
+    File::open(data_file).and_then(|f| f.read_exact_at(&mut data, 0)).expect("read sample");
+    let min = if o.bench { Duration::from_millis(1500) } else { Duration::ZERO };
+    let ranges = chunks(&data);
+    let comp = compressed_chunks(&data, &ranges);
+    let stored = zstd_chunks(&data, &ranges);
+    let container = &data[..CONTAINER.min(n)];
+    let e = erasure();
+    let shards = e.encode(container);
+    let (dat, par) = shards.split_at(K as usize);
+    let disk_bytes = if o.bench { 1 << 30 } else { 4 << 20 };
+    Stages {
+        cdc: rate(n, min, || {
+            std::hint::black_box(chunks(&data));
+        }),
+        blake3: rate(n, min, || {
+            std::hint::black_box(blake3_chunks(&data, &ranges));
+        }),
+        zstd: rate(n, min, || {
+            std::hint::black_box(zstd_chunks(&data, &ranges));
+        }),
+        unzstd: rate(n, min, || {
+            std::hint::black_box(unzstd_chunks(&comp, &ranges));
+        }),
+        ratio: stored as f64 / n as f64,
+        rs_erasure_enc: rate(container.len(), min, || {
+            std::hint::black_box(e.encode(container));
+        }),
+        rs_simd_enc: rate(container.len(), min, || {
+            std::hint::black_box(rs_simd_encode(dat, M as usize));
+        }),
+        rs_erasure_rec: rate(container.len(), min, || {
+            std::hint::black_box(rs_erasure_reconstruct(&e, &shards));
+        }),
+        rs_simd_rec: rate(container.len(), min, || {
+            std::hint::black_box(rs_simd_reconstruct(dat, par));
+        }),
+        md5: rate(n, min, || {
+            std::hint::black_box(md5(&data));
+        }),
+        sha256: rate(n, min, || {
+            std::hint::black_box(sha256(&data));
+        }),
+        disk_write: disk_write_fsync(work, disk_bytes).expect("disk write"),
+        disk_read: disk_read_cold(work, disk_bytes).expect("disk read"),
+    }
+}
+
+/// Pipeline limits in MB/s of logical (client) bytes.
+struct Limits {
+    cores: usize,
+    unique_core: f64,
+    unique_cpu: f64,
+    unique_disk: f64,
+    unique: f64,
+    hash_core: f64,
+    hash: f64,
+    dup_md5: f64,
+    restore_core: f64,
+    restore: f64,
+    degraded: f64,
+}
+
+fn limits(s: &Stages) -> Limits {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let c = s.ratio;
+    let width = f64::from(K + M) / f64::from(K);
+    // Seconds per MB on one core; RS works on compressed container bytes. Client payloads are unsigned
+    // (UNSIGNED-PAYLOAD), so no SHA-256 on the server; MD5 (the ETag) always runs.
+    let unique = 1.0 / s.cdc + 1.0 / s.blake3 + 1.0 / s.zstd + 1.0 / s.md5 + c / s.rs_erasure_enc;
+    let hash = 1.0 / s.cdc + 1.0 / s.blake3;
+    let restore = 1.0 / s.unzstd + 1.0 / s.blake3;
+    let degraded = restore + c / s.rs_erasure_rec;
+    let unique_disk = s.disk_write / (c * width);
+    let unique_cpu = cores as f64 / unique;
+    Limits {
+        cores,
+        unique_core: 1.0 / unique,
+        unique_cpu,
+        unique_disk,
+        unique: unique_cpu.min(unique_disk),
+        hash_core: 1.0 / hash,
+        hash: cores as f64 / hash,
+        dup_md5: cores as f64 / (hash + 1.0 / s.md5),
+        restore_core: 1.0 / restore,
+        restore: (cores as f64 / restore).min(s.disk_read / c),
+        degraded: (cores as f64 / degraded).min(s.disk_read / c),
+    }
+}
+
+/// A fast stream of unique, about 2:1 compressible bytes (SplitMix64 words, every other 4 KiB block text-like).
+struct FastUnique {
+    state: u64,
+    pos: u64,
+    len: u64,
+}
+
+impl Read for FastUnique {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = (out.len() as u64).min(self.len - self.pos) as usize & !7;
+        let n = if n == 0 { (self.len - self.pos) as usize } else { n };
+        for w in out[..n].chunks_mut(8) {
+            self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            let textual = (self.pos >> 12) & 1 == 1;
+            let b = if textual { (z & 0x0f0f_0f0f_0f0f_0f0f) | 0x6060_6060_6060_6060 } else { z };
+            w.copy_from_slice(&b.to_le_bytes()[..w.len()]);
+            self.pos += w.len() as u64;
+        }
+        Ok(n)
+    }
+}
+
+fn fast_unique(seed: u64, len: u64) -> FastUnique {
+    FastUnique { state: seed.wrapping_mul(0x2545_F491_4F6C_DD1D), pos: 0, len }
+}
+
+fn write_stream(path: &Path, mut r: impl Read) -> u64 {
+    let mut f = std::io::BufWriter::with_capacity(4 << 20, File::create(path).expect("create"));
+    let n = std::io::copy(&mut r, &mut f).expect("generate");
+    f.flush().expect("flush");
+    n
+}
+
+fn upload_file(c: &Client, o: &Opts, key: &str, path: &Path) -> f64 {
+    let f = File::open(path).expect("open data");
+    let len = f.metadata().expect("stat").len();
+    let t = Instant::now();
+    c.put_multipart(key, len, o.part, o.parallel, |i, buf| {
+        let start = i as u64 * o.part as u64;
+        let n = (len - start).min(o.part as u64) as usize;
+        buf.resize(n, 0);
+        f.read_exact_at(buf, start).expect("read part");
+    })
+    .unwrap_or_else(|e| panic!("upload {key}: {e}"));
+    t.elapsed().as_secs_f64()
+}
+
+/// GETs `key` and checks it against `path`; seconds.
+fn restore_file(c: &Client, key: &str, path: &Path) -> f64 {
+    let f = File::open(path).expect("open data");
+    let len = f.metadata().expect("stat").len();
+    let mut pos = 0u64;
+    let mut expect = vec![0u8; 1 << 20];
+    let t = Instant::now();
+    let got = c
+        .get(key, |b| {
+            let e = &mut expect[..b.len()];
+            f.read_exact_at(e, pos).expect("read data");
+            assert!(e == b, "restored bytes differ at offset {pos}");
+            pos += b.len() as u64;
+        })
+        .unwrap_or_else(|e| panic!("restore {key}: {e}"));
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(got, len, "restored length");
+    secs
+}
+
+fn restic(repo: &Path, args: &[&str], stdin: Option<&Path>) -> Option<f64> {
+    let t = Instant::now();
+    let mut cmd = Command::new("restic");
+    cmd.arg("-r").arg(repo).args(args).env("RESTIC_PASSWORD", "cairn-bench").arg("--no-cache").arg("-q");
+    cmd.stdout(Stdio::null());
+    if let Some(p) = stdin {
+        cmd.stdin(File::open(p).ok()?);
+    }
+    let st = cmd.status().ok()?;
+    st.success().then(|| t.elapsed().as_secs_f64())
+}
+
+fn restic_available() -> bool {
+    Command::new("restic").arg("version").stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+struct Row {
+    name: String,
+    value: String,
+    limit: String,
+    ratio: String,
+    target: String,
+    holds: String,
+}
+
+fn row(name: &str, mbs: f64, limit: Option<f64>, target: Option<(f64, &str)>) -> Row {
+    let ratio = limit.map(|l| mbs / l);
+    let (tgt, holds) = match (target, ratio) {
+        (Some((t, what)), Some(r)) => (format!(">= {:.0}% {what}", t * 100.0), if r >= t { "yes" } else { "NO" }),
+        _ => (String::new(), ""),
+    };
+    Row {
+        name: name.into(),
+        value: format!("{mbs:.0} MB/s"),
+        limit: limit.map(|l| format!("{l:.0}")).unwrap_or_default(),
+        ratio: ratio.map(|r| format!("{:.0}%", r * 100.0)).unwrap_or_default(),
+        target: tgt,
+        holds: holds.into(),
+    }
+}
+
+fn text_row(name: &str, value: String, target: &str, holds: Option<bool>) -> Row {
+    Row {
+        name: name.into(),
+        value,
+        limit: String::new(),
+        ratio: String::new(),
+        target: target.into(),
+        holds: holds.map(|h| if h { "yes" } else { "NO" }).unwrap_or("").into(),
+    }
+}
+
+fn print_rows(title: &str, rows: &[Row]) {
+    println!("\n### {title}\n");
+    println!("| measurement | value | limit MB/s | ratio | target | holds |");
+    println!("|---|---|---|---|---|---|");
+    for r in rows {
+        println!("| {} | {} | {} | {} | {} | {} |", r.name, r.value, r.limit, r.ratio, r.target, r.holds);
+    }
+}
+
+fn gb(b: u64) -> String {
+    format!("{:.3} GB", b as f64 / 1e9)
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.0} MiB", b as f64 / (1 << 20) as f64)
+}
+
+fn main() {
+    let o = Opts::from_env();
+    let root = tempfile::Builder::new().prefix("cairn-e2e-").tempdir_in(&o.dir).expect("bench dir");
+    let work = root.path();
+    println!(
+        "# Cairn e2e bench ({} mode): unique {} MB, part {} MiB x {} in flight, {} cores, client rusty-s3 + ureq (UNSIGNED-PAYLOAD)",
+        if o.bench { "bench" } else { "smoke" },
+        o.unique as f64 / MB,
+        o.part >> 20,
+        o.parallel,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+
+    let data = work.join("unique.bin");
+    let unique_len = write_stream(&data, TarTree::new(1, o.unique + (8 << 20)).reader(0).take(o.unique));
+
+    // 1 + 2. Stage and pipeline limits.
+    let s = measure_stages(&o, &data, work);
+    let l = limits(&s);
+    println!("\n### Stage limits (1 core, MB/s; sample = first 64 MB of the unique set)\n");
+    println!("| stage | MB/s |\n|---|---|");
+    for (name, v) in [
+        ("FastCDC (store chunker, 6/24/96 KiB)", s.cdc),
+        ("BLAKE3 per chunk", s.blake3),
+        (&*format!("zstd level {} compress (ratio {:.2})", cairn::store::DEFAULT_ZSTD_LEVEL, s.ratio), s.zstd),
+        ("zstd decompress (output bytes)", s.unzstd),
+        ("RS 4+2 encode, reed-solomon-erasure (store)", s.rs_erasure_enc),
+        ("RS 4+2 encode, reed-solomon-simd", s.rs_simd_enc),
+        ("RS 4+2 reconstruct 2 data shards, reed-solomon-erasure", s.rs_erasure_rec),
+        ("RS 4+2 reconstruct 2 data shards, reed-solomon-simd", s.rs_simd_rec),
+        ("MD5", s.md5),
+        ("SHA-256", s.sha256),
+        ("disk sequential write + fsync", s.disk_write),
+        ("disk sequential read (evicted from cache)", s.disk_read),
+    ] {
+        println!("| {name} | {v:.0} |");
+    }
+    println!("\n### Pipeline limits (MB/s of client bytes)\n");
+    println!("| path | per core | all {} cores |\n|---|---|---|", l.cores);
+    println!(
+        "| unique ingest (CDC+BLAKE3+zstd+MD5+RS; CPU {:.0}, disk {:.0}) | {:.0} | {:.0} |",
+        l.unique_cpu, l.unique_disk, l.unique_core, l.unique
+    );
+    println!("| duplicate ingest, hash-only (CDC+BLAKE3) | {:.0} | {:.0} |", l.hash_core, l.hash);
+    println!("| duplicate ingest incl. the MD5 ETag | {:.0} | {:.0} |", l.dup_md5 / l.cores as f64, l.dup_md5);
+    println!("| restore (unzstd+BLAKE3; disk read / ratio) | {:.0} | {:.0} |", l.restore_core, l.restore);
+    println!("| degraded restore (+ RS reconstruct) | | {:.0} |", l.degraded);
+
+    // 3. End to end.
+    let mut rows = Vec::new();
+    let srv = Server::start(&work.join("cairn"));
+    let client = Client::new(&srv.endpoint, "bench", ACCESS, SECRET);
+    client.create_bucket().expect("create bucket");
+    srv.reset_peak_rss();
+    let t_unique = upload_file(&client, &o, "full-1", &data);
+    let rss_unique = srv.peak_rss();
+    let unique = unique_len as f64 / MB / t_unique;
+    rows.push(row("unique ingest", unique, Some(l.unique), Some((0.75, "of all-core limit"))));
+    let stored_unique = tree_bytes(&srv.disks());
+    let t_dup = upload_file(&client, &o, "full-2", &data);
+    let dup = unique_len as f64 / MB / t_dup;
+    let stored_dup = tree_bytes(&srv.disks());
+    rows.push(row("duplicate ingest (2nd identical full)", dup, Some(l.hash), Some((0.90, "of hash-only limit"))));
+    rows.push(row("  same, against the limit incl. MD5", dup, Some(l.dup_md5), None));
+
+    evict_tree(&srv.disks());
+    let healthy = unique_len as f64 / MB / restore_file(&client, "full-1", &data);
+    rows.push(row("restore, healthy (cold cache)", healthy, Some(l.restore), None));
+    rows.push(text_row(
+        "  restore / unique ingest",
+        format!("{:.2}x", healthy / unique),
+        ">= 1.5x",
+        Some(healthy >= 1.5 * unique),
+    ));
+
+    let jobs = jobs_available();
+    for d in ["d00", "d01"] {
+        let _ = std::fs::remove_dir_all(srv.disks().join(d));
+    }
+    evict_tree(&srv.disks());
+    let degraded = unique_len as f64 / MB / restore_file(&client, "full-1", &data);
+    rows.push(row("restore, 2 disks removed (cold cache)", degraded, Some(l.degraded), None));
+    rows.push(text_row(
+        "  degraded / healthy restore",
+        format!("{:.0}%", degraded / healthy * 100.0),
+        ">= 50%",
+        Some(degraded >= 0.5 * healthy),
+    ));
+    if jobs {
+        rows.push(text_row("rebuild / scrub", "see below".into(), "", None));
+    } else {
+        rows.push(text_row("rebuild of one disk", "not yet measurable (no `cairn rebuild`)".into(), ">= 80% of disk", None));
+        rows.push(text_row("scrub", "not yet measurable (no `cairn scrub`)".into(), ">= 80% of disk", None));
+    }
+    srv.stop();
+
+    // 4. restic on the same data.
+    let has_restic = !o.skip("restic") && restic_available();
+    if has_restic {
+        let repo = work.join("restic-unique");
+        restic(&repo, &["init"], None).expect("restic init");
+        let src = data.to_string_lossy().into_owned();
+        let t = restic(&repo, &["backup", &src], None).expect("restic backup");
+        let restic_unique = unique_len as f64 / MB / t;
+        let restic_stored = tree_bytes(&repo);
+        let t2 = restic(&repo, &["backup", "--force", &src], None).expect("restic backup --force");
+        let restic_dup = unique_len as f64 / MB / t2;
+        rows.push(text_row("restic unique backup", format!("{restic_unique:.0} MB/s"), "", None));
+        rows.push(text_row("restic 2nd identical backup (--force)", format!("{restic_dup:.0} MB/s"), "", None));
+        rows.push(text_row(
+            "Cairn / restic ingest (unique)",
+            format!("{:.2}x", unique / restic_unique),
+            ">= 2x",
+            Some(unique >= 2.0 * restic_unique),
+        ));
+        rows.push(text_row("Cairn / restic ingest (duplicate)", format!("{:.2}x", dup / restic_dup), "", None));
+        let pre = stored_unique * u64::from(K) / u64::from(K + M);
+        rows.push(text_row(
+            "stored after 1 full: Cairn w/o parity / restic",
+            format!("{} / {} = {:.2}", gb(pre), gb(restic_stored), pre as f64 / restic_stored as f64),
+            "<= 1",
+            Some(pre <= restic_stored),
+        ));
+        rows.push(text_row(
+            "stored after 1 full: Cairn with 4+2 parity / restic",
+            format!("{} / {} = {:.2}", gb(stored_unique), gb(restic_stored), stored_unique as f64 / restic_stored as f64),
+            "",
+            None,
+        ));
+        rows.push(text_row(
+            "Cairn growth by the 2nd identical full",
+            format!("{:.2}%", (stored_dup - stored_unique) as f64 / stored_unique as f64 * 100.0),
+            "",
+            None,
+        ));
+    } else {
+        rows.push(text_row("restic", "not run (not installed or skipped)".into(), "", None));
+    }
+    std::fs::remove_dir_all(work.join("cairn")).ok();
+    std::fs::remove_dir_all(work.join("restic-unique")).ok();
+
+    // 5. Peak RSS.
+    if !o.skip("rss") {
+        let srv = Server::start(&work.join("cairn-rss"));
+        let client = Client::new(&srv.endpoint, "bench", ACCESS, SECRET);
+        client.create_bucket().expect("create bucket");
+        srv.reset_peak_rss();
+        let t = Instant::now();
+        let mut gen_ = fast_unique(7, o.big);
+        client
+            .put_multipart("big", o.big, o.part, o.parallel, |_, buf| {
+                buf.resize(buf.capacity(), 0);
+                let mut got = 0;
+                while got < buf.len() {
+                    let n = gen_.read(&mut buf[got..]).expect("gen");
+                    if n == 0 {
+                        break;
+                    }
+                    got += n;
+                }
+                buf.truncate(got);
+            })
+            .expect("big upload");
+        let big_rate = o.big as f64 / MB / t.elapsed().as_secs_f64();
+        let rss_big = srv.peak_rss();
+        srv.reset_peak_rss();
+        let t = Instant::now();
+        std::thread::scope(|sc| {
+            for i in 0..o.par_n {
+                let client = client.clone();
+                let len = o.par;
+                sc.spawn(move || client.put(&format!("par-{i}"), len, fast_unique(100 + i as u64, len)).expect("parallel put"));
+            }
+        });
+        let par_rate = (o.par * o.par_n as u64) as f64 / MB / t.elapsed().as_secs_f64();
+        let rss_par = srv.peak_rss();
+        srv.stop();
+        std::fs::remove_dir_all(work.join("cairn-rss")).ok();
+        let gib = 1u64 << 30;
+        rows.push(text_row(
+            &format!("peak server RSS, 1 x {} multipart ({big_rate:.0} MB/s)", gb(o.big)),
+            mib(rss_big),
+            "< 1 GiB",
+            Some(rss_big < gib),
+        ));
+        rows.push(text_row(
+            &format!("peak server RSS, {} x {} single PUTs ({par_rate:.0} MB/s)", o.par_n, gb(o.par)),
+            mib(rss_par),
+            "< 1 GiB",
+            Some(rss_par < gib),
+        ));
+        rows.push(text_row(
+            &format!("  flat: RSS {} upload vs {} upload", gb(o.big), gb(unique_len)),
+            format!("{} vs {}", mib(rss_big), mib(rss_unique)),
+            "<= 1.25x",
+            Some(rss_big as f64 <= 1.25 * rss_unique.max(1) as f64),
+        ));
+    }
+    print_rows("End to end through `cairn serve` (S3), restic, RSS", &rows);
+
+    // 6. Nightly fulls.
+    if !o.skip("nightly") {
+        nightly(&o, work, has_restic);
+    }
+}
+
+fn nightly(o: &Opts, work: &Path, has_restic: bool) {
+    let srv = Server::start(&work.join("cairn-nightly"));
+    let client = Client::new(&srv.endpoint, "bench", ACCESS, SECRET);
+    client.create_bucket().expect("create bucket");
+    let file = work.join("nightly.bin");
+    println!("\n### 7 nightly fulls of {} MB each: stored bytes and dedup ratio\n", o.nightly as f64 / MB);
+    println!("| workload | logical | Cairn stored (w/o parity) | Cairn dedup | Cairn stored (4+2) | restic stored | restic dedup | Cairn/restic (w/o parity) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    type Gen = Box<dyn Fn(u32) -> Box<dyn Read>>;
+    let n = o.nightly;
+    let workloads: [(&str, Gen); 3] = [
+        ("tar tree", Box::new(move |i| Box::new(TarTree::new(11, n).reader(i)))),
+        ("VM image", Box::new(move |i| Box::new(VmImage::new(12, n).reader(i)))),
+        ("DB dump", Box::new(move |i| Box::new(DbDump::new(13, n).reader(i)))),
+    ];
+    for (name, make) in workloads {
+        let before = tree_bytes(&srv.disks());
+        let repo = work.join(format!("restic-{}", name.replace(' ', "-")));
+        if has_restic {
+            restic(&repo, &["init"], None).expect("restic init");
+        }
+        let mut logical = 0u64;
+        for i in 0..7 {
+            logical += write_stream(&file, make(i));
+            upload_file(&client, o, &format!("{name}/full-{i}"), &file);
+            if has_restic {
+                restic(&repo, &["backup", &file.to_string_lossy()], None).expect("restic backup");
+            }
+        }
+        let stored = tree_bytes(&srv.disks()) - before;
+        let pre = stored * u64::from(K) / u64::from(K + M);
+        let (rs, rd, ratio) = if has_restic {
+            let r = tree_bytes(&repo);
+            (gb(r), format!("{:.2}x", logical as f64 / r as f64), format!("{:.2}", pre as f64 / r as f64))
+        } else {
+            ("-".into(), "-".into(), "-".into())
+        };
+        println!(
+            "| {name} | {} | {} | {:.2}x | {} | {rs} | {rd} | {ratio} |",
+            gb(logical),
+            gb(pre),
+            logical as f64 / pre as f64,
+            gb(stored)
+        );
+        std::fs::remove_dir_all(&repo).ok();
+    }
+    srv.stop();
+}
+
+/// Whether the lead's `cairn rebuild` / `cairn scrub` exist in this build.
+fn jobs_available() -> bool {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn")).arg("--help").output();
+    out.is_ok_and(|o| {
+        let s = String::from_utf8_lossy(&o.stdout);
+        s.contains("rebuild") && s.contains("scrub")
+    })
+}
