@@ -87,11 +87,15 @@ impl Store {
         let mut disks = Vec::new();
         let mut capacity = Capacity::default();
         let rows = self.catalog.read(super::catalog::list_disks)?;
+        // Directory-disks sharing one filesystem (the embedded default) count its space once.
+        let mut seen_fs = std::collections::HashSet::new();
         for d in self.disks.all() {
             let row = rows.iter().find(|r| r.id == d.id);
             let stats = d.disk.is_present().then(|| fs4::statvfs(&d.path).ok()).flatten();
+            let fs_id = std::fs::metadata(&d.path).ok().map(|m| std::os::unix::fs::MetadataExt::dev(&m));
             if d.state().writable()
                 && let Some(s) = &stats
+                && fs_id.is_some_and(|id| seen_fs.insert(id))
             {
                 capacity.raw_total += s.total_space();
                 capacity.raw_available += s.available_space();
@@ -106,8 +110,6 @@ impl Store {
                 fs_available: stats.as_ref().map(|s| s.available_space()),
             });
         }
-        // Directory-disks on one filesystem would count its space once per disk; the usable figure is the
-        // conservative per-disk minimum times the number of disks a stripe spans.
         capacity.usable_available = capacity.raw_available * k as u64 / (k as u64 + m as u64);
 
         let (data, redundancy, verification) = self.catalog.read(|c| {
@@ -201,6 +203,9 @@ impl Store {
             warnings.push(format!(
                 "only {writable} writable disks for {k}+{m} stripes: new writes are refused until a disk is added"
             ));
+        }
+        if spares == 0 && !critical {
+            warnings.push("no hot spare: after the next disk failure, rebuilds wait for `cairn disk add-spare PATH`".into());
         }
         if let Some(j) = rebuild.as_ref().filter(|j| !j.unrepairable.is_empty()) {
             critical = true;

@@ -1,0 +1,378 @@
+//! Disk failures end to end: a real `cairn serve` with directory-disks in a temp dir, real S3 traffic (curl
+//! with SigV4), disks deleted or rotted under it, and the real CLI (`cairn status|scrub|rebuild|disk`) checked
+//! for its output and exit codes.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cairn");
+const ACCESS: &str = "diskfailroot";
+const SECRET: &str = "disk-failure-test-secret-0123";
+
+struct Rig {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    server: Option<Child>,
+    endpoint: String,
+}
+
+impl Rig {
+    /// `disks` data disks and `spares` hot spares, 4+2, small containers so there are many of them.
+    fn new(disks: usize, spares: usize) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let d = |name: String| dir.path().join("disks").join(name).display().to_string();
+        let disk_list: Vec<String> = (0..disks).map(|i| format!("{:?}", d(format!("d{i:02}")))).collect();
+        let spare_list: Vec<String> = (0..spares).map(|i| format!("{:?}", d(format!("s{i:02}")))).collect();
+        let config = dir.path().join("cairn.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[storage]\ndisks = [{}]\nspares = [{}]\nk = 4\nm = 2\ncontainer_target = 262144\n",
+                dir.path().join("data").display().to_string(),
+                disk_list.join(", "),
+                spare_list.join(", ")
+            ),
+        )
+        .unwrap();
+        let mut rig = Rig { dir, config, server: None, endpoint: String::new() };
+        rig.start(&[]);
+        rig
+    }
+
+    fn start(&mut self, env: &[(&str, &str)]) {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve").arg("--config").arg(&self.config);
+        cmd.env("CAIRN_ROOT_ACCESS_KEY", ACCESS)
+            .env("CAIRN_ROOT_SECRET_KEY", SECRET)
+            .env("CAIRN_HEALTH_INTERVAL_MS", "200")
+            .env("CAIRN_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let endpoint = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("cairn: listening on ").map(str::to_string))
+            .expect("server did not start");
+        std::thread::spawn(move || for _ in lines {});
+        self.endpoint = endpoint;
+        self.server = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn alive(&mut self) -> bool {
+        self.server.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    fn disk(&self, name: &str) -> PathBuf {
+        self.dir.path().join("disks").join(name)
+    }
+
+    fn curl(&self, extra: &[&str]) -> std::process::Output {
+        Command::new("curl")
+            .args(["-sS", "--fail", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user", &format!("{ACCESS}:{SECRET}")])
+            .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+
+    fn make_bucket(&self, b: &str) {
+        let out = self.curl(&["-X", "PUT", &format!("{}/{b}", self.endpoint)]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// PUT; true only for a 2xx answer (the object is then acknowledged).
+    fn put(&self, key: &str, data: &[u8]) -> bool {
+        let f = self.dir.path().join("upload.tmp");
+        std::fs::write(&f, data).unwrap();
+        self.curl(&["-T", f.to_str().unwrap(), &format!("{}/bkt/{key}", self.endpoint)]).status.success()
+    }
+
+    /// GET; None if the server refused or broke off the body.
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let out = self.curl(&[&format!("{}/bkt/{key}", self.endpoint)]);
+        out.status.success().then_some(out.stdout)
+    }
+
+    fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(BIN).args(args).arg("--config").arg(&self.config).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let (_, out, err) = self.cli(&["status", "--json"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json: {e}: {out} {err}"))
+    }
+
+    /// Waits until no failed disk holds shards, no rebuild runs and every container has full redundancy.
+    fn wait_healed(&self, limit: Duration) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let s = self.status();
+            let red = &s["redundancy"];
+            let running = s["rebuild"]["running"].as_bool().unwrap_or(false);
+            let failed_with_data = s["disks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["state"] == "failed" && d["shards"].as_u64().unwrap_or(0) > 0);
+            if !running && !failed_with_data && red["full"] == red["containers"] {
+                return s;
+            }
+            assert!(start.elapsed() < limit, "not healed after {limit:?}: {s:#}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn shard_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        walk(&self.dir.path().join("disks"), &mut out);
+        out.retain(|p| p.extension().is_some_and(|e| e == "shard") && !p.to_string_lossy().contains("quarantine"));
+        out.sort();
+        out
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            walk(&e.path(), out);
+        } else {
+            out.push(e.path());
+        }
+    }
+}
+
+fn body(seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let len = 20_000 + (seed as usize * 7919) % 700_000;
+    (0..len)
+        .map(|i| {
+            if i % 4 == 0 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+            }
+            (x >> ((i % 4) * 8)) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn two_disks_lost_mid_ingest_heal_by_themselves() {
+    let rig = Rig::new(8, 2);
+    rig.make_bucket("bkt");
+    let mut acked: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for i in 0..60u64 {
+        if i == 20 {
+            std::fs::remove_dir_all(rig.disk("d02")).unwrap();
+        }
+        if i == 35 {
+            std::fs::remove_dir_all(rig.disk("d05")).unwrap();
+        }
+        let b = body(i);
+        if rig.put(&format!("obj-{i}"), &b) {
+            acked.insert(format!("obj-{i}"), b);
+        }
+    }
+    assert!(acked.len() >= 55, "writes should keep succeeding with two disks gone: {} acked", acked.len());
+    let s = rig.wait_healed(Duration::from_secs(120));
+    let states: Vec<&str> = s["disks"].as_array().unwrap().iter().map(|d| d["state"].as_str().unwrap()).collect();
+    assert_eq!(states.iter().filter(|s| **s == "retired").count(), 2, "{states:?}");
+    assert!(!states.contains(&"spare"), "both spares should have taken over: {states:?}");
+    assert_eq!(s["critical"], false);
+    for (k, v) in &acked {
+        assert_eq!(rig.get(k).as_ref(), Some(v), "{k} differs after the rebuild");
+    }
+    let (code, out, err) = rig.cli(&["scrub", "--wait", "--json"]);
+    assert_eq!(code, 0, "scrub after rebuild should be clean: {out} {err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(p["bad_shards"], 0);
+    assert_eq!(p["containers_done"], p["containers_total"]);
+}
+
+#[test]
+fn bit_rot_in_one_percent_of_shard_files_is_found_and_repaired() {
+    let mut rig = Rig::new(6, 1);
+    rig.make_bucket("bkt");
+    let objects: Vec<(String, Vec<u8>)> = (0..40u64).map(|i| (format!("obj-{i}"), body(i + 100))).collect();
+    for (k, v) in &objects {
+        assert!(rig.put(k, v));
+    }
+    let files = rig.shard_files();
+    let n = files.len().div_ceil(100);
+    assert!(files.len() >= 100, "want at least 100 shard files, have {}", files.len());
+    for f in files.iter().step_by(files.len() / n).take(n) {
+        let mut b = std::fs::read(f).unwrap();
+        let i = 64 + (b.len() - 112) / 3;
+        b[i] ^= 0xFF;
+        std::fs::write(f, b).unwrap();
+    }
+    // Reads in between: exact bytes, never the rotted ones.
+    for (k, v) in &objects {
+        assert_eq!(rig.get(k).as_ref(), Some(v), "{k}");
+    }
+    let (code, out, err) = rig.cli(&["scrub", "--wait", "--json"]);
+    assert_eq!(code, 1, "problems found and repaired: {out} {err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(p["bad_shards"].as_u64(), Some(n as u64), "{p:#}");
+    assert_eq!(p["shards_repaired"].as_u64(), Some(n as u64));
+    assert_eq!(p["files_quarantined"].as_u64(), Some(n as u64));
+    let quarantined: usize = std::fs::read_dir(rig.dir.path().join("disks"))
+        .unwrap()
+        .map(|d| std::fs::read_dir(d.unwrap().path().join("quarantine")).map(|q| q.count()).unwrap_or(0))
+        .sum();
+    assert_eq!(quarantined, n, "bad files are kept in quarantine, never deleted");
+    let (code, out, _) = rig.cli(&["scrub", "--wait"]);
+    assert_eq!(code, 0, "second scrub is clean: {out}");
+    assert!(out.contains("0 bad shards"), "{out}");
+    let s = rig.status();
+    assert_eq!(s["verification"]["bytes_verified_30d"], s["verification"]["bytes_total"]);
+    for (k, v) in &objects {
+        assert_eq!(rig.get(k).as_ref(), Some(v), "{k}");
+    }
+    assert!(rig.alive());
+}
+
+#[test]
+fn third_disk_loss_names_the_objects_and_serves_nothing_corrupt() {
+    let mut rig = Rig::new(6, 0);
+    rig.make_bucket("bkt");
+    let objects: Vec<(String, Vec<u8>)> = (0..12u64).map(|i| (format!("obj-{i}"), body(i + 200))).collect();
+    for (k, v) in &objects {
+        assert!(rig.put(k, v));
+    }
+    for d in ["d00", "d03", "d04"] {
+        std::fs::remove_dir_all(rig.disk(d)).unwrap();
+    }
+    let mut failed = 0;
+    for (k, v) in &objects {
+        match rig.get(k) {
+            Some(got) => assert_eq!(&got, v, "{k}: a successful read must be exact"),
+            None => failed += 1,
+        }
+    }
+    assert!(failed > 0);
+    assert!(rig.alive(), "the server must stay up");
+    let (code, out, _) = rig.cli(&["status"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("UNREADABLE"), "{out}");
+    let (code, out, err) = rig.cli(&["scrub", "--wait", "--no-repair", "--json"]);
+    assert_eq!(code, 2, "{out} {err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let unrepairable = p["unrepairable"].as_array().unwrap();
+    assert!(!unrepairable.is_empty());
+    assert!(unrepairable.iter().any(|u| u.as_str().unwrap().contains("bkt/obj-")), "{unrepairable:?}");
+    // Listing and healthy metadata still work.
+    let out = rig.curl(&[&format!("{}/bkt?list-type=2", rig.endpoint)]);
+    assert!(out.status.success());
+    assert!(rig.alive());
+}
+
+#[test]
+fn restart_in_the_middle_of_a_rebuild_resumes_and_finishes() {
+    let mut rig = Rig::new(6, 1);
+    rig.make_bucket("bkt");
+    let objects: Vec<(String, Vec<u8>)> = (0..60u64).map(|i| (format!("obj-{i}"), body(i + 300))).collect();
+    for (k, v) in &objects {
+        assert!(rig.put(k, v));
+    }
+    // Restart throttled so the rebuild is slow enough to interrupt.
+    rig.kill();
+    rig.start(&[("CAIRN_REBUILD_THROTTLE_MB_S", "1")]);
+    std::fs::remove_dir_all(rig.disk("d01")).unwrap();
+    let start = Instant::now();
+    loop {
+        let s = rig.status();
+        let done = s["rebuild"]["containers_done"].as_u64().unwrap_or(0);
+        let total = s["rebuild"]["containers_total"].as_u64().unwrap_or(0);
+        if done > 0 && done < total {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "rebuild never got going: {s:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    rig.kill();
+    rig.start(&[]);
+    let s = rig.wait_healed(Duration::from_secs(120));
+    assert!(s["disks"].as_array().unwrap().iter().any(|d| d["state"] == "retired"));
+    for (k, v) in &objects {
+        assert_eq!(rig.get(k).as_ref(), Some(v), "{k}");
+    }
+    let (code, out, _) = rig.cli(&["scrub", "--wait"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn cli_exit_codes_and_json() {
+    let mut rig = Rig::new(6, 1);
+    rig.make_bucket("bkt");
+    assert!(rig.put("a", &body(1)));
+    // Healthy, with a spare: exit 0.
+    let (code, out, _) = rig.cli(&["status"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Health: OK"), "{out}");
+    let s = rig.status();
+    assert_eq!(s["k"], 4);
+    assert_eq!(s["disks"].as_array().unwrap().len(), 7);
+    assert!(s["data"]["logical_bytes"].as_u64().unwrap() > 0);
+    // disk list --json; add a spare; fail a disk by hand and watch it heal onto the spare.
+    let (code, out, _) = rig.cli(&["disk", "list", "--json"]);
+    assert_eq!(code, 0);
+    let disks: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(disks.as_array().unwrap().len(), 7);
+    let extra = rig.dir.path().join("disks/extra-spare");
+    let (code, out, err) = rig.cli(&["disk", "add-spare", extra.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(extra.join("CAIRN-DISK").exists());
+    let (code, _, err) = rig.cli(&["disk", "add-spare", extra.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("already"), "{err}");
+    let (code, _, err) = rig.cli(&["disk", "fail", "99"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no disk 99"), "{err}");
+    let (code, out, _) = rig.cli(&["disk", "fail", "2"]);
+    assert_eq!(code, 0, "{out}");
+    rig.wait_healed(Duration::from_secs(60));
+    assert_eq!(rig.get("a"), Some(body(1)));
+    // Replace another disk with a new directory: it is rebuilt onto.
+    let newdisk = rig.dir.path().join("disks/new-d03");
+    let (code, out, err) = rig.cli(&["disk", "replace", "4", "--with", newdisk.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out} {err}");
+    let s = rig.wait_healed(Duration::from_secs(60));
+    let new = s["disks"].as_array().unwrap().iter().find(|d| d["path"].as_str().unwrap().ends_with("new-d03")).unwrap();
+    assert_eq!(new["state"], "active");
+    assert_eq!(rig.get("a"), Some(body(1)));
+    // rebuild with nothing to do: 0.
+    let (code, out, _) = rig.cli(&["rebuild", "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    // No server: a clear message and exit 2.
+    rig.kill();
+    let (code, _, err) = rig.cli(&["status"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no cairn server is running"), "{err}");
+}
