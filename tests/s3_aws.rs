@@ -20,34 +20,98 @@ fn aws_cli_small_files_sync_ls_rm_presign() {
     std::fs::write(dir.join("hello.txt"), b"hello cairn\n").unwrap();
     std::fs::write(dir.join("empty"), b"").unwrap();
     let hello = dir.join("hello.txt");
-    s.aws_ok(&["s3", "cp", "--no-progress", hello.to_str().unwrap(), "s3://backup/docs/hello.txt"]);
+    s.aws_ok(&[
+        "s3",
+        "cp",
+        "--no-progress",
+        hello.to_str().unwrap(),
+        "s3://backup/docs/hello.txt",
+    ]);
     let empty = dir.join("empty");
-    s.aws_ok(&["s3", "cp", "--no-progress", empty.to_str().unwrap(), "s3://backup/empty"]);
+    s.aws_ok(&[
+        "s3",
+        "cp",
+        "--no-progress",
+        empty.to_str().unwrap(),
+        "s3://backup/empty",
+    ]);
     let down = dir.join("down.txt");
-    s.aws_ok(&["s3", "cp", "--no-progress", "s3://backup/docs/hello.txt", down.to_str().unwrap()]);
+    s.aws_ok(&[
+        "s3",
+        "cp",
+        "--no-progress",
+        "s3://backup/docs/hello.txt",
+        down.to_str().unwrap(),
+    ]);
     assert_eq!(std::fs::read(&down).unwrap(), b"hello cairn\n");
     let down_empty = dir.join("down_empty");
-    s.aws_ok(&["s3", "cp", "--no-progress", "s3://backup/empty", down_empty.to_str().unwrap()]);
+    s.aws_ok(&[
+        "s3",
+        "cp",
+        "--no-progress",
+        "s3://backup/empty",
+        down_empty.to_str().unwrap(),
+    ]);
     assert_eq!(std::fs::read(&down_empty).unwrap().len(), 0);
 
     // sync a tree with nested directories, odd names and a 7 MB file (multipart at aws's 8 MB threshold: no).
     let tree = s.scratch("tree");
-    for (i, name) in ["a.txt", "sub/b.bin", "sub/deeper/c d+e.txt", "sub/ü-ñ.txt", "z/7mb.bin"].iter().enumerate() {
+    for (i, name) in [
+        "a.txt",
+        "sub/b.bin",
+        "sub/deeper/c d+e.txt",
+        "sub/ü-ñ.txt",
+        "z/7mb.bin",
+    ]
+    .iter()
+    .enumerate()
+    {
         let p = tree.join(name);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        let len = if name.ends_with("7mb.bin") { 7_000_000 } else { 1000 * (i + 1) };
+        let len = if name.ends_with("7mb.bin") {
+            7_000_000
+        } else {
+            1000 * (i + 1)
+        };
         std::fs::write(&p, pseudo_random(len, i as u64 + 7)).unwrap();
     }
-    s.aws_ok(&["s3", "sync", "--no-progress", tree.to_str().unwrap(), "s3://backup/tree"]);
+    s.aws_ok(&[
+        "s3",
+        "sync",
+        "--no-progress",
+        tree.to_str().unwrap(),
+        "s3://backup/tree",
+    ]);
     let ls = s.aws_ok(&["s3", "ls", "--recursive", "s3://backup/tree/"]);
-    for name in ["tree/a.txt", "tree/sub/b.bin", "tree/sub/deeper/c d+e.txt", "tree/sub/ü-ñ.txt", "tree/z/7mb.bin"] {
+    for name in [
+        "tree/a.txt",
+        "tree/sub/b.bin",
+        "tree/sub/deeper/c d+e.txt",
+        "tree/sub/ü-ñ.txt",
+        "tree/z/7mb.bin",
+    ] {
         assert!(ls.contains(name), "{name} missing from:\n{ls}");
     }
     // A second sync finds nothing to do (sizes and times match).
-    let again = s.aws_ok(&["s3", "sync", "--no-progress", tree.to_str().unwrap(), "s3://backup/tree"]);
-    assert!(again.trim().is_empty(), "second sync uploaded again:\n{again}");
+    let again = s.aws_ok(&[
+        "s3",
+        "sync",
+        "--no-progress",
+        tree.to_str().unwrap(),
+        "s3://backup/tree",
+    ]);
+    assert!(
+        again.trim().is_empty(),
+        "second sync uploaded again:\n{again}"
+    );
     let back = s.scratch("tree-back");
-    s.aws_ok(&["s3", "sync", "--no-progress", "s3://backup/tree", back.to_str().unwrap()]);
+    s.aws_ok(&[
+        "s3",
+        "sync",
+        "--no-progress",
+        "s3://backup/tree",
+        back.to_str().unwrap(),
+    ]);
     assert_trees_equal(&tree, &back);
 
     // ls with a delimiter shows prefixes.
@@ -55,7 +119,13 @@ fn aws_cli_small_files_sync_ls_rm_presign() {
     assert!(top.contains("PRE sub/") && top.contains("a.txt"), "{top}");
 
     // presign, then fetch with curl.
-    let url = s.aws_ok(&["s3", "presign", "s3://backup/docs/hello.txt", "--expires-in", "300"]);
+    let url = s.aws_ok(&[
+        "s3",
+        "presign",
+        "s3://backup/docs/hello.txt",
+        "--expires-in",
+        "300",
+    ]);
     let out = run({
         let mut c = Command::new("curl");
         c.args(["-sS", "-f", url.trim()]);
@@ -79,10 +149,20 @@ fn aws_cli_small_files_sync_ls_rm_presign() {
 
     // rm, then the key is gone and the bucket can be emptied and deleted.
     s.aws_ok(&["s3", "rm", "s3://backup/docs/hello.txt"]);
-    let head = s.aws(&["s3api", "head-object", "--bucket", "backup", "--key", "docs/hello.txt"]);
+    let head = s.aws(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "backup",
+        "--key",
+        "docs/hello.txt",
+    ]);
     assert!(!head.status.success());
     let del = s.aws(&["s3", "rb", "s3://backup"]);
-    assert!(!del.status.success(), "deleting a non-empty bucket must fail");
+    assert!(
+        !del.status.success(),
+        "deleting a non-empty bucket must fail"
+    );
     assert!(String::from_utf8_lossy(&del.stderr).contains("BucketNotEmpty"));
     s.aws_ok(&["s3", "rm", "--recursive", "s3://backup/"]);
     s.aws_ok(&["s3", "rb", "s3://backup"]);
@@ -105,20 +185,35 @@ fn aws_cli_one_gigabyte_multipart_round_trip() {
         }
         f.flush().unwrap();
     }
-    s.aws_ok(&["s3", "cp", "--no-progress", src.to_str().unwrap(), "s3://big/1g.bin"]);
+    s.aws_ok(&[
+        "s3",
+        "cp",
+        "--no-progress",
+        src.to_str().unwrap(),
+        "s3://big/1g.bin",
+    ]);
     let head = s.aws_ok(&["s3api", "head-object", "--bucket", "big", "--key", "1g.bin"]);
     assert!(head.contains("\"ContentLength\": 1073741824"), "{head}");
     // aws cli uses 8 MiB parts: the ETag is md5-of-md5s with the part count.
     assert!(head.contains("-128\\\""), "multipart ETag expected: {head}");
     let dst = dir.join("1g.back");
-    s.aws_ok(&["s3", "cp", "--no-progress", "s3://big/1g.bin", dst.to_str().unwrap()]);
+    s.aws_ok(&[
+        "s3",
+        "cp",
+        "--no-progress",
+        "s3://big/1g.bin",
+        dst.to_str().unwrap(),
+    ]);
     assert!(files_equal(&src, &dst), "downloaded 1 GB file differs");
     s.aws_ok(&["s3", "rm", "s3://big/1g.bin"]);
 }
 
 fn files_equal(a: &std::path::Path, b: &std::path::Path) -> bool {
     use std::io::Read;
-    let (mut fa, mut fb) = (std::fs::File::open(a).unwrap(), std::fs::File::open(b).unwrap());
+    let (mut fa, mut fb) = (
+        std::fs::File::open(a).unwrap(),
+        std::fs::File::open(b).unwrap(),
+    );
     let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
     loop {
         let na = read_full(&mut fa, &mut ba);

@@ -21,6 +21,10 @@ fn boto3_over_http() {
 #[test]
 fn boto3_over_https_with_test_ca() {
     let s = Server::start_tls();
-    assert!(s.endpoint.starts_with("https://127.0.0.1:"), "{}", s.endpoint);
+    assert!(
+        s.endpoint.starts_with("https://127.0.0.1:"),
+        "{}",
+        s.endpoint
+    );
     suite(&s);
 }

@@ -19,7 +19,11 @@ fn make_tree(root: &Path) {
     for (i, (name, len)) in files.iter().enumerate() {
         let p = root.join(name);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        let seed = if name.starts_with("bin/tool") { 99 } else { i as u64 + 1 };
+        let seed = if name.starts_with("bin/tool") {
+            99
+        } else {
+            i as u64 + 1
+        };
         std::fs::write(p, pseudo_random(*len, seed)).unwrap();
     }
 }
@@ -87,15 +91,18 @@ fn restic_init_backup_check_restore() {
     let cache = s.scratch("restic-cache");
     let restic = |args: &[&str]| {
         let mut c = Command::new("restic");
-        c.env("RESTIC_REPOSITORY", format!("s3:{}/restic-repo", s.endpoint))
-            .env("RESTIC_PASSWORD", "cairn-test-password")
-            .env("AWS_ACCESS_KEY_ID", ACCESS)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET)
-            .env("AWS_DEFAULT_REGION", "us-east-1")
-            .env_remove("AWS_CA_BUNDLE")
-            .arg("--cache-dir")
-            .arg(&cache)
-            .args(args);
+        c.env(
+            "RESTIC_REPOSITORY",
+            format!("s3:{}/restic-repo", s.endpoint),
+        )
+        .env("RESTIC_PASSWORD", "cairn-test-password")
+        .env("AWS_ACCESS_KEY_ID", ACCESS)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env_remove("AWS_CA_BUNDLE")
+        .arg("--cache-dir")
+        .arg(&cache)
+        .args(args);
         let out = run(c);
         assert_ok(&out, &format!("restic {args:?}"));
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -141,18 +148,33 @@ fn s3cmd_put_get_ls_del() {
     let big = dir.join("big.bin");
     std::fs::write(&big, pseudo_random(16_000_000, 6)).unwrap();
     s3cmd(&["mb", "s3://s3cmd-bucket"]);
-    s3cmd(&["put", file.to_str().unwrap(), "s3://s3cmd-bucket/dir/file.bin"]);
+    s3cmd(&[
+        "put",
+        file.to_str().unwrap(),
+        "s3://s3cmd-bucket/dir/file.bin",
+    ]);
     s3cmd(&["put", big.to_str().unwrap(), "s3://s3cmd-bucket/big.bin"]);
     let ls = s3cmd(&["ls", "s3://s3cmd-bucket/dir/"]);
     assert!(ls.contains("s3://s3cmd-bucket/dir/file.bin"), "{ls}");
     let ls = s3cmd(&["ls", "-r", "s3://s3cmd-bucket"]);
     assert!(ls.contains("big.bin"), "{ls}");
     let got = dir.join("got.bin");
-    s3cmd(&["get", "s3://s3cmd-bucket/dir/file.bin", got.to_str().unwrap()]);
+    s3cmd(&[
+        "get",
+        "s3://s3cmd-bucket/dir/file.bin",
+        got.to_str().unwrap(),
+    ]);
     assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(&file).unwrap());
     let got_big = dir.join("got-big.bin");
-    s3cmd(&["get", "s3://s3cmd-bucket/big.bin", got_big.to_str().unwrap()]);
-    assert_eq!(std::fs::read(&got_big).unwrap(), std::fs::read(&big).unwrap());
+    s3cmd(&[
+        "get",
+        "s3://s3cmd-bucket/big.bin",
+        got_big.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(&got_big).unwrap(),
+        std::fs::read(&big).unwrap()
+    );
     s3cmd(&["del", "s3://s3cmd-bucket/dir/file.bin"]);
     let ls = s3cmd(&["ls", "-r", "s3://s3cmd-bucket"]);
     assert!(!ls.contains("file.bin"), "{ls}");

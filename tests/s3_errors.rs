@@ -49,26 +49,51 @@ fn first_start_generates_root_credentials_once_with_mode_0600() {
     let first = start();
     assert!(first.contains("generated root credentials"), "{first}");
     let file = data.join("root-credentials.json");
-    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let stored = std::fs::read_to_string(&file).unwrap();
-    let secret_line = first.lines().find(|l| l.trim_start().starts_with("secret key:")).unwrap();
+    let secret_line = first
+        .lines()
+        .find(|l| l.trim_start().starts_with("secret key:"))
+        .unwrap();
     let secret = secret_line.split(':').nth(1).unwrap().trim();
     assert!(stored.contains(secret));
     let second = start();
-    assert!(!second.contains("generated") && !second.contains(secret), "printed twice:\n{second}");
+    assert!(
+        !second.contains("generated") && !second.contains(secret),
+        "printed twice:\n{second}"
+    );
 }
 
 #[test]
 fn bad_config_is_explained_and_refused() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("cairn.toml");
-    std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\n[storage]\nk = 4\nm = 2\ndisks = [\"/tmp/a\"]\nbogus = 1\n").unwrap();
-    let out = std::process::Command::new(cairn_bin()).args(["serve", "--config"]).arg(&cfg).output().unwrap();
+    std::fs::write(
+        &cfg,
+        "listen = \"127.0.0.1:0\"\n[storage]\nk = 4\nm = 2\ndisks = [\"/tmp/a\"]\nbogus = 1\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(cairn_bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bogus"), "{err}");
-    std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\n[storage]\nk = 4\nm = 2\ndisks = [\"/tmp/a\"]\n").unwrap();
-    let out = std::process::Command::new(cairn_bin()).args(["serve", "--config"]).arg(&cfg).output().unwrap();
+    std::fs::write(
+        &cfg,
+        "listen = \"127.0.0.1:0\"\n[storage]\nk = 4\nm = 2\ndisks = [\"/tmp/a\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(cairn_bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("needs at least 6"), "{err}");

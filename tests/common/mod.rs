@@ -37,7 +37,12 @@ impl Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
         let mut cmd = Command::new(cairn_bin());
-        cmd.arg("serve").arg("--data").arg(&data).arg("--listen").arg("127.0.0.1:0").args(extra);
+        cmd.arg("serve")
+            .arg("--data")
+            .arg(&data)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(extra);
         let mut ca = None;
         if tls {
             let (ca_pem, cert, key) = make_tls(dir.path());
@@ -46,7 +51,10 @@ impl Server {
         }
         cmd.env("CAIRN_ROOT_ACCESS_KEY", ACCESS)
             .env("CAIRN_ROOT_SECRET_KEY", SECRET)
-            .env("CAIRN_LOG", std::env::var("CAIRN_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "CAIRN_LOG",
+                std::env::var("CAIRN_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn cairn serve");
@@ -67,7 +75,13 @@ impl Server {
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         let port = endpoint.rsplit(':').next().unwrap().parse().unwrap();
-        Server { dir, endpoint, port, ca, child }
+        Server {
+            dir,
+            endpoint,
+            port,
+            ca,
+            child,
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -99,7 +113,11 @@ impl Server {
 
     /// Runs Debian's aws cli v2 (not a pip-installed v1 that may come first on PATH).
     pub fn aws(&self, args: &[&str]) -> Output {
-        let bin = if Path::new("/usr/bin/aws").exists() { "/usr/bin/aws" } else { "aws" };
+        let bin = if Path::new("/usr/bin/aws").exists() {
+            "/usr/bin/aws"
+        } else {
+            "aws"
+        };
         let mut cmd = Command::new(bin);
         cmd.arg("--endpoint-url").arg(&self.endpoint).args(args);
         self.aws_env(&mut cmd);
@@ -114,7 +132,9 @@ impl Server {
 
     /// Runs `tests/clients/<script>` with python3 (boto3).
     pub fn python(&self, script: &str, args: &[&str]) -> Output {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients").join(script);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/clients")
+            .join(script);
         let mut cmd = Command::new("python3");
         cmd.arg(path).args(args);
         self.aws_env(&mut cmd);
@@ -143,7 +163,8 @@ impl Drop for Server {
 pub fn run(mut cmd: Command) -> Output {
     let desc = format!("{cmd:?}");
     cmd.stdin(Stdio::null());
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {desc}: {e} (is the client installed? see .ci/run)"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {desc}: {e} (is the client installed? see .ci/run)"))
 }
 
 pub fn assert_ok(out: &Output, what: &str) {
@@ -172,22 +193,39 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 
 /// Writes a test CA and a server certificate for 127.0.0.1 / localhost; returns (ca.pem, cert.pem, key.pem).
 pub fn make_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        SanType,
+    };
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.distinguished_name.push(DnType::CommonName, "cairn test CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "cairn test CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    params.distinguished_name.push(DnType::CommonName, "localhost");
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
     let cert = params.signed_by(&key, &issuer).unwrap();
     let tls = dir.join("tls");
     std::fs::create_dir_all(&tls).unwrap();
-    let (ca_p, cert_p, key_p) = (tls.join("ca.pem"), tls.join("cert.pem"), tls.join("key.pem"));
+    let (ca_p, cert_p, key_p) = (
+        tls.join("ca.pem"),
+        tls.join("cert.pem"),
+        tls.join("key.pem"),
+    );
     std::fs::write(&ca_p, ca_cert.pem()).unwrap();
     std::fs::write(&cert_p, cert.pem()).unwrap();
     std::fs::write(&key_p, key.serialize_pem()).unwrap();
