@@ -94,7 +94,7 @@ fn io_errors_after_n_ops_reroute_writes_and_fail_the_disk() {
         assert_eq!(&get(&r.store, &format!("o{i}")).unwrap(), o);
     }
     assert_ne!(disk_state(&r.store, "d03"), DiskState::Active);
-    assert!(r.store.catalog().read(|c| check_catalog(c)).unwrap().is_empty());
+    assert!(r.store.catalog().read(check_catalog).unwrap().is_empty());
 }
 
 #[test]
@@ -204,5 +204,5 @@ fn too_few_disks_refuses_writes_cleanly() {
     let err = put(&r.store, "nope", &body(99, 300_000)).unwrap_err();
     assert!(matches!(err, StoreError::NotEnoughDisks { .. }), "{err}");
     assert!(matches!(r.store.head_object("bkt", "nope"), Err(StoreError::NoSuchKey { .. })));
-    assert!(r.store.catalog().read(|c| check_catalog(c)).unwrap().is_empty());
+    assert!(r.store.catalog().read(check_catalog).unwrap().is_empty());
 }

@@ -101,7 +101,7 @@ fn round_trip_ranges_overwrite_delete() {
     assert!(!store.delete_object("backups", "a").unwrap());
     assert!(matches!(store.head_object("backups", "a"), Err(StoreError::NoSuchKey { .. })));
     assert!(matches!(store.delete_bucket("backups"), Err(StoreError::BucketNotEmpty(_))));
-    let problems = store.catalog().read(|c| check_catalog(c)).unwrap();
+    let problems = store.catalog().read(check_catalog).unwrap();
     assert!(problems.is_empty(), "{problems:#?}");
     // After the deletes, no chunk of `a`'s first version is referenced any more.
     let live: i64 = store.catalog().read(|c| Ok(c.query_row("SELECT COUNT(*) FROM chunks WHERE refs > 0", [], |r| r.get(0))?)).unwrap();
@@ -215,7 +215,7 @@ fn catalog_rebuild_from_disks_alone() {
         let info = store.complete_multipart(&id, &list, PutCondition::None).unwrap();
         assert!(info.etag().ends_with("-2\""));
         expected.push(("one", "mp".into(), [p1, p2].concat()));
-        assert!(store.catalog().read(|c| check_catalog(c)).unwrap().is_empty());
+        assert!(store.catalog().read(check_catalog).unwrap().is_empty());
     }
     std::fs::remove_file(cfg.catalog_path()).unwrap();
     let _ = std::fs::remove_file(format!("{}-wal", cfg.catalog_path().display()));
@@ -231,7 +231,7 @@ fn catalog_rebuild_from_disks_alone() {
         assert_eq!(&get(&store, bucket, key, None).unwrap(), d, "{bucket}/{key}");
     }
     assert!(matches!(store.head_object("two", "k1"), Err(StoreError::NoSuchKey { .. })));
-    let problems = store.catalog().read(|c| check_catalog(c)).unwrap();
+    let problems = store.catalog().read(check_catalog).unwrap();
     assert!(problems.is_empty(), "{problems:#?}");
     // The rebuilt store keeps working: new writes, then everything still consistent.
     put(&store, "two", "after", b"after rebuild");

@@ -166,7 +166,7 @@ impl Store {
         })?;
 
         // Configured directories the catalog does not know yet become new disks (first start, or added capacity).
-        let known = catalog.read(|c| catalog::list_disks(c))?;
+        let known = catalog.read(catalog::list_disks)?;
         for (path, state) in &configured {
             let key = path_key(path);
             if known.iter().any(|d| d.path == key) {
@@ -189,7 +189,7 @@ impl Store {
             })?;
         }
 
-        let rows = catalog.read(|c| catalog::list_disks(c))?;
+        let rows = catalog.read(catalog::list_disks)?;
         let mut entries = Vec::new();
         for row in rows {
             let path = PathBuf::from(&row.path);
@@ -215,7 +215,7 @@ impl Store {
         }
 
         // Uploads never committed (crash, dropped connection): release their pins.
-        let orphans = catalog.read(|c| catalog::orphan_uploads(c))?;
+        let orphans = catalog.read(catalog::orphan_uploads)?;
         if !orphans.is_empty() {
             tracing::info!(count = orphans.len(), "releasing uploads left unfinished by the last run");
             catalog.write(|tx| {

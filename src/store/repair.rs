@@ -24,6 +24,9 @@ use crate::core::ids::{ChunkId, ContainerId, DiskId};
 use crate::core::plan::{ContainerShards, plan_rebuild};
 use crate::core::shard::{SHARD_HEADER_LEN, ShardHeader, encode_trailer, verify_shard_file};
 
+/// A bad or missing shard: (shard index, what is wrong).
+type ShardProblem = (usize, String);
+
 /// Scrub checkpoints its cursor after this many containers.
 const SCRUB_CHECKPOINT_EVERY: usize = 64;
 
@@ -141,7 +144,7 @@ impl Store {
 
     /// Reads and verifies every shard file of a container. Returns payloads (None = missing or bad) and the
     /// problems found on healthy disks (index, reason).
-    fn read_all_shards(&self, row: &ContainerRow) -> (Vec<Option<Vec<u8>>>, Vec<(usize, String)>) {
+    fn read_all_shards(&self, row: &ContainerRow) -> (Vec<Option<Vec<u8>>>, Vec<ShardProblem>) {
         let width = row.k as usize + row.m as usize;
         let mut payloads = vec![None; width];
         let mut problems = Vec::new();
