@@ -54,13 +54,20 @@ impl Hardening {
         if let Ok(p) = self.slots.clone().try_acquire_owned() {
             return Ok(p);
         }
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.limits.max_queued_requests {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        // Decrements on drop, so a client that gives up while waiting does not leak a queue place.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let _waiting = Waiting(&self.waiting);
+        if queued >= self.limits.max_queued_requests {
             return Err(slow_down());
         }
         let wait = Duration::from_secs(self.limits.queue_timeout_secs);
         let r = tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
         match r {
             Ok(Ok(p)) => Ok(p),
             _ => Err(slow_down()),
@@ -481,6 +488,32 @@ mod tests {
             code(check_head(&Method::PUT, None, &chunked, &l)),
             "EntityTooLarge"
         );
+    }
+
+    #[tokio::test]
+    async fn concurrency_slots_queue_then_slow_down() {
+        let limits = LimitsConfig {
+            max_concurrent_requests: 1,
+            max_queued_requests: 1,
+            queue_timeout_secs: 1,
+            ..LimitsConfig::default()
+        };
+        let h = Hardening::new(limits);
+        let first = h.slot().await.unwrap();
+        // One may wait; it gets the slot as soon as the first is released (backpressure, not an error).
+        let h2 = h.clone();
+        let waiter = tokio::spawn(async move { h2.slot().await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The queue is full: a third is told to slow down at once.
+        let third = h.slot().await.unwrap_err();
+        assert_eq!(third.code().as_str(), "SlowDown");
+        assert_eq!(third.status_code().map(|c| c.as_u16()), Some(503));
+        drop(first);
+        waiter.await.unwrap().unwrap();
+        // Waiting longer than the timeout is SlowDown too.
+        let held = h.slot().await.unwrap();
+        assert_eq!(h.slot().await.unwrap_err().code().as_str(), "SlowDown");
+        drop(held);
     }
 
     #[test]
