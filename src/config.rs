@@ -114,8 +114,8 @@ impl Default for StorageConfig {
             chunk_min: c.min,
             chunk_avg: c.avg,
             chunk_max: c.max,
-            container_target: 8 << 20,
-            zstd_level: 3,
+            container_target: crate::store::DEFAULT_CONTAINER_TARGET,
+            zstd_level: crate::store::DEFAULT_ZSTD_LEVEL,
         }
     }
 }
@@ -359,6 +359,8 @@ mod tests {
         let text = include_str!("../deploy/cairn.example.toml");
         let c = Config::parse(text).unwrap();
         assert_eq!(c.problems(), Vec::<String>::new());
+        // The example shows the defaults: it must not drift from them.
+        assert_eq!(c, Config::default());
     }
 
     #[test]
