@@ -83,6 +83,8 @@ struct Stages {
     ratio: f64,
     rs_erasure_enc: f64,
     rs_simd_enc: f64,
+    /// `Erasure::encode` as the store calls it: split + pad copies + parity
+    store_encode: f64,
     rs_erasure_rec: f64,
     rs_simd_rec: f64,
     md5: f64,
@@ -119,6 +121,9 @@ fn measure_stages(o: &Opts, data_file: &Path, work: &Path) -> Stages {
         }),
         ratio: stored as f64 / n as f64,
         rs_erasure_enc: rate(container.len(), min, || {
+            std::hint::black_box(rs_erasure_encode(dat, M as usize));
+        }),
+        store_encode: rate(container.len(), min, || {
             std::hint::black_box(e.encode(container));
         }),
         rs_simd_enc: rate(container.len(), min, || {
@@ -162,7 +167,7 @@ fn limits(s: &Stages) -> Limits {
     let width = f64::from(K + M) / f64::from(K);
     // Seconds per MB on one core; RS works on compressed container bytes. Client payloads are unsigned
     // (UNSIGNED-PAYLOAD), so no SHA-256 on the server; MD5 (the ETag) always runs.
-    let unique = 1.0 / s.cdc + 1.0 / s.blake3 + 1.0 / s.zstd + 1.0 / s.md5 + c / s.rs_erasure_enc;
+    let unique = 1.0 / s.cdc + 1.0 / s.blake3 + 1.0 / s.zstd + 1.0 / s.md5 + c / s.store_encode;
     let hash = 1.0 / s.cdc + 1.0 / s.blake3;
     let restore = 1.0 / s.unzstd + 1.0 / s.blake3;
     let degraded = restore + c / s.rs_erasure_rec;
@@ -270,6 +275,52 @@ fn restic_available() -> bool {
     Command::new("restic").arg("version").stdout(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
+/// Where the CPU went during one phase: the server, this process (the S3 client, and restic's parent), and
+/// everything else on the machine (restic itself, other users' builds: the cores are shared).
+struct Meter {
+    t: Instant,
+    server: f64,
+    me: f64,
+    all: f64,
+    pid: String,
+}
+
+fn meter(pid: Option<u32>) -> Meter {
+    let pid = pid.map(|p| p.to_string()).unwrap_or_default();
+    Meter { t: Instant::now(), server: proc_cpu_secs(&pid), me: proc_cpu_secs("self"), all: machine_busy_secs(), pid }
+}
+
+/// (wall s, server CPU s, client CPU s, other CPU s)
+fn stop_meter(m: &Meter) -> (f64, f64, f64, f64) {
+    let wall = m.t.elapsed().as_secs_f64();
+    let server = if m.pid.is_empty() { 0.0 } else { proc_cpu_secs(&m.pid) - m.server };
+    let me = proc_cpu_secs("self") - m.me;
+    let other = (machine_busy_secs() - m.all - server - me).max(0.0);
+    (wall, server, me, other)
+}
+
+struct CpuRow {
+    phase: String,
+    mb: f64,
+    cpu: (f64, f64, f64, f64),
+    per_core_limit: Option<f64>,
+}
+
+fn print_cpu(rows: &[CpuRow], cores: usize) {
+    println!("\n### CPU accounting ({cores} cores shared with whatever else runs on the machine)\n");
+    println!("| phase | wall s | server CPU s | client CPU s | other CPU s | MB per server CPU s | per-core limit | ratio |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let (wall, srv, me, other) = r.cpu;
+        let eff = if srv > 0.0 { r.mb / srv } else { 0.0 };
+        let (lim, ratio) = match r.per_core_limit {
+            Some(l) => (format!("{l:.0}"), format!("{:.0}%", eff / l * 100.0)),
+            None => (String::new(), String::new()),
+        };
+        println!("| {} | {wall:.1} | {srv:.1} | {me:.1} | {other:.1} | {eff:.0} | {lim} | {ratio} |", r.phase);
+    }
+}
+
 struct Row {
     name: String,
     value: String,
@@ -349,7 +400,8 @@ fn main() {
         ("BLAKE3 per chunk", s.blake3),
         (&*format!("zstd level {} compress (ratio {:.2})", cairn::store::DEFAULT_ZSTD_LEVEL, s.ratio), s.zstd),
         ("zstd decompress (output bytes)", s.unzstd),
-        ("RS 4+2 encode, reed-solomon-erasure (store)", s.rs_erasure_enc),
+        ("RS 4+2 encode, reed-solomon-erasure", s.rs_erasure_enc),
+        ("RS 4+2 encode as the store does it (Erasure::encode: split, pad, parity)", s.store_encode),
         ("RS 4+2 encode, reed-solomon-simd", s.rs_simd_enc),
         ("RS 4+2 reconstruct 2 data shards, reed-solomon-erasure", s.rs_erasure_rec),
         ("RS 4+2 reconstruct 2 data shards, reed-solomon-simd", s.rs_simd_rec),
@@ -376,20 +428,28 @@ fn main() {
     let srv = Server::start(&work.join("cairn"));
     let client = Client::new(&srv.endpoint, "bench", ACCESS, SECRET);
     client.create_bucket().expect("create bucket");
+    let mut cpu = Vec::new();
+    let mb = unique_len as f64 / MB;
     srv.reset_peak_rss();
+    let m = meter(Some(srv.pid()));
     let t_unique = upload_file(&client, &o, "full-1", &data);
+    cpu.push(CpuRow { phase: "unique ingest".into(), mb, cpu: stop_meter(&m), per_core_limit: Some(l.unique_core) });
     let rss_unique = srv.peak_rss();
     let unique = unique_len as f64 / MB / t_unique;
     rows.push(row("unique ingest", unique, Some(l.unique), Some((0.75, "of all-core limit"))));
     let stored_unique = tree_bytes(&srv.disks());
+    let m = meter(Some(srv.pid()));
     let t_dup = upload_file(&client, &o, "full-2", &data);
+    cpu.push(CpuRow { phase: "duplicate ingest (hash-only limit)".into(), mb, cpu: stop_meter(&m), per_core_limit: Some(l.hash_core) });
     let dup = unique_len as f64 / MB / t_dup;
     let stored_dup = tree_bytes(&srv.disks());
     rows.push(row("duplicate ingest (2nd identical full)", dup, Some(l.hash), Some((0.90, "of hash-only limit"))));
     rows.push(row("  same, against the limit incl. MD5", dup, Some(l.dup_md5), None));
 
     evict_tree(&srv.disks());
+    let m = meter(Some(srv.pid()));
     let healthy = unique_len as f64 / MB / restore_file(&client, "full-1", &data);
+    cpu.push(CpuRow { phase: "restore, healthy".into(), mb, cpu: stop_meter(&m), per_core_limit: Some(l.restore_core) });
     rows.push(row("restore, healthy (cold cache)", healthy, Some(l.restore), None));
     rows.push(text_row(
         "  restore / unique ingest",
@@ -403,7 +463,9 @@ fn main() {
         let _ = std::fs::remove_dir_all(srv.disks().join(d));
     }
     evict_tree(&srv.disks());
+    let m = meter(Some(srv.pid()));
     let degraded = unique_len as f64 / MB / restore_file(&client, "full-1", &data);
+    cpu.push(CpuRow { phase: "restore, 2 disks removed".into(), mb, cpu: stop_meter(&m), per_core_limit: None });
     rows.push(row("restore, 2 disks removed (cold cache)", degraded, Some(l.degraded), None));
     rows.push(text_row(
         "  degraded / healthy restore",
@@ -425,7 +487,9 @@ fn main() {
         let repo = work.join("restic-unique");
         restic(&repo, &["init"], None).expect("restic init");
         let src = data.to_string_lossy().into_owned();
+        let m = meter(None);
         let t = restic(&repo, &["backup", &src], None).expect("restic backup");
+        cpu.push(CpuRow { phase: "restic unique backup (its CPU is under other)".into(), mb, cpu: stop_meter(&m), per_core_limit: None });
         let restic_unique = unique_len as f64 / MB / t;
         let restic_stored = tree_bytes(&repo);
         let t2 = restic(&repo, &["backup", "--force", &src], None).expect("restic backup --force");
@@ -522,6 +586,7 @@ fn main() {
         ));
     }
     print_rows("End to end through `cairn serve` (S3), restic, RSS", &rows);
+    print_cpu(&cpu, l.cores);
 
     // 6. Nightly fulls.
     if !o.skip("nightly") {

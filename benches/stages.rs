@@ -43,7 +43,8 @@ fn stages(c: &mut Criterion) {
     let mut g = c.benchmark_group("reed_solomon_4+2");
     g.throughput(Throughput::Bytes(container.len() as u64));
     g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
-    g.bench_function("erasure_encode", |b| b.iter(|| black_box(e.encode(container).len())));
+    g.bench_function("store_encode", |b| b.iter(|| black_box(e.encode(container).len())));
+    g.bench_function("erasure_encode", |b| b.iter(|| black_box(rs_erasure_encode(dat, M as usize).len())));
     g.bench_function("simd_encode", |b| b.iter(|| black_box(rs_simd_encode(dat, M as usize).len())));
     g.bench_function("erasure_reconstruct2", |b| b.iter(|| black_box(rs_erasure_reconstruct(&e, &shards))));
     g.bench_function("simd_reconstruct2", |b| b.iter(|| black_box(rs_simd_reconstruct(dat, par))));

@@ -33,6 +33,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
     pub multipart: MultipartConfig,
+    pub maintenance: MaintenanceConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -88,6 +89,23 @@ pub struct MultipartConfig {
     pub cleanup_interval_secs: u64,
 }
 
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceConfig {
+    /// How often every disk's presence and marker are checked; a vanished disk is failed at the next check.
+    pub health_check_interval_ms: u64,
+    /// Start a rebuild onto a spare by itself when a failed disk holds data.
+    pub auto_rebuild: bool,
+    /// Throttle of rebuilds the server starts by itself, in MB/s; 0 = as fast as the disks allow.
+    pub rebuild_throttle_mb_s: f64,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        MaintenanceConfig { health_check_interval_ms: 5000, auto_rebuild: true, rebuild_throttle_mb_s: 0.0 }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -99,6 +117,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
             multipart: MultipartConfig::default(),
+            maintenance: MaintenanceConfig::default(),
         }
     }
 }
@@ -189,6 +208,12 @@ impl Config {
                     "domains: {d:?} must be a bare host name without port, e.g. \"s3.example.lan\""
                 ));
             }
+        }
+        if self.maintenance.health_check_interval_ms < 10 {
+            p.push("maintenance.health_check_interval_ms must be at least 10".into());
+        }
+        if !(self.maintenance.rebuild_throttle_mb_s >= 0.0) {
+            p.push("maintenance.rebuild_throttle_mb_s must be 0 (unthrottled) or a positive number of MB/s".into());
         }
         let s = &self.storage;
         if s.k == 0 {

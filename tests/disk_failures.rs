@@ -30,7 +30,7 @@ impl Rig {
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[storage]\ndisks = [{}]\nspares = [{}]\nk = 4\nm = 2\ncontainer_target = 262144\n",
+                "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[storage]\ndisks = [{}]\nspares = [{}]\nk = 4\nm = 2\ncontainer_target = 262144\n[maintenance]\nhealth_check_interval_ms = 200\n",
                 dir.path().join("data").display().to_string(),
                 disk_list.join(", "),
                 spare_list.join(", ")
@@ -38,22 +38,25 @@ impl Rig {
         )
         .unwrap();
         let mut rig = Rig { dir, config, server: None, endpoint: String::new() };
-        rig.start(&[]);
+        rig.start();
         rig
     }
 
-    fn start(&mut self, env: &[(&str, &str)]) {
+    /// Sets `[maintenance] rebuild_throttle_mb_s` for the next start.
+    fn set_rebuild_throttle(&self, mb_s: f64) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let base: String = text.lines().filter(|l| !l.starts_with("rebuild_throttle_mb_s")).map(|l| format!("{l}\n")).collect();
+        std::fs::write(&self.config, format!("{base}rebuild_throttle_mb_s = {mb_s:?}\n")).unwrap();
+    }
+
+    fn start(&mut self) {
         let mut cmd = Command::new(BIN);
         cmd.arg("serve").arg("--config").arg(&self.config);
         cmd.env("CAIRN_ROOT_ACCESS_KEY", ACCESS)
             .env("CAIRN_ROOT_SECRET_KEY", SECRET)
-            .env("CAIRN_HEALTH_INTERVAL_MS", "200")
             .env("CAIRN_LOG", "error")
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
         let mut child = cmd.spawn().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let endpoint = lines
@@ -303,7 +306,8 @@ fn restart_in_the_middle_of_a_rebuild_resumes_and_finishes() {
     }
     // Restart throttled so the rebuild is slow enough to interrupt.
     rig.kill();
-    rig.start(&[("CAIRN_REBUILD_THROTTLE_MB_S", "1")]);
+    rig.set_rebuild_throttle(1.0);
+    rig.start();
     std::fs::remove_dir_all(rig.disk("d01")).unwrap();
     let start = Instant::now();
     loop {
@@ -317,7 +321,8 @@ fn restart_in_the_middle_of_a_rebuild_resumes_and_finishes() {
         std::thread::sleep(Duration::from_millis(100));
     }
     rig.kill();
-    rig.start(&[]);
+    rig.set_rebuild_throttle(0.0);
+    rig.start();
     let s = rig.wait_healed(Duration::from_secs(120));
     assert!(s["disks"].as_array().unwrap().iter().any(|d| d["state"] == "retired"));
     for (k, v) in &objects {

@@ -97,7 +97,7 @@ fn write_v1_fixture() {
                 }
                 let parts: Vec<(u32, String)> =
                     store.list_parts(&id, 0, 10).unwrap().into_iter().map(|p| (p.part_number, p.etag)).collect();
-                store.complete_multipart(&id, &parts, PutCondition::None).unwrap();
+                store.complete_multipart(&id, &parts, Default::default(), PutCondition::None).unwrap();
             }
             _ => put(k, &d),
         }

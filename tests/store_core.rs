@@ -212,7 +212,7 @@ fn catalog_rebuild_from_disks_alone() {
         }
         let parts = store.list_parts(&id, 0, 100).unwrap();
         let list: Vec<(u32, String)> = parts.iter().map(|p| (p.part_number, p.etag.clone())).collect();
-        let info = store.complete_multipart(&id, &list, PutCondition::None).unwrap();
+        let info = store.complete_multipart(&id, &list, Default::default(), PutCondition::None).unwrap();
         assert!(info.etag().ends_with("-2\""));
         expected.push(("one", "mp".into(), [p1, p2].concat()));
         assert!(store.catalog().read(check_catalog).unwrap().is_empty());

@@ -195,3 +195,37 @@ pub fn tree_bytes(dir: &Path) -> u64 {
 
 pub mod s3;
 pub mod server;
+
+/// CPU seconds (user + system) used so far by process `pid` ("self" for this one).
+pub fn proc_cpu_secs(pid: &str) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15 (1-based).
+    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / clk_tck()
+}
+
+/// CPU seconds all processes on the machine spent busy (not idle or waiting for I/O).
+pub fn machine_busy_secs() -> f64 {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<f64> = s.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    (total - idle) / clk_tck()
+}
+
+#[allow(unsafe_code)]
+fn clk_tck() -> f64 {
+    // SAFETY: sysconf takes an integer and touches no memory of ours.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// reed-solomon-erasure on pre-split data shards (same input as `rs_simd_encode`).
+pub fn rs_erasure_encode(data: &[Vec<u8>], m: usize) -> Vec<Vec<u8>> {
+    let rs = reed_solomon_erasure::galois_8::ReedSolomon::new(data.len(), m).expect("rs");
+    let mut parity = vec![vec![0u8; data[0].len()]; m];
+    rs.encode_sep(data, &mut parity).expect("encode");
+    parity
+}

@@ -72,17 +72,10 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(cfg.store_config()).context("cannot open the store")?;
     cairn::admin::spawn(store.clone(), &cfg.data_dir).context("cannot open the admin socket")?;
     // Disk health checks and automatic rebuild onto spares.
-    let health_ms = std::env::var("CAIRN_HEALTH_INTERVAL_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5000);
-    let rebuild_mb_s: f64 = std::env::var("CAIRN_REBUILD_THROTTLE_MB_S")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let m = &cfg.maintenance;
     store.spawn_maintenance(
-        std::time::Duration::from_millis(health_ms),
-        (rebuild_mb_s * 1e6) as u64,
+        std::time::Duration::from_millis(m.health_check_interval_ms),
+        m.auto_rebuild.then_some((m.rebuild_throttle_mb_s * 1e6) as u64),
     );
     let keyring = Arc::new(Keyring::new(root, &cfg.data_dir));
     let opts = ServerOptions::from_config(&cfg, keyring);

@@ -299,8 +299,12 @@ impl CairnS3 {
         }
 
         let id = i.upload_id;
+        let object_checksums: BTreeMap<String, String> = composite_value
+            .iter()
+            .map(|(a, v)| (a.name().to_owned(), v.clone()))
+            .collect();
         let info = self
-            .run(move |s| s.complete_multipart(&id, &parts, cond))
+            .run(move |s| s.complete_multipart(&id, &parts, object_checksums, cond))
             .await?;
         let mut out = CompleteMultipartUploadOutput {
             bucket: Some(i.bucket.clone()),

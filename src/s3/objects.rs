@@ -347,39 +347,41 @@ impl CairnS3 {
         }
         let quiet = i.delete.quiet.unwrap_or(false);
         let bucket = i.bucket;
-        let results = self
+        // One tombstone container and one catalog transaction for the whole batch (Veeam deletes in 1000s);
+        // if the batch fails, every key reports that error.
+        let keys: Vec<String> = objects.into_iter().map(|o| o.key).collect();
+        let batch = keys.clone();
+        let result = self
             .run(move |s| {
                 s.head_bucket(&bucket)?;
-                Ok(objects
-                    .into_iter()
-                    .map(|o| {
-                        let r = s.delete_object(&bucket, &o.key);
-                        (o.key, r)
-                    })
-                    .collect::<Vec<_>>())
+                Ok(s.delete_objects(&bucket, &batch))
             })
             .await?;
         let mut deleted = Vec::new();
         let mut errors = Vec::new();
-        for (key, r) in results {
-            match r {
-                Ok(_) => {
-                    if !quiet {
-                        deleted.push(DeletedObject {
+        match result {
+            Ok(_) => {
+                if !quiet {
+                    deleted = keys
+                        .into_iter()
+                        .map(|key| DeletedObject {
                             key: Some(key),
                             ..Default::default()
-                        });
-                    }
+                        })
+                        .collect();
                 }
-                Err(e) => {
-                    let e = store_error(e);
-                    errors.push(Error {
+            }
+            Err(e) => {
+                let e = store_error(e);
+                errors = keys
+                    .into_iter()
+                    .map(|key| Error {
                         code: Some(e.code().as_str().to_owned()),
                         key: Some(key),
                         message: e.message().map(str::to_owned),
                         version_id: None,
-                    });
-                }
+                    })
+                    .collect();
             }
         }
         Ok(S3Response::new(DeleteObjectsOutput {

@@ -503,7 +503,14 @@ impl Store {
         })
     }
 
-    pub fn complete_multipart(&self, upload_id: &str, parts: &[(u32, String)], cond: PutCondition) -> Result<ObjectInfo> {
+    /// `checksums`: the object's composite checksums (e.g. `crc32` = `"<b64>-N"`), stored and echoed on GET/HEAD.
+    pub fn complete_multipart(
+        &self,
+        upload_id: &str,
+        parts: &[(u32, String)],
+        checksums: BTreeMap<String, String>,
+        cond: PutCondition,
+    ) -> Result<ObjectInfo> {
         let (mpu, stored) = self.catalog.read(|c| {
             let mpu = mpu_exists(c, upload_id)?;
             let stored = parts_of(c, upload_id, 0, MAX_PARTS as usize)?;
@@ -548,6 +555,7 @@ impl Store {
         })?;
         let mut meta = mpu.meta.clone();
         meta.etag = Some(multipart_etag(sources.iter().map(|s| s.1)));
+        meta.checksums = checksums;
         let refs: Vec<SourceRef> = sources.into_iter().map(|s| s.0).collect();
         let info = self.commit_sources(&mpu.bucket, &mpu.key, refs, meta, cond)?;
         // The object holds its own references now; drop the parts' (unused parts are released here).

@@ -115,23 +115,23 @@ impl Store {
         self.jobs.current(kind)
     }
 
-    /// Watches disk health every `interval` and starts a rebuild by itself when a failed disk holds shards.
-    /// The thread ends when the store is dropped.
-    pub fn spawn_maintenance(self: &Arc<Self>, interval: Duration, rebuild_throttle: u64) {
+    /// Watches disk health every `interval` and, with `auto_rebuild` = Some(throttle in bytes/s, 0 = none),
+    /// starts a rebuild by itself when a failed disk holds shards. The thread ends when the store is dropped.
+    pub fn spawn_maintenance(self: &Arc<Self>, interval: Duration, auto_rebuild: Option<u64>) {
         let weak: Weak<Store> = Arc::downgrade(self);
         std::thread::spawn(move || {
             loop {
                 let Some(store) = weak.upgrade() else { return };
                 store.check_disks();
                 match store.needs_rebuild() {
-                    Ok(true) => {
+                    Ok(true) if auto_rebuild.is_some() => {
                         let running = store.job(JobKind::Rebuild).is_some_and(|j| j.progress().running);
                         if !running {
                             tracing::warn!("failed disk holds shards: starting rebuild");
-                            store.start_job(JobKind::Rebuild, rebuild_throttle, true);
+                            store.start_job(JobKind::Rebuild, auto_rebuild.unwrap_or(0), true);
                         }
                     }
-                    Ok(false) => {}
+                    Ok(_) => {}
                     Err(e) => tracing::error!(error = %e, "maintenance: cannot read catalog"),
                 }
                 drop(store);
