@@ -2,10 +2,12 @@
 //! reconstructed from parity (degraded read) and the event recorded; with fewer than k good shards the reader
 //! fails with `DataLost`, naming the container and the objects it affects (storage-format.md §3 recovery rules).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
+
+use rayon::prelude::*;
 
 use super::api::ObjectInfo;
 use super::catalog::{self, ContainerRow, SegmentRow};
@@ -17,8 +19,20 @@ use crate::core::container::decode_chunk;
 use crate::core::ids::{ChunkId, ContainerId, UploadId};
 use crate::core::shard::SHARD_HEADER_LEN;
 
+/// Chunks read ahead in parallel by a reader: decompression and BLAKE3 checks of a restore use every core, and
+/// the shard reads of the window overlap. Bounds a reader's memory to this many chunks (max 96 KiB each).
+const READ_AHEAD: usize = 32;
+
+/// Chunks `first..` of segment `seg_no`, read ahead (each verified, or its error kept for when it is reached).
+struct Ahead {
+    seg_no: u32,
+    first: usize,
+    chunks: VecDeque<Result<Vec<u8>>>,
+}
+
 /// Streams an object's bytes; every chunk is verified against its BLAKE3 before a byte is returned.
 pub struct ObjectReader {
+    ahead: Option<Ahead>,
     store: Arc<Store>,
     /// (upload, size) of each source, in order.
     sources: Vec<(UploadId, u64)>,
@@ -53,6 +67,7 @@ impl Store {
             sources.push((id, s.size));
         }
         let reader = ObjectReader {
+            ahead: None,
             store: self.clone(),
             sources,
             pos: range.start,
@@ -268,7 +283,37 @@ impl ObjectReader {
                 self.entry_idx += 1;
                 continue;
             }
-            let raw = self.store.read_chunk(&id)?;
+            let fresh = matches!(&self.ahead, Some(a) if a.seg_no == seg.segment_no && a.first == self.entry_idx && !a.chunks.is_empty());
+            if !fresh {
+                // The window: entries from here that start before the end of the requested range.
+                let end_in_src = self.end - self.src_base;
+                let mut start = self.entry_start;
+                let ids: Vec<ChunkId> = seg.entries[self.entry_idx..]
+                    .iter()
+                    .take_while(|(_, l)| {
+                        let take = start < end_in_src;
+                        start += u64::from(*l);
+                        take
+                    })
+                    .take(READ_AHEAD)
+                    .map(|(c, _)| *c)
+                    .collect();
+                let store = &self.store;
+                let chunks = if ids.len() == 1 {
+                    VecDeque::from([store.read_chunk(&id)])
+                } else {
+                    ids.par_iter().map(|c| store.read_chunk(c)).collect::<Vec<_>>().into()
+                };
+                self.ahead = Some(Ahead { seg_no: seg.segment_no, first: self.entry_idx, chunks });
+            }
+            let next = self.ahead.as_mut().and_then(|a| {
+                a.first += 1;
+                a.chunks.pop_front()
+            });
+            let Some(raw) = next else {
+                return Err(StoreError::Corrupt { container: ContainerId(0), detail: "read-ahead window empty".into() });
+            };
+            let raw = raw?;
             if raw.len() as u64 != len {
                 return Err(StoreError::Corrupt { container: ContainerId(0), detail: format!("chunk {id} has the wrong length") });
             }
