@@ -474,7 +474,25 @@ fn main() {
         Some(degraded >= 0.5 * healthy),
     ));
     if jobs {
-        rows.push(text_row("rebuild / scrub", "see below".into(), "", None));
+        // Rebuild of one removed disk onto the hot spare (the other stays failed: one spare), then a scrub.
+        evict_tree(&srv.disks());
+        let m = meter(Some(srv.pid()));
+        let p = admin_job(&srv.data, "rebuild");
+        let c = stop_meter(&m);
+        let rebuilt = tree_bytes(&srv.disks().join("spare00"));
+        let mbs = rebuilt as f64 / MB / c.0;
+        // One physical disk under all directory-disks: per rebuilt byte it reads k bytes and writes one.
+        let lim = 1.0 / (f64::from(K) / s.disk_read + 1.0 / s.disk_write);
+        rows.push(row(&format!("rebuild of one disk ({} written; {p})", gb(rebuilt)), mbs, Some(lim), Some((0.8, "of disk"))));
+        cpu.push(CpuRow { phase: "rebuild".into(), mb: rebuilt as f64 / MB, cpu: c, per_core_limit: None });
+        evict_tree(&srv.disks());
+        let on_disks = tree_bytes(&srv.disks());
+        let m = meter(Some(srv.pid()));
+        let p = admin_job(&srv.data, "scrub");
+        let c = stop_meter(&m);
+        let mbs = on_disks as f64 / MB / c.0;
+        rows.push(row(&format!("scrub ({} read; {p})", gb(on_disks)), mbs, Some(s.disk_read), Some((0.8, "of disk read"))));
+        cpu.push(CpuRow { phase: "scrub".into(), mb: on_disks as f64 / MB, cpu: c, per_core_limit: None });
     } else {
         rows.push(text_row("rebuild of one disk", "not yet measurable (no `cairn rebuild`)".into(), ">= 80% of disk", None));
         rows.push(text_row("scrub", "not yet measurable (no `cairn scrub`)".into(), ">= 80% of disk", None));
@@ -641,6 +659,22 @@ fn nightly(o: &Opts, work: &Path, has_restic: bool) {
         std::fs::remove_dir_all(&repo).ok();
     }
     srv.stop();
+}
+
+/// Runs `cairn <job> --wait --json` against the running server; a short summary of its result.
+fn admin_job(data: &Path, job: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([job, "--wait", "--json", "--data"])
+        .arg(data)
+        .output()
+        .expect("run cairn job");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    format!(
+        "exit {}, {} containers, {} shards repaired",
+        out.status.code().unwrap_or(-1),
+        v["containers_done"],
+        v["shards_repaired"]
+    )
 }
 
 /// Whether the lead's `cairn rebuild` / `cairn scrub` exist in this build.

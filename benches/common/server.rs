@@ -16,9 +16,14 @@ pub struct Server {
 
 impl Server {
     /// `cairn serve --data <data> --listen 127.0.0.1:0`; returns once it printed its address.
+    /// Automatic rebuilds are off, so a degraded restore is measured alone and the rebuild is timed by itself.
     pub fn start(data: &Path) -> Server {
+        let config = data.with_extension("toml");
+        std::fs::write(&config, "[maintenance]\nauto_rebuild = false\n").expect("write config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
             .arg("serve")
+            .arg("--config")
+            .arg(&config)
             .arg("--data")
             .arg(data)
             .arg("--listen")
