@@ -237,3 +237,40 @@ fn catalog_rebuild_from_disks_alone() {
     put(&store, "two", "after", b"after rebuild");
     assert_eq!(get(&store, "two", "after", None).unwrap(), b"after rebuild");
 }
+
+#[test]
+fn multipart_parts_dedup_and_abandoned_uploads_are_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    store.create_bucket("bkt").unwrap();
+    let a = data(21, 12 * 1024 * 1024);
+    put(&store, "bkt", "whole", &a);
+    let once = stored_bytes(dir.path());
+    // The same bytes as two multipart parts: the parts dedup against the object already stored.
+    let id = store.create_multipart("bkt", "parts", ObjectMeta::default()).unwrap();
+    for (n, part) in [(1u32, &a[..6 * 1024 * 1024]), (2, &a[6 * 1024 * 1024..])] {
+        let mut up = store.begin_upload().unwrap();
+        up.write(part).unwrap();
+        store.put_part(&id, n, up.finish_sealed().unwrap(), Default::default()).unwrap();
+    }
+    let list: Vec<(u32, String)> = store.list_parts(&id, 0, 10).unwrap().into_iter().map(|p| (p.part_number, p.etag)).collect();
+    store.complete_multipart(&id, &list, Default::default(), PutCondition::None).unwrap();
+    assert_eq!(get(&store, "bkt", "parts", None).unwrap(), a);
+    let after = stored_bytes(dir.path());
+    assert!((after as f64) < once as f64 * 1.05, "parts stored again: {once} -> {after}");
+    // An abandoned upload pins its parts until it expires; then they are released.
+    let id = store.create_multipart("bkt", "abandoned", ObjectMeta::default()).unwrap();
+    let mut up = store.begin_upload().unwrap();
+    up.write(&data(22, 300_000)).unwrap();
+    store.put_part(&id, 1, up.finish_sealed().unwrap(), Default::default()).unwrap();
+    let pinned = |s: &Arc<Store>| -> i64 {
+        s.catalog().read(|c| Ok(c.query_row("SELECT COUNT(*) FROM uploads", [], |r| r.get(0))?)).unwrap()
+    };
+    let before = pinned(&store);
+    assert_eq!(store.expire_multipart_older_than(std::time::Duration::from_secs(3600)).unwrap(), 0);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert_eq!(store.expire_multipart_older_than(std::time::Duration::ZERO).unwrap(), 1);
+    assert_eq!(pinned(&store), before - 1);
+    assert!(matches!(store.list_parts(&id, 0, 10), Err(StoreError::NoSuchUpload(_))));
+    assert!(store.catalog().read(check_catalog).unwrap().is_empty());
+}
