@@ -102,7 +102,11 @@ pub struct MaintenanceConfig {
 
 impl Default for MaintenanceConfig {
     fn default() -> Self {
-        MaintenanceConfig { health_check_interval_ms: 5000, auto_rebuild: true, rebuild_throttle_mb_s: 0.0 }
+        MaintenanceConfig {
+            health_check_interval_ms: 5000,
+            auto_rebuild: true,
+            rebuild_throttle_mb_s: 0.0,
+        }
     }
 }
 

@@ -18,14 +18,21 @@ struct Gen {
 
 impl Gen {
     fn new(seed: u64, len: u64) -> Gen {
-        Gen { x: seed | 1, left: len }
+        Gen {
+            x: seed | 1,
+            left: len,
+        }
     }
 }
 
 impl Read for Gen {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = (buf.len() as u64).min(self.left) as usize / 8 * 8;
-        let n = if n == 0 { (buf.len() as u64).min(self.left) as usize } else { n };
+        let n = if n == 0 {
+            (buf.len() as u64).min(self.left) as usize
+        } else {
+            n
+        };
         for w in buf[..n].chunks_mut(8) {
             self.x ^= self.x << 13;
             self.x ^= self.x >> 7;
@@ -42,7 +49,12 @@ impl Read for Gen {
 fn peak_rss_mib() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        / 1024
 }
 
 fn ingest(store: &Arc<Store>, key: &str, mut src: impl Read) -> blake3::Hash {
@@ -91,7 +103,10 @@ fn stored_bytes(dir: &Path) -> u64 {
 
 #[test]
 fn huge_object_streams_with_flat_memory_and_duplicate_gigabyte_dedups() {
-    let gb: u64 = std::env::var("CAIRN_BIG_OBJECT_GB").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let gb: u64 = std::env::var("CAIRN_BIG_OBJECT_GB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
     let cfg = StoreConfig::embedded(dir.path().join("data"));
     let store = Store::open(cfg.clone()).unwrap();
@@ -104,7 +119,10 @@ fn huge_object_streams_with_flat_memory_and_duplicate_gigabyte_dedups() {
     let h2 = ingest(&store, "full-2", Gen::new(7, one_gb));
     let twice = stored_bytes(&cfg.data_dir);
     assert_eq!(h1, h2);
-    assert!((twice as f64) < once as f64 * 1.01, "1 GB stored {once} B once, {twice} B twice");
+    assert!(
+        (twice as f64) < once as f64 * 1.01,
+        "1 GB stored {once} B once, {twice} B twice"
+    );
     assert_eq!(read_back(&store, "full-2"), (h2, one_gb));
     let rss_small = peak_rss_mib();
 
@@ -115,8 +133,16 @@ fn huge_object_streams_with_flat_memory_and_duplicate_gigabyte_dedups() {
     let rss_ingest = peak_rss_mib();
     assert_eq!(read_back(&store, "huge"), (h, size));
     let rss_read = peak_rss_mib();
-    eprintln!("peak RSS: after 1 GB objects {rss_small} MiB, after {gb} GB ingest {rss_ingest} MiB, after read {rss_read} MiB");
-    assert!(rss_read < 1024, "peak RSS {rss_read} MiB: memory is not bounded");
+    eprintln!(
+        "peak RSS: after 1 GB objects {rss_small} MiB, after {gb} GB ingest {rss_ingest} MiB, after read {rss_read} MiB"
+    );
+    assert!(
+        rss_read < 1024,
+        "peak RSS {rss_read} MiB: memory is not bounded"
+    );
     // Flat in object size: a 20x larger object may not need much more memory than the 1 GB ones did.
-    assert!(rss_read < rss_small + 256, "RSS grew with object size: {rss_small} -> {rss_read} MiB");
+    assert!(
+        rss_read < rss_small + 256,
+        "RSS grew with object size: {rss_small} -> {rss_read} MiB"
+    );
 }

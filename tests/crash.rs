@@ -17,7 +17,14 @@ fn cairn(args: &[&str]) -> std::process::Output {
 /// Runs an ingest loop and kills it after `after`; returns the acknowledged (key -> blake3) pairs.
 fn ingest_and_kill(data: &Path, seed: u64, after: Duration) -> Vec<(String, String)> {
     let mut child = Command::new(BIN)
-        .args(["debug", "ingest-loop", "--data", data.to_str().unwrap(), "--seed", &seed.to_string()])
+        .args([
+            "debug",
+            "ingest-loop",
+            "--data",
+            data.to_str().unwrap(),
+            "--seed",
+            &seed.to_string(),
+        ])
         .args(["--count", "100000", "--max-size", "2000000"])
         .env("CAIRN_LOG", "warn")
         .stdout(Stdio::piped())
@@ -31,7 +38,12 @@ fn ingest_and_kill(data: &Path, seed: u64, after: Duration) -> Vec<(String, Stri
             .map_while(Result::ok)
             .filter_map(|l| {
                 let mut it = l.split_whitespace();
-                (it.next() == Some("ACK")).then(|| (it.next().unwrap_or("").to_string(), it.next().unwrap_or("").to_string()))
+                (it.next() == Some("ACK")).then(|| {
+                    (
+                        it.next().unwrap_or("").to_string(),
+                        it.next().unwrap_or("").to_string(),
+                    )
+                })
             })
             .collect::<Vec<_>>()
     });
@@ -50,11 +62,18 @@ fn ingest_and_kill(data: &Path, seed: u64, after: Duration) -> Vec<(String, Stri
 
 fn verify(data: &Path) -> BTreeMap<String, String> {
     let out = cairn(&["debug", "verify", "--data", data.to_str().unwrap()]);
-    assert!(out.status.success(), "verify failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "verify failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
-        .filter_map(|l| l.split_once(' ').map(|(k, h)| (k.trim_start_matches("crash/").to_string(), h.to_string())))
+        .filter_map(|l| {
+            l.split_once(' ')
+                .map(|(k, h)| (k.trim_start_matches("crash/").to_string(), h.to_string()))
+        })
         .collect()
 }
 
@@ -80,7 +99,11 @@ fn sigkill_mid_ingest_never_loses_acknowledged_objects() {
         if round % 6 == 5 || round == rounds - 1 {
             let present = verify(&data);
             for (k, h) in &acked {
-                assert_eq!(present.get(k), Some(h), "round {round}: acknowledged object {k} lost or changed");
+                assert_eq!(
+                    present.get(k),
+                    Some(h),
+                    "round {round}: acknowledged object {k} lost or changed"
+                );
             }
             // Anything present but not acknowledged was killed after its commit and before the ACK line:
             // it must still be complete and correct, i.e. one of the deterministic bodies.
@@ -88,12 +111,20 @@ fn sigkill_mid_ingest_never_loses_acknowledged_objects() {
                 if !acked.contains_key(k) {
                     let (seed, i) = k.trim_start_matches('s').split_once('-').unwrap();
                     let body = cairn_body(seed.parse().unwrap(), i.parse().unwrap());
-                    assert_eq!(&blake3::hash(&body).to_hex().to_string(), h, "unacknowledged {k} is corrupt");
+                    assert_eq!(
+                        &blake3::hash(&body).to_hex().to_string(),
+                        h,
+                        "unacknowledged {k} is corrupt"
+                    );
                 }
             }
         }
     }
-    assert!(acked.len() > 20, "too few objects acknowledged ({}) for the test to mean anything", acked.len());
+    assert!(
+        acked.len() > 20,
+        "too few objects acknowledged ({}) for the test to mean anything",
+        acked.len()
+    );
     // No temp files survive a restart, and the store still takes writes.
     let tail = ingest_and_kill(&data, 999, Duration::from_millis(1500));
     assert!(!tail.is_empty());
@@ -111,7 +142,12 @@ fn sigkill_mid_ingest_never_loses_acknowledged_objects() {
     for disk in std::fs::read_dir(data.join("disks")).unwrap() {
         let tmp = disk.unwrap().path().join("tmp");
         let leftovers = std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0);
-        assert_eq!(leftovers, 0, "{} still has temp files after reopen", tmp.display());
+        assert_eq!(
+            leftovers,
+            0,
+            "{} still has temp files after reopen",
+            tmp.display()
+        );
     }
 }
 

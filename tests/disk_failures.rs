@@ -24,8 +24,12 @@ impl Rig {
     fn new(disks: usize, spares: usize) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let d = |name: String| dir.path().join("disks").join(name).display().to_string();
-        let disk_list: Vec<String> = (0..disks).map(|i| format!("{:?}", d(format!("d{i:02}")))).collect();
-        let spare_list: Vec<String> = (0..spares).map(|i| format!("{:?}", d(format!("s{i:02}")))).collect();
+        let disk_list: Vec<String> = (0..disks)
+            .map(|i| format!("{:?}", d(format!("d{i:02}"))))
+            .collect();
+        let spare_list: Vec<String> = (0..spares)
+            .map(|i| format!("{:?}", d(format!("s{i:02}"))))
+            .collect();
         let config = dir.path().join("cairn.toml");
         std::fs::write(
             &config,
@@ -37,7 +41,12 @@ impl Rig {
             ),
         )
         .unwrap();
-        let mut rig = Rig { dir, config, server: None, endpoint: String::new() };
+        let mut rig = Rig {
+            dir,
+            config,
+            server: None,
+            endpoint: String::new(),
+        };
         rig.start();
         rig
     }
@@ -45,8 +54,16 @@ impl Rig {
     /// Sets `[maintenance] rebuild_throttle_mb_s` for the next start.
     fn set_rebuild_throttle(&self, mb_s: f64) {
         let text = std::fs::read_to_string(&self.config).unwrap();
-        let base: String = text.lines().filter(|l| !l.starts_with("rebuild_throttle_mb_s")).map(|l| format!("{l}\n")).collect();
-        std::fs::write(&self.config, format!("{base}rebuild_throttle_mb_s = {mb_s:?}\n")).unwrap();
+        let base: String = text
+            .lines()
+            .filter(|l| !l.starts_with("rebuild_throttle_mb_s"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(
+            &self.config,
+            format!("{base}rebuild_throttle_mb_s = {mb_s:?}\n"),
+        )
+        .unwrap();
     }
 
     fn start(&mut self) {
@@ -77,7 +94,9 @@ impl Rig {
     }
 
     fn alive(&mut self) -> bool {
-        self.server.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.server
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     fn disk(&self, name: &str) -> PathBuf {
@@ -86,7 +105,14 @@ impl Rig {
 
     fn curl(&self, extra: &[&str]) -> std::process::Output {
         Command::new("curl")
-            .args(["-sS", "--fail", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user", &format!("{ACCESS}:{SECRET}")])
+            .args([
+                "-sS",
+                "--fail",
+                "--aws-sigv4",
+                "aws:amz:us-east-1:s3",
+                "--user",
+                &format!("{ACCESS}:{SECRET}"),
+            ])
             .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
             .args(extra)
             .output()
@@ -95,14 +121,24 @@ impl Rig {
 
     fn make_bucket(&self, b: &str) {
         let out = self.curl(&["-X", "PUT", &format!("{}/{b}", self.endpoint)]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// PUT; true only for a 2xx answer (the object is then acknowledged).
     fn put(&self, key: &str, data: &[u8]) -> bool {
         let f = self.dir.path().join("upload.tmp");
         std::fs::write(&f, data).unwrap();
-        self.curl(&["-T", f.to_str().unwrap(), &format!("{}/bkt/{key}", self.endpoint)]).status.success()
+        self.curl(&[
+            "-T",
+            f.to_str().unwrap(),
+            &format!("{}/bkt/{key}", self.endpoint),
+        ])
+        .status
+        .success()
     }
 
     /// GET; None if the server refused or broke off the body.
@@ -112,7 +148,12 @@ impl Rig {
     }
 
     fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(BIN).args(args).arg("--config").arg(&self.config).output().unwrap();
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap();
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -148,7 +189,10 @@ impl Rig {
     fn shard_files(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
         walk(&self.dir.path().join("disks"), &mut out);
-        out.retain(|p| p.extension().is_some_and(|e| e == "shard") && !p.to_string_lossy().contains("quarantine"));
+        out.retain(|p| {
+            p.extension().is_some_and(|e| e == "shard")
+                && !p.to_string_lossy().contains("quarantine")
+        });
         out.sort();
         out
     }
@@ -202,14 +246,34 @@ fn two_disks_lost_mid_ingest_heal_by_themselves() {
             acked.insert(format!("obj-{i}"), b);
         }
     }
-    assert!(acked.len() >= 55, "writes should keep succeeding with two disks gone: {} acked", acked.len());
+    assert!(
+        acked.len() >= 55,
+        "writes should keep succeeding with two disks gone: {} acked",
+        acked.len()
+    );
     let s = rig.wait_healed(Duration::from_secs(120));
-    let states: Vec<&str> = s["disks"].as_array().unwrap().iter().map(|d| d["state"].as_str().unwrap()).collect();
-    assert_eq!(states.iter().filter(|s| **s == "retired").count(), 2, "{states:?}");
-    assert!(!states.contains(&"spare"), "both spares should have taken over: {states:?}");
+    let states: Vec<&str> = s["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states.iter().filter(|s| **s == "retired").count(),
+        2,
+        "{states:?}"
+    );
+    assert!(
+        !states.contains(&"spare"),
+        "both spares should have taken over: {states:?}"
+    );
     assert_eq!(s["critical"], false);
     for (k, v) in &acked {
-        assert_eq!(rig.get(k).as_ref(), Some(v), "{k} differs after the rebuild");
+        assert_eq!(
+            rig.get(k).as_ref(),
+            Some(v),
+            "{k} differs after the rebuild"
+        );
     }
     let (code, out, err) = rig.cli(&["scrub", "--wait", "--json"]);
     assert_eq!(code, 0, "scrub after rebuild should be clean: {out} {err}");
@@ -222,13 +286,19 @@ fn two_disks_lost_mid_ingest_heal_by_themselves() {
 fn bit_rot_in_one_percent_of_shard_files_is_found_and_repaired() {
     let mut rig = Rig::new(6, 1);
     rig.make_bucket("bkt");
-    let objects: Vec<(String, Vec<u8>)> = (0..40u64).map(|i| (format!("obj-{i}"), body(i + 100))).collect();
+    let objects: Vec<(String, Vec<u8>)> = (0..40u64)
+        .map(|i| (format!("obj-{i}"), body(i + 100)))
+        .collect();
     for (k, v) in &objects {
         assert!(rig.put(k, v));
     }
     let files = rig.shard_files();
     let n = files.len().div_ceil(100);
-    assert!(files.len() >= 100, "want at least 100 shard files, have {}", files.len());
+    assert!(
+        files.len() >= 100,
+        "want at least 100 shard files, have {}",
+        files.len()
+    );
     for f in files.iter().step_by(files.len() / n).take(n) {
         let mut b = std::fs::read(f).unwrap();
         let i = 64 + (b.len() - 112) / 3;
@@ -247,14 +317,24 @@ fn bit_rot_in_one_percent_of_shard_files_is_found_and_repaired() {
     assert_eq!(p["files_quarantined"].as_u64(), Some(n as u64));
     let quarantined: usize = std::fs::read_dir(rig.dir.path().join("disks"))
         .unwrap()
-        .map(|d| std::fs::read_dir(d.unwrap().path().join("quarantine")).map(|q| q.count()).unwrap_or(0))
+        .map(|d| {
+            std::fs::read_dir(d.unwrap().path().join("quarantine"))
+                .map(|q| q.count())
+                .unwrap_or(0)
+        })
         .sum();
-    assert_eq!(quarantined, n, "bad files are kept in quarantine, never deleted");
+    assert_eq!(
+        quarantined, n,
+        "bad files are kept in quarantine, never deleted"
+    );
     let (code, out, _) = rig.cli(&["scrub", "--wait"]);
     assert_eq!(code, 0, "second scrub is clean: {out}");
     assert!(out.contains("0 bad shards"), "{out}");
     let s = rig.status();
-    assert_eq!(s["verification"]["bytes_verified_30d"], s["verification"]["bytes_total"]);
+    assert_eq!(
+        s["verification"]["bytes_verified_30d"],
+        s["verification"]["bytes_total"]
+    );
     for (k, v) in &objects {
         assert_eq!(rig.get(k).as_ref(), Some(v), "{k}");
     }
@@ -265,7 +345,9 @@ fn bit_rot_in_one_percent_of_shard_files_is_found_and_repaired() {
 fn third_disk_loss_names_the_objects_and_serves_nothing_corrupt() {
     let mut rig = Rig::new(6, 0);
     rig.make_bucket("bkt");
-    let objects: Vec<(String, Vec<u8>)> = (0..12u64).map(|i| (format!("obj-{i}"), body(i + 200))).collect();
+    let objects: Vec<(String, Vec<u8>)> = (0..12u64)
+        .map(|i| (format!("obj-{i}"), body(i + 200)))
+        .collect();
     for (k, v) in &objects {
         assert!(rig.put(k, v));
     }
@@ -289,7 +371,12 @@ fn third_disk_loss_names_the_objects_and_serves_nothing_corrupt() {
     let p: serde_json::Value = serde_json::from_str(&out).unwrap();
     let unrepairable = p["unrepairable"].as_array().unwrap();
     assert!(!unrepairable.is_empty());
-    assert!(unrepairable.iter().any(|u| u.as_str().unwrap().contains("bkt/obj-")), "{unrepairable:?}");
+    assert!(
+        unrepairable
+            .iter()
+            .any(|u| u.as_str().unwrap().contains("bkt/obj-")),
+        "{unrepairable:?}"
+    );
     // Listing and healthy metadata still work.
     let out = rig.curl(&[&format!("{}/bkt?list-type=2", rig.endpoint)]);
     assert!(out.status.success());
@@ -300,7 +387,9 @@ fn third_disk_loss_names_the_objects_and_serves_nothing_corrupt() {
 fn restart_in_the_middle_of_a_rebuild_resumes_and_finishes() {
     let mut rig = Rig::new(6, 1);
     rig.make_bucket("bkt");
-    let objects: Vec<(String, Vec<u8>)> = (0..60u64).map(|i| (format!("obj-{i}"), body(i + 300))).collect();
+    let objects: Vec<(String, Vec<u8>)> = (0..60u64)
+        .map(|i| (format!("obj-{i}"), body(i + 300)))
+        .collect();
     for (k, v) in &objects {
         assert!(rig.put(k, v));
     }
@@ -317,14 +406,23 @@ fn restart_in_the_middle_of_a_rebuild_resumes_and_finishes() {
         if done > 0 && done < total {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "rebuild never got going: {s:#}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "rebuild never got going: {s:#}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     rig.kill();
     rig.set_rebuild_throttle(0.0);
     rig.start();
     let s = rig.wait_healed(Duration::from_secs(120));
-    assert!(s["disks"].as_array().unwrap().iter().any(|d| d["state"] == "retired"));
+    assert!(
+        s["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["state"] == "retired")
+    );
     for (k, v) in &objects {
         assert_eq!(rig.get(k).as_ref(), Some(v), "{k}");
     }
@@ -369,7 +467,12 @@ fn cli_exit_codes_and_json() {
     let (code, out, err) = rig.cli(&["disk", "replace", "4", "--with", newdisk.to_str().unwrap()]);
     assert_eq!(code, 0, "{out} {err}");
     let s = rig.wait_healed(Duration::from_secs(60));
-    let new = s["disks"].as_array().unwrap().iter().find(|d| d["path"].as_str().unwrap().ends_with("new-d03")).unwrap();
+    let new = s["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["path"].as_str().unwrap().ends_with("new-d03"))
+        .unwrap();
     assert_eq!(new["state"], "active");
     assert_eq!(rig.get("a"), Some(body(1)));
     // rebuild with nothing to do: 0.

@@ -25,9 +25,15 @@ struct Rig {
 fn rig() -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = StoreConfig::embedded(dir.path().join("data"));
-    cfg.disks = (0..8).map(|i| dir.path().join(format!("data/disks/d{i:02}"))).collect();
+    cfg.disks = (0..8)
+        .map(|i| dir.path().join(format!("data/disks/d{i:02}")))
+        .collect();
     cfg.spares.clear();
-    cfg.chunker = ChunkerParams { min: 4 * 1024, avg: 16 * 1024, max: 64 * 1024 };
+    cfg.chunker = ChunkerParams {
+        min: 4 * 1024,
+        avg: 16 * 1024,
+        max: 64 * 1024,
+    };
     cfg.container_target = 256 * 1024;
     let made: Mutex<BTreeMap<String, Arc<FaultyDisk>>> = Mutex::new(BTreeMap::new());
     let make = |p: &Path| -> Arc<dyn Disk> {
@@ -35,11 +41,20 @@ fn rig() -> Rig {
         made.lock().unwrap().insert(name(p), d.clone());
         d
     };
-    let configured = cfg.disks.iter().map(|p| (p.clone(), DiskState::Active)).collect();
+    let configured = cfg
+        .disks
+        .iter()
+        .map(|p| (p.clone(), DiskState::Active))
+        .collect();
     let store = Store::open_with(cfg.clone(), &make, configured).unwrap();
     store.create_bucket("bkt").unwrap();
     let faulty = made.into_inner().unwrap();
-    Rig { _dir: dir, cfg, faulty, store }
+    Rig {
+        _dir: dir,
+        cfg,
+        faulty,
+        store,
+    }
 }
 
 fn name(p: &Path) -> String {
@@ -65,18 +80,27 @@ fn put(store: &Arc<Store>, key: &str, data: &[u8]) -> Result<(), StoreError> {
     for p in data.chunks(50_000) {
         up.write(p)?;
     }
-    up.finish_object("bkt", key, ObjectMeta::default()).map(|_| ())
+    up.finish_object("bkt", key, ObjectMeta::default())
+        .map(|_| ())
 }
 
 fn get(store: &Arc<Store>, key: &str) -> Result<Vec<u8>, String> {
-    let (_, mut r) = store.open_object("bkt", key, None).map_err(|e| e.to_string())?;
+    let (_, mut r) = store
+        .open_object("bkt", key, None)
+        .map_err(|e| e.to_string())?;
     let mut v = Vec::new();
     r.read_to_end(&mut v).map_err(|e| e.to_string())?;
     Ok(v)
 }
 
 fn disk_state(store: &Store, disk_name: &str) -> DiskState {
-    store.disks().all().iter().find(|d| name(&d.path) == disk_name).unwrap().state()
+    store
+        .disks()
+        .all()
+        .iter()
+        .find(|d| name(&d.path) == disk_name)
+        .unwrap()
+        .state()
 }
 
 #[test]
@@ -113,23 +137,36 @@ fn torn_writes_are_never_acknowledged_as_shards() {
             .unwrap()
     };
     let before = shards_on_d01(&r.store);
-    r.faulty["d01"].faults.torn_writes.store(true, Ordering::SeqCst);
+    r.faulty["d01"]
+        .faults
+        .torn_writes
+        .store(true, Ordering::SeqCst);
     let objects: Vec<Vec<u8>> = (0..5).map(|i| body(i + 10, 400_000)).collect();
     for (i, o) in objects.iter().enumerate() {
         put(&r.store, &format!("o{i}"), o).unwrap();
     }
     // The half-written files on d01 are not in the catalog: reads never touch them.
-    r.faulty["d01"].faults.torn_writes.store(false, Ordering::SeqCst);
+    r.faulty["d01"]
+        .faults
+        .torn_writes
+        .store(false, Ordering::SeqCst);
     for (i, o) in objects.iter().enumerate() {
         assert_eq!(&get(&r.store, &format!("o{i}")).unwrap(), o);
     }
-    assert_eq!(shards_on_d01(&r.store), before, "a torn shard was recorded in the catalog");
+    assert_eq!(
+        shards_on_d01(&r.store),
+        before,
+        "a torn shard was recorded in the catalog"
+    );
     // Disaster recovery sees the torn files, skips them as bad, and still recovers every object.
     let cfg = r.cfg.clone();
     drop(r.store);
     std::fs::remove_file(cfg.catalog_path()).unwrap();
     let report = rebuild_catalog(&cfg, &|_, _| {}).unwrap();
-    assert!(!report.bad_shard_files.is_empty(), "torn files should be reported: {report:?}");
+    assert!(
+        !report.bad_shard_files.is_empty(),
+        "torn files should be reported: {report:?}"
+    );
     assert!(report.containers_unreadable.is_empty());
     let store = Store::open(cfg).unwrap();
     for (i, o) in objects.iter().enumerate() {
@@ -148,12 +185,22 @@ fn bit_flips_on_read_are_caught_and_repaired_from_parity() {
         r.faulty[d].faults.flip_bits.store(true, Ordering::SeqCst);
     }
     for (i, o) in objects.iter().enumerate() {
-        assert_eq!(&get(&r.store, &format!("o{i}")).unwrap(), o, "two rotting disks: still exact");
+        assert_eq!(
+            &get(&r.store, &format!("o{i}")).unwrap(),
+            o,
+            "two rotting disks: still exact"
+        );
     }
     // A third rotting disk: some containers exceed m bad shards. Reads either return the exact bytes or fail;
     // corrupt bytes are never served.
-    r.faulty["d02"].faults.flip_bits.store(true, Ordering::SeqCst);
-    r.faulty["d06"].faults.flip_bits.store(true, Ordering::SeqCst);
+    r.faulty["d02"]
+        .faults
+        .flip_bits
+        .store(true, Ordering::SeqCst);
+    r.faulty["d06"]
+        .faults
+        .flip_bits
+        .store(true, Ordering::SeqCst);
     let mut errors = 0;
     for (i, o) in objects.iter().enumerate() {
         match get(&r.store, &format!("o{i}")) {
@@ -161,7 +208,10 @@ fn bit_flips_on_read_are_caught_and_repaired_from_parity() {
             Err(_) => errors += 1,
         }
     }
-    assert!(errors > 0, "with four rotting disks of eight some container should be unreadable");
+    assert!(
+        errors > 0,
+        "with four rotting disks of eight some container should be unreadable"
+    );
 }
 
 #[test]
@@ -170,7 +220,10 @@ fn a_disk_vanishing_mid_ingest_loses_nothing() {
     let mut written = Vec::new();
     for i in 0..8u64 {
         if i == 3 {
-            r.faulty["d06"].faults.vanished.store(true, Ordering::SeqCst);
+            r.faulty["d06"]
+                .faults
+                .vanished
+                .store(true, Ordering::SeqCst);
         }
         let o = body(i + 30, 300_000);
         put(&r.store, &format!("o{i}"), &o).unwrap();
@@ -187,9 +240,17 @@ fn a_disk_vanishing_mid_ingest_loses_nothing() {
     drop(r.store);
     std::fs::remove_dir_all(cfg.disks[6].clone()).unwrap();
     let store = Store::open(cfg).unwrap();
-    let d06 = store.disks().all().into_iter().find(|d| name(&d.path) == "d06").unwrap();
+    let d06 = store
+        .disks()
+        .all()
+        .into_iter()
+        .find(|d| name(&d.path) == "d06")
+        .unwrap();
     assert_eq!(d06.state(), DiskState::Failed);
-    assert!(!PathBuf::from(&d06.path).exists(), "a failed disk's directory must not be recreated");
+    assert!(
+        !PathBuf::from(&d06.path).exists(),
+        "a failed disk's directory must not be recreated"
+    );
     for (i, o) in written.iter().enumerate() {
         assert_eq!(&get(&store, &format!("o{i}")).unwrap(), o);
     }
@@ -203,6 +264,9 @@ fn too_few_disks_refuses_writes_cleanly() {
     }
     let err = put(&r.store, "nope", &body(99, 300_000)).unwrap_err();
     assert!(matches!(err, StoreError::NotEnoughDisks { .. }), "{err}");
-    assert!(matches!(r.store.head_object("bkt", "nope"), Err(StoreError::NoSuchKey { .. })));
+    assert!(matches!(
+        r.store.head_object("bkt", "nope"),
+        Err(StoreError::NoSuchKey { .. })
+    ));
     assert!(r.store.catalog().read(check_catalog).unwrap().is_empty());
 }

@@ -15,7 +15,11 @@ fn fixture_dir() -> PathBuf {
 
 fn config(data: &Path) -> StoreConfig {
     let mut cfg = StoreConfig::embedded(data);
-    cfg.chunker = ChunkerParams { min: 2048, avg: 8192, max: 32768 };
+    cfg.chunker = ChunkerParams {
+        min: 2048,
+        avg: 8192,
+        max: 32768,
+    };
     cfg.container_target = 64 * 1024;
     cfg
 }
@@ -35,7 +39,9 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// The objects of the fixture, rebuilt from their recipe (so the expected bytes need not be stored twice).
 fn objects() -> Vec<(&'static str, Vec<u8>)> {
-    let text: Vec<u8> = (0..20_000).flat_map(|i| format!("line {i} of a fixture text file\n").into_bytes()).collect();
+    let text: Vec<u8> = (0..20_000)
+        .flat_map(|i| format!("line {i} of a fixture text file\n").into_bytes())
+        .collect();
     let mut x = 0x1234_5678_9abc_def1u64;
     let random: Vec<u8> = (0..150_000)
         .map(|_| {
@@ -53,7 +59,10 @@ fn objects() -> Vec<(&'static str, Vec<u8>)> {
         ("random-copy-by-dedup", random.clone()),
         ("overwritten", b"final version".to_vec()),
         ("copied", text.clone()),
-        ("multipart", [vec![b'z'; 5 * 1024 * 1024], random[..1000].to_vec()].concat()),
+        (
+            "multipart",
+            [vec![b'z'; 5 * 1024 * 1024], random[..1000].to_vec()].concat(),
+        ),
     ]
 }
 
@@ -66,7 +75,10 @@ fn write_v1_fixture() {
         return;
     }
     let out = fixture_dir();
-    assert!(!out.exists(), "the v1 fixture exists and must never be rewritten");
+    assert!(
+        !out.exists(),
+        "the v1 fixture exists and must never be rewritten"
+    );
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(config(tmp.path())).unwrap();
     store.create_bucket("fixture").unwrap();
@@ -75,7 +87,10 @@ fn write_v1_fixture() {
     let put = |key: &str, data: &[u8]| {
         let mut up = store.begin_upload().unwrap();
         up.write(data).unwrap();
-        let meta = ObjectMeta { content_type: Some("application/octet-stream".into()), ..Default::default() };
+        let meta = ObjectMeta {
+            content_type: Some("application/octet-stream".into()),
+            ..Default::default()
+        };
         up.finish_object("fixture", key, meta).unwrap();
     };
     for (k, d) in objects() {
@@ -85,19 +100,29 @@ fn write_v1_fixture() {
                 put(k, &d);
             }
             "copied" => {
-                store.copy_object("fixture", "docs/text.txt", "fixture", k, None).unwrap();
+                store
+                    .copy_object("fixture", "docs/text.txt", "fixture", k, None)
+                    .unwrap();
             }
             "multipart" => {
-                let id = store.create_multipart("fixture", k, ObjectMeta::default()).unwrap();
+                let id = store
+                    .create_multipart("fixture", k, ObjectMeta::default())
+                    .unwrap();
                 for (n, part) in [(1u32, &d[..5 * 1024 * 1024]), (2, &d[5 * 1024 * 1024..])] {
                     let mut up = store.begin_upload().unwrap();
                     up.write(part).unwrap();
                     let sealed = up.finish_sealed().unwrap();
                     store.put_part(&id, n, sealed, Default::default()).unwrap();
                 }
-                let parts: Vec<(u32, String)> =
-                    store.list_parts(&id, 0, 10).unwrap().into_iter().map(|p| (p.part_number, p.etag)).collect();
-                store.complete_multipart(&id, &parts, Default::default(), PutCondition::None).unwrap();
+                let parts: Vec<(u32, String)> = store
+                    .list_parts(&id, 0, 10)
+                    .unwrap()
+                    .into_iter()
+                    .map(|p| (p.part_number, p.etag))
+                    .collect();
+                store
+                    .complete_multipart(&id, &parts, Default::default(), PutCondition::None)
+                    .unwrap();
             }
             _ => put(k, &d),
         }
@@ -119,9 +144,17 @@ fn format_v1_store_rebuilds_and_reads_forever() {
     copy_dir(&fixture_dir().join("disks"), &tmp.path().join("disks"));
     let cfg = config(tmp.path());
     let report = rebuild_catalog(&cfg, &|_, _| {}).unwrap();
-    assert!(report.containers_unreadable.is_empty() && report.objects_damaged.is_empty(), "{report:?}");
+    assert!(
+        report.containers_unreadable.is_empty() && report.objects_damaged.is_empty(),
+        "{report:?}"
+    );
     let store = Store::open(cfg).unwrap();
-    let names: Vec<String> = store.list_buckets().unwrap().into_iter().map(|b| b.name).collect();
+    let names: Vec<String> = store
+        .list_buckets()
+        .unwrap()
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
     assert_eq!(names, vec!["fixture"]);
     let expected = std::fs::read_to_string(fixture_dir().join("expected.txt")).unwrap();
     let mut n = 0;
@@ -137,9 +170,18 @@ fn format_v1_store_rebuilds_and_reads_forever() {
     }
     assert_eq!(n, objects().len());
     assert!(store.head_object("fixture", "deleted").is_err());
-    assert!(store.head_object("fixture", "multipart").unwrap().etag().ends_with("-2\""));
+    assert!(
+        store
+            .head_object("fixture", "multipart")
+            .unwrap()
+            .etag()
+            .ends_with("-2\"")
+    );
     // The recipe still produces the recorded bytes (guards the expected file against drift).
     for ((k, d), line) in objects().iter().zip(expected.lines()) {
-        assert_eq!(line, format!("{k} {} {}", d.len(), blake3::hash(d).to_hex()));
+        assert_eq!(
+            line,
+            format!("{k} {} {}", d.len(), blake3::hash(d).to_hex())
+        );
     }
 }

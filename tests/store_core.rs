@@ -11,14 +11,20 @@ use cairn::store::{ObjectMeta, PutCondition, Store, StoreConfig, StoreError};
 
 fn config(dir: &Path) -> StoreConfig {
     let mut cfg = StoreConfig::embedded(dir.join("data"));
-    cfg.chunker = ChunkerParams { min: 4 * 1024, avg: 16 * 1024, max: 64 * 1024 };
+    cfg.chunker = ChunkerParams {
+        min: 4 * 1024,
+        avg: 16 * 1024,
+        max: 64 * 1024,
+    };
     cfg.container_target = 256 * 1024;
     cfg
 }
 
 /// Deterministic mixed data: half text-like (compressible), half pseudo-random.
 fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut out = Vec::with_capacity(len);
     while out.len() < len {
         x ^= x << 13;
@@ -39,7 +45,9 @@ fn put(store: &Arc<Store>, bucket: &str, key: &str, bytes: &[u8]) {
     for piece in bytes.chunks(70_001) {
         up.write(piece).unwrap();
     }
-    let info = up.finish_object(bucket, key, ObjectMeta::default()).unwrap();
+    let info = up
+        .finish_object(bucket, key, ObjectMeta::default())
+        .unwrap();
     assert_eq!(info.size, bytes.len() as u64);
     assert_eq!(info.etag(), format!("\"{:032x}\"", md5_of(bytes)));
 }
@@ -49,8 +57,15 @@ fn md5_of(b: &[u8]) -> u128 {
     u128::from_be_bytes(md5::Md5::digest(b).into())
 }
 
-fn get(store: &Arc<Store>, bucket: &str, key: &str, range: Option<std::ops::Range<u64>>) -> Result<Vec<u8>, String> {
-    let (_, mut r) = store.open_object(bucket, key, range).map_err(|e| e.to_string())?;
+fn get(
+    store: &Arc<Store>,
+    bucket: &str,
+    key: &str,
+    range: Option<std::ops::Range<u64>>,
+) -> Result<Vec<u8>, String> {
+    let (_, mut r) = store
+        .open_object(bucket, key, range)
+        .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     r.read_to_end(&mut out).map_err(|e| e.to_string())?;
     Ok(out)
@@ -73,7 +88,10 @@ fn shard_files(root: &Path) -> Vec<std::path::PathBuf> {
 }
 
 fn stored_bytes(root: &Path) -> u64 {
-    shard_files(root).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum()
+    shard_files(root)
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
 }
 
 #[test]
@@ -81,7 +99,10 @@ fn round_trip_ranges_overwrite_delete() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(config(dir.path())).unwrap();
     store.create_bucket("backups").unwrap();
-    assert!(matches!(store.create_bucket("backups"), Err(StoreError::BucketExists(_))));
+    assert!(matches!(
+        store.create_bucket("backups"),
+        Err(StoreError::BucketExists(_))
+    ));
     let a = data(1, 3_000_000);
     put(&store, "backups", "a", &a);
     put(&store, "backups", "empty", &[]);
@@ -89,22 +110,49 @@ fn round_trip_ranges_overwrite_delete() {
     assert_eq!(get(&store, "backups", "a", None).unwrap(), a);
     assert_eq!(get(&store, "backups", "empty", None).unwrap(), b"");
     assert_eq!(get(&store, "backups", "tiny", None).unwrap(), b"x");
-    for r in [0..1, 5..70_000, 1_000_000..2_999_999, 2_999_999..3_000_000, 17..17] {
-        assert_eq!(get(&store, "backups", "a", Some(r.clone())).unwrap(), &a[r.start as usize..r.end as usize]);
+    for r in [
+        0..1,
+        5..70_000,
+        1_000_000..2_999_999,
+        2_999_999..3_000_000,
+        17..17,
+    ] {
+        assert_eq!(
+            get(&store, "backups", "a", Some(r.clone())).unwrap(),
+            &a[r.start as usize..r.end as usize]
+        );
     }
-    assert!(matches!(store.open_object("backups", "a", Some(0..3_000_001)), Err(StoreError::InvalidRange)));
+    assert!(matches!(
+        store.open_object("backups", "a", Some(0..3_000_001)),
+        Err(StoreError::InvalidRange)
+    ));
     // Overwrite, then delete.
     let b = data(2, 100_000);
     put(&store, "backups", "a", &b);
     assert_eq!(get(&store, "backups", "a", None).unwrap(), b);
     assert!(store.delete_object("backups", "a").unwrap());
     assert!(!store.delete_object("backups", "a").unwrap());
-    assert!(matches!(store.head_object("backups", "a"), Err(StoreError::NoSuchKey { .. })));
-    assert!(matches!(store.delete_bucket("backups"), Err(StoreError::BucketNotEmpty(_))));
+    assert!(matches!(
+        store.head_object("backups", "a"),
+        Err(StoreError::NoSuchKey { .. })
+    ));
+    assert!(matches!(
+        store.delete_bucket("backups"),
+        Err(StoreError::BucketNotEmpty(_))
+    ));
     let problems = store.catalog().read(check_catalog).unwrap();
     assert!(problems.is_empty(), "{problems:#?}");
     // After the deletes, no chunk of `a`'s first version is referenced any more.
-    let live: i64 = store.catalog().read(|c| Ok(c.query_row("SELECT COUNT(*) FROM chunks WHERE refs > 0", [], |r| r.get(0))?)).unwrap();
+    let live: i64 = store
+        .catalog()
+        .read(|c| {
+            Ok(
+                c.query_row("SELECT COUNT(*) FROM chunks WHERE refs > 0", [], |r| {
+                    r.get(0)
+                })?,
+            )
+        })
+        .unwrap();
     let tiny_chunks = 1;
     assert_eq!(live, tiny_chunks);
 }
@@ -119,13 +167,21 @@ fn duplicate_ingest_stores_almost_nothing() {
     let once = stored_bytes(dir.path());
     put(&store, "bkt", "full-2", &a);
     let twice = stored_bytes(dir.path());
-    assert!((twice as f64) < once as f64 * 1.01, "once {once}, twice {twice}");
+    assert!(
+        (twice as f64) < once as f64 * 1.01,
+        "once {once}, twice {twice}"
+    );
     assert_eq!(get(&store, "bkt", "full-2", None).unwrap(), a);
     // A copy shares chunks too.
-    store.copy_object("bkt", "full-2", "bkt", "copy", None).unwrap();
+    store
+        .copy_object("bkt", "full-2", "bkt", "copy", None)
+        .unwrap();
     assert!((stored_bytes(dir.path()) as f64) < once as f64 * 1.01);
     assert_eq!(get(&store, "bkt", "copy", None).unwrap(), a);
-    assert_eq!(store.head_object("bkt", "copy").unwrap().etag(), store.head_object("bkt", "full-1").unwrap().etag());
+    assert_eq!(
+        store.head_object("bkt", "copy").unwrap().etag(),
+        store.head_object("bkt", "full-1").unwrap().etag()
+    );
 }
 
 #[test]
@@ -140,7 +196,10 @@ fn degraded_reads_survive_two_lost_disks_and_bit_rot_but_not_three() {
         }
     }
     // Flip a byte in the middle of every shard file of disk d02: bit rot.
-    for f in shard_files(dir.path()).iter().filter(|p| p.to_string_lossy().contains("/d02/")) {
+    for f in shard_files(dir.path())
+        .iter()
+        .filter(|p| p.to_string_lossy().contains("/d02/"))
+    {
         let mut b = std::fs::read(f).unwrap();
         let i = b.len() / 2;
         b[i] ^= 0x40;
@@ -157,7 +216,13 @@ fn degraded_reads_survive_two_lost_disks_and_bit_rot_but_not_three() {
     }
     let events: i64 = store
         .catalog()
-        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM events WHERE kind = 'degraded-read'", [], |r| r.get(0))?))
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM events WHERE kind = 'degraded-read'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
         .unwrap();
     assert!(events > 0);
     // A third loss: reads fail cleanly, naming the container; never wrong bytes.
@@ -197,11 +262,15 @@ fn catalog_rebuild_from_disks_alone() {
         expected[0].2 = b"second version".to_vec();
         store.delete_object("two", "k1").unwrap();
         expected.remove(1);
-        store.copy_object("one", "k2", "two", "copied", None).unwrap();
+        store
+            .copy_object("one", "k2", "two", "copied", None)
+            .unwrap();
         let k2 = expected.iter().find(|e| e.1 == "k2").unwrap().2.clone();
         expected.push(("two", "copied".into(), k2));
         // Multipart: two parts.
-        let id = store.create_multipart("one", "mp", ObjectMeta::default()).unwrap();
+        let id = store
+            .create_multipart("one", "mp", ObjectMeta::default())
+            .unwrap();
         let p1 = data(7, 5 * 1024 * 1024);
         let p2 = data(8, 1000);
         for (n, p) in [(1u32, &p1), (2, &p2)] {
@@ -211,8 +280,13 @@ fn catalog_rebuild_from_disks_alone() {
             store.put_part(&id, n, sealed, Default::default()).unwrap();
         }
         let parts = store.list_parts(&id, 0, 100).unwrap();
-        let list: Vec<(u32, String)> = parts.iter().map(|p| (p.part_number, p.etag.clone())).collect();
-        let info = store.complete_multipart(&id, &list, Default::default(), PutCondition::None).unwrap();
+        let list: Vec<(u32, String)> = parts
+            .iter()
+            .map(|p| (p.part_number, p.etag.clone()))
+            .collect();
+        let info = store
+            .complete_multipart(&id, &list, Default::default(), PutCondition::None)
+            .unwrap();
         assert!(info.etag().ends_with("-2\""));
         expected.push(("one", "mp".into(), [p1, p2].concat()));
         assert!(store.catalog().read(check_catalog).unwrap().is_empty());
@@ -225,12 +299,24 @@ fn catalog_rebuild_from_disks_alone() {
     assert!(report.objects_damaged.is_empty(), "{report:?}");
     assert_eq!(report.objects, expected.len());
     let store = Store::open(cfg).unwrap();
-    let names: Vec<String> = store.list_buckets().unwrap().into_iter().map(|b| b.name).collect();
+    let names: Vec<String> = store
+        .list_buckets()
+        .unwrap()
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
     assert_eq!(names, vec!["one", "two"]);
     for (bucket, key, d) in &expected {
-        assert_eq!(&get(&store, bucket, key, None).unwrap(), d, "{bucket}/{key}");
+        assert_eq!(
+            &get(&store, bucket, key, None).unwrap(),
+            d,
+            "{bucket}/{key}"
+        );
     }
-    assert!(matches!(store.head_object("two", "k1"), Err(StoreError::NoSuchKey { .. })));
+    assert!(matches!(
+        store.head_object("two", "k1"),
+        Err(StoreError::NoSuchKey { .. })
+    ));
     let problems = store.catalog().read(check_catalog).unwrap();
     assert!(problems.is_empty(), "{problems:#?}");
     // The rebuilt store keeps working: new writes, then everything still consistent.
@@ -247,30 +333,63 @@ fn multipart_parts_dedup_and_abandoned_uploads_are_released() {
     put(&store, "bkt", "whole", &a);
     let once = stored_bytes(dir.path());
     // The same bytes as two multipart parts: the parts dedup against the object already stored.
-    let id = store.create_multipart("bkt", "parts", ObjectMeta::default()).unwrap();
+    let id = store
+        .create_multipart("bkt", "parts", ObjectMeta::default())
+        .unwrap();
     for (n, part) in [(1u32, &a[..6 * 1024 * 1024]), (2, &a[6 * 1024 * 1024..])] {
         let mut up = store.begin_upload().unwrap();
         up.write(part).unwrap();
-        store.put_part(&id, n, up.finish_sealed().unwrap(), Default::default()).unwrap();
+        store
+            .put_part(&id, n, up.finish_sealed().unwrap(), Default::default())
+            .unwrap();
     }
-    let list: Vec<(u32, String)> = store.list_parts(&id, 0, 10).unwrap().into_iter().map(|p| (p.part_number, p.etag)).collect();
-    store.complete_multipart(&id, &list, Default::default(), PutCondition::None).unwrap();
+    let list: Vec<(u32, String)> = store
+        .list_parts(&id, 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.part_number, p.etag))
+        .collect();
+    store
+        .complete_multipart(&id, &list, Default::default(), PutCondition::None)
+        .unwrap();
     assert_eq!(get(&store, "bkt", "parts", None).unwrap(), a);
     let after = stored_bytes(dir.path());
-    assert!((after as f64) < once as f64 * 1.05, "parts stored again: {once} -> {after}");
+    assert!(
+        (after as f64) < once as f64 * 1.05,
+        "parts stored again: {once} -> {after}"
+    );
     // An abandoned upload pins its parts until it expires; then they are released.
-    let id = store.create_multipart("bkt", "abandoned", ObjectMeta::default()).unwrap();
+    let id = store
+        .create_multipart("bkt", "abandoned", ObjectMeta::default())
+        .unwrap();
     let mut up = store.begin_upload().unwrap();
     up.write(&data(22, 300_000)).unwrap();
-    store.put_part(&id, 1, up.finish_sealed().unwrap(), Default::default()).unwrap();
+    store
+        .put_part(&id, 1, up.finish_sealed().unwrap(), Default::default())
+        .unwrap();
     let pinned = |s: &Arc<Store>| -> i64 {
-        s.catalog().read(|c| Ok(c.query_row("SELECT COUNT(*) FROM uploads", [], |r| r.get(0))?)).unwrap()
+        s.catalog()
+            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM uploads", [], |r| r.get(0))?))
+            .unwrap()
     };
     let before = pinned(&store);
-    assert_eq!(store.expire_multipart_older_than(std::time::Duration::from_secs(3600)).unwrap(), 0);
+    assert_eq!(
+        store
+            .expire_multipart_older_than(std::time::Duration::from_secs(3600))
+            .unwrap(),
+        0
+    );
     std::thread::sleep(std::time::Duration::from_millis(5));
-    assert_eq!(store.expire_multipart_older_than(std::time::Duration::ZERO).unwrap(), 1);
+    assert_eq!(
+        store
+            .expire_multipart_older_than(std::time::Duration::ZERO)
+            .unwrap(),
+        1
+    );
     assert_eq!(pinned(&store), before - 1);
-    assert!(matches!(store.list_parts(&id, 0, 10), Err(StoreError::NoSuchUpload(_))));
+    assert!(matches!(
+        store.list_parts(&id, 0, 10),
+        Err(StoreError::NoSuchUpload(_))
+    ));
     assert!(store.catalog().read(check_catalog).unwrap().is_empty());
 }

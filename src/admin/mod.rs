@@ -28,12 +28,28 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 pub enum Request {
     Status,
     DiskList,
-    DiskFail { id: u32 },
-    DiskReplace { id: u32, path: PathBuf },
-    DiskAddSpare { path: PathBuf },
-    DiskAdd { path: PathBuf },
-    Rebuild { wait: bool, throttle_mb_s: f64 },
-    Scrub { wait: bool, repair: bool, throttle_mb_s: f64 },
+    DiskFail {
+        id: u32,
+    },
+    DiskReplace {
+        id: u32,
+        path: PathBuf,
+    },
+    DiskAddSpare {
+        path: PathBuf,
+    },
+    DiskAdd {
+        path: PathBuf,
+    },
+    Rebuild {
+        wait: bool,
+        throttle_mb_s: f64,
+    },
+    Scrub {
+        wait: bool,
+        repair: bool,
+        throttle_mb_s: f64,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -74,18 +90,30 @@ fn serve_conn(store: &Arc<Store>, conn: UnixStream) -> std::io::Result<()> {
     let mut out = conn;
     let resp = match serde_json::from_str::<Request>(&line) {
         Ok(req) => handle(store, req, &mut out),
-        Err(e) => Response { ok: false, result: serde_json::Value::Null, error: Some(format!("bad request: {e}")) },
+        Err(e) => Response {
+            ok: false,
+            result: serde_json::Value::Null,
+            error: Some(format!("bad request: {e}")),
+        },
     };
     writeln!(out, "{}", serde_json::to_string(&resp).unwrap_or_default())?;
     out.flush()
 }
 
 fn ok(v: impl Serialize) -> Response {
-    Response { ok: true, result: serde_json::to_value(v).unwrap_or_default(), error: None }
+    Response {
+        ok: true,
+        result: serde_json::to_value(v).unwrap_or_default(),
+        error: None,
+    }
 }
 
 fn err(e: impl std::fmt::Display) -> Response {
-    Response { ok: false, result: serde_json::Value::Null, error: Some(e.to_string()) }
+    Response {
+        ok: false,
+        result: serde_json::Value::Null,
+        error: Some(e.to_string()),
+    }
 }
 
 fn handle(store: &Arc<Store>, req: Request, out: &mut UnixStream) -> Response {
@@ -94,18 +122,40 @@ fn handle(store: &Arc<Store>, req: Request, out: &mut UnixStream) -> Response {
         Request::Status => store.status().map_or_else(err, ok),
         Request::DiskList => store.status().map_or_else(err, |s| ok(s.disks)),
         Request::DiskFail { id } => store.fail_disk(DiskId(id)).map_or_else(err, |_| ok(id)),
-        Request::DiskReplace { id, path } => store.replace_disk(DiskId(id), &path).map_or_else(err, |new| {
-            store.start_job(JobKind::Rebuild, 0, true);
-            ok(new.0)
-        }),
-        Request::DiskAddSpare { path } => store.add_disk(&path, DiskState::Spare).map_or_else(err, |id| ok(id.0)),
-        Request::DiskAdd { path } => store.add_disk(&path, DiskState::Active).map_or_else(err, |id| ok(id.0)),
-        Request::Rebuild { wait, throttle_mb_s } => run_job(store, JobKind::Rebuild, wait, true, mb(throttle_mb_s), out),
-        Request::Scrub { wait, repair, throttle_mb_s } => run_job(store, JobKind::Scrub, wait, repair, mb(throttle_mb_s), out),
+        Request::DiskReplace { id, path } => {
+            store
+                .replace_disk(DiskId(id), &path)
+                .map_or_else(err, |new| {
+                    store.start_job(JobKind::Rebuild, 0, true);
+                    ok(new.0)
+                })
+        }
+        Request::DiskAddSpare { path } => store
+            .add_disk(&path, DiskState::Spare)
+            .map_or_else(err, |id| ok(id.0)),
+        Request::DiskAdd { path } => store
+            .add_disk(&path, DiskState::Active)
+            .map_or_else(err, |id| ok(id.0)),
+        Request::Rebuild {
+            wait,
+            throttle_mb_s,
+        } => run_job(store, JobKind::Rebuild, wait, true, mb(throttle_mb_s), out),
+        Request::Scrub {
+            wait,
+            repair,
+            throttle_mb_s,
+        } => run_job(store, JobKind::Scrub, wait, repair, mb(throttle_mb_s), out),
     }
 }
 
-fn run_job(store: &Arc<Store>, kind: JobKind, wait: bool, repair: bool, throttle: u64, out: &mut UnixStream) -> Response {
+fn run_job(
+    store: &Arc<Store>,
+    kind: JobKind,
+    wait: bool,
+    repair: bool,
+    throttle: u64,
+    out: &mut UnixStream,
+) -> Response {
     let job = store.start_job(kind, throttle, repair);
     if wait {
         loop {

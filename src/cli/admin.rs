@@ -60,7 +60,11 @@ pub struct JobArgs {
     pub store: StoreArgs,
 }
 
-fn call(store: &StoreArgs, req: &Request, mut on_progress: impl FnMut(&JobProgress)) -> anyhow::Result<Response> {
+fn call(
+    store: &StoreArgs,
+    req: &Request,
+    mut on_progress: impl FnMut(&JobProgress),
+) -> anyhow::Result<Response> {
     let cfg = effective_config(store.config.as_ref(), store.data.clone())?;
     let path = socket_path(&cfg.data_dir);
     let mut conn = UnixStream::connect(&path).map_err(|e| {
@@ -75,7 +79,8 @@ fn call(store: &StoreArgs, req: &Request, mut on_progress: impl FnMut(&JobProgre
     let reader = BufReader::new(conn);
     for line in reader.lines() {
         let line = line.context("reading from the server")?;
-        let v: serde_json::Value = serde_json::from_str(&line).context("malformed answer from the server")?;
+        let v: serde_json::Value =
+            serde_json::from_str(&line).context("malformed answer from the server")?;
         if let Some(p) = v.get("progress") {
             if let Ok(p) = serde_json::from_value::<JobProgress>(p.clone()) {
                 on_progress(&p);
@@ -84,7 +89,11 @@ fn call(store: &StoreArgs, req: &Request, mut on_progress: impl FnMut(&JobProgre
         }
         let resp: Response = serde_json::from_value(v)?;
         if !resp.ok {
-            bail!("{}", resp.error.unwrap_or_else(|| "the server refused the request".into()));
+            bail!(
+                "{}",
+                resp.error
+                    .unwrap_or_else(|| "the server refused the request".into())
+            );
         }
         return Ok(resp);
     }
@@ -124,7 +133,14 @@ fn print_status(s: &StatusReport) {
             (Some(t), Some(a)) => format!("{} free of {}", gb(a), gb(t)),
             _ => "unreachable".into(),
         };
-        println!("  {:>3}  {:<10} {:>8} shards  {:>10} used  {space}  {}", d.id, d.state.as_str(), d.shards, gb(d.bytes_used), d.path);
+        println!(
+            "  {:>3}  {:<10} {:>8} shards  {:>10} used  {space}  {}",
+            d.id,
+            d.state.as_str(),
+            d.shards,
+            gb(d.bytes_used),
+            d.path
+        );
     }
     println!(
         "Capacity: raw {} available of {}, usable after parity {}",
@@ -153,7 +169,11 @@ fn print_status(s: &StatusReport) {
         "Verified in the last 30 days: {} of {} ({:.1}%)",
         gb(v.bytes_verified_30d),
         gb(v.bytes_total),
-        if v.bytes_total == 0 { 100.0 } else { v.bytes_verified_30d as f64 * 100.0 / v.bytes_total as f64 }
+        if v.bytes_total == 0 {
+            100.0
+        } else {
+            v.bytes_verified_30d as f64 * 100.0 / v.bytes_total as f64
+        }
     );
     for (name, job) in [("Rebuild", &s.rebuild), ("Scrub", &s.scrub)] {
         if let Some(j) = job {
@@ -170,7 +190,11 @@ fn print_status(s: &StatusReport) {
 
 fn job_line(j: &JobProgress) -> String {
     let state = if j.running { "running" } else { "finished" };
-    let eta = j.eta_secs.filter(|_| j.running).map(|e| format!(", ETA {e}s")).unwrap_or_default();
+    let eta = j
+        .eta_secs
+        .filter(|_| j.running)
+        .map(|e| format!(", ETA {e}s"))
+        .unwrap_or_default();
     format!(
         "{state}: {}/{} containers, {} of {} at {:.1} MB/s{eta}; {} bad shards, {} repaired, {} unrepairable",
         j.containers_done,
@@ -194,23 +218,54 @@ pub fn disk(c: DiskCommand) -> anyhow::Result<ExitCode> {
             } else {
                 println!("  id  state      shards  used        path");
                 for d in &s.disks {
-                    println!("{:>4}  {:<10} {:>6}  {:<10}  {}", d.id, d.state.as_str(), d.shards, gb(d.bytes_used), d.path);
+                    println!(
+                        "{:>4}  {:<10} {:>6}  {:<10}  {}",
+                        d.id,
+                        d.state.as_str(),
+                        d.shards,
+                        gb(d.bytes_used),
+                        d.path
+                    );
                 }
             }
             return Ok(status_exit(&s));
         }
         DiskCommand::Fail { id, store } => (store, Request::DiskFail { id }),
-        DiskCommand::Replace { id, with, store } => (store, Request::DiskReplace { id, path: absolute(with)? }),
-        DiskCommand::AddSpare { path, store } => (store, Request::DiskAddSpare { path: absolute(path)? }),
-        DiskCommand::Add { path, store } => (store, Request::DiskAdd { path: absolute(path)? }),
+        DiskCommand::Replace { id, with, store } => (
+            store,
+            Request::DiskReplace {
+                id,
+                path: absolute(with)?,
+            },
+        ),
+        DiskCommand::AddSpare { path, store } => (
+            store,
+            Request::DiskAddSpare {
+                path: absolute(path)?,
+            },
+        ),
+        DiskCommand::Add { path, store } => (
+            store,
+            Request::DiskAdd {
+                path: absolute(path)?,
+            },
+        ),
     };
     let resp = call(&store, &req, |_| {})?;
     if store.json {
-        println!("{}", serde_json::json!({ "ok": true, "result": resp.result }));
+        println!(
+            "{}",
+            serde_json::json!({ "ok": true, "result": resp.result })
+        );
     } else {
         let what = match &req {
-            Request::DiskFail { id } => format!("disk {id} marked failed; its shards will be rebuilt onto a spare"),
-            Request::DiskReplace { id, .. } => format!("disk {id} replaced by disk {}; rebuild started", resp.result),
+            Request::DiskFail { id } => {
+                format!("disk {id} marked failed; its shards will be rebuilt onto a spare")
+            }
+            Request::DiskReplace { id, .. } => format!(
+                "disk {id} replaced by disk {}; rebuild started",
+                resp.result
+            ),
             Request::DiskAddSpare { .. } => format!("spare added as disk {}", resp.result),
             _ => format!("disk {} added and in use for new writes", resp.result),
         };
@@ -220,18 +275,33 @@ pub fn disk(c: DiskCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn absolute(p: PathBuf) -> anyhow::Result<PathBuf> {
-    Ok(if p.is_absolute() { p } else { std::env::current_dir()?.join(p) })
+    Ok(if p.is_absolute() {
+        p
+    } else {
+        std::env::current_dir()?.join(p)
+    })
 }
 
 pub fn rebuild(a: JobArgs) -> anyhow::Result<ExitCode> {
-    run_job(a, "rebuild", |wait, throttle_mb_s| Request::Rebuild { wait, throttle_mb_s })
+    run_job(a, "rebuild", |wait, throttle_mb_s| Request::Rebuild {
+        wait,
+        throttle_mb_s,
+    })
 }
 
 pub fn scrub(a: JobArgs, no_repair: bool) -> anyhow::Result<ExitCode> {
-    run_job(a, "scrub", |wait, throttle_mb_s| Request::Scrub { wait, repair: !no_repair, throttle_mb_s })
+    run_job(a, "scrub", |wait, throttle_mb_s| Request::Scrub {
+        wait,
+        repair: !no_repair,
+        throttle_mb_s,
+    })
 }
 
-fn run_job(a: JobArgs, name: &str, make: impl Fn(bool, f64) -> Request) -> anyhow::Result<ExitCode> {
+fn run_job(
+    a: JobArgs,
+    name: &str,
+    make: impl Fn(bool, f64) -> Request,
+) -> anyhow::Result<ExitCode> {
     let bar = super::progress_bar(a.store.json, "bytes");
     let plain = !a.store.json && !std::io::stderr().is_terminal();
     let mut last_line = std::time::Instant::now();
@@ -250,15 +320,22 @@ fn run_job(a: JobArgs, name: &str, make: impl Fn(bool, f64) -> Request) -> anyho
     } else if a.wait {
         println!("{name} {}", job_line(&p));
     } else {
-        println!("{name} started (`cairn status` shows progress): {}", job_line(&p));
+        println!(
+            "{name} started (`cairn status` shows progress): {}",
+            job_line(&p)
+        );
     }
     if !a.wait {
         return Ok(ExitCode::SUCCESS);
     }
     // After the job: is the store still in trouble (a failed disk nobody can replace)?
-    let status: Option<StatusReport> =
-        call(&a.store, &Request::Status, |_| {}).ok().and_then(|r| serde_json::from_value(r.result).ok());
-    let code = if !p.unrepairable.is_empty() || p.error.is_some() || status.as_ref().is_some_and(|s| s.critical) {
+    let status: Option<StatusReport> = call(&a.store, &Request::Status, |_| {})
+        .ok()
+        .and_then(|r| serde_json::from_value(r.result).ok());
+    let code = if !p.unrepairable.is_empty()
+        || p.error.is_some()
+        || status.as_ref().is_some_and(|s| s.critical)
+    {
         2
     } else if p.bad_shards > 0 || p.shards_repaired > 0 {
         1

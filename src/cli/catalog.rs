@@ -58,7 +58,10 @@ fn check(a: StoreArgs) -> anyhow::Result<ExitCode> {
     }
     let problems = check_catalog(&conn)?;
     if a.json {
-        println!("{}", serde_json::json!({ "ok": problems.is_empty(), "problems": problems }));
+        println!(
+            "{}",
+            serde_json::json!({ "ok": problems.is_empty(), "problems": problems })
+        );
     } else {
         for p in &problems {
             println!("problem: {p}");
@@ -66,10 +69,17 @@ fn check(a: StoreArgs) -> anyhow::Result<ExitCode> {
         if problems.is_empty() {
             println!("catalog check: clean");
         } else {
-            println!("catalog check: {} problems found; run `cairn catalog rebuild` with the server stopped", problems.len());
+            println!(
+                "catalog check: {} problems found; run `cairn catalog rebuild` with the server stopped",
+                problems.len()
+            );
         }
     }
-    Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    Ok(if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }
 
 fn rebuild(a: StoreArgs) -> anyhow::Result<ExitCode> {
@@ -108,5 +118,9 @@ fn rebuild(a: StoreArgs) -> anyhow::Result<ExitCode> {
             report.objects_damaged.len()
         );
     }
-    Ok(if bad { ExitCode::from(2) } else { ExitCode::SUCCESS })
+    Ok(if bad {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -33,7 +33,12 @@ pub enum DebugCommand {
 
 pub fn run(c: DebugCommand) -> anyhow::Result<ExitCode> {
     match c {
-        DebugCommand::IngestLoop { store, seed, count, max_size } => ingest_loop(store, seed, count, max_size),
+        DebugCommand::IngestLoop {
+            store,
+            seed,
+            count,
+            max_size,
+        } => ingest_loop(store, seed, count, max_size),
         DebugCommand::Verify { store } => verify(store),
     }
 }
@@ -92,18 +97,20 @@ fn verify(a: StoreArgs) -> anyhow::Result<ExitCode> {
         loop {
             let page = store.list_objects(&b.name, "", None, after.as_deref(), 1000)?;
             for o in &page.objects {
-                let result = store.open_object(&b.name, &o.key, None).and_then(|(_, mut r)| {
-                    let mut h = blake3::Hasher::new();
-                    let mut buf = vec![0u8; 1 << 20];
-                    loop {
-                        let n = r.read(&mut buf)?;
-                        if n == 0 {
-                            break;
+                let result = store
+                    .open_object(&b.name, &o.key, None)
+                    .and_then(|(_, mut r)| {
+                        let mut h = blake3::Hasher::new();
+                        let mut buf = vec![0u8; 1 << 20];
+                        loop {
+                            let n = r.read(&mut buf)?;
+                            if n == 0 {
+                                break;
+                            }
+                            h.update(&buf[..n]);
                         }
-                        h.update(&buf[..n]);
-                    }
-                    Ok(h.finalize())
-                });
+                        Ok(h.finalize())
+                    });
                 match result {
                     Ok(h) => println!("{}/{} {}", b.name, o.key, h.to_hex()),
                     Err(e) => {
@@ -119,5 +126,9 @@ fn verify(a: StoreArgs) -> anyhow::Result<ExitCode> {
         }
     }
     std::io::stdout().flush().context("stdout")?;
-    Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }

@@ -11,7 +11,11 @@ pub mod key;
 pub mod serve;
 
 #[derive(Parser, Debug)]
-#[command(name = "cairn", version, about = "Deduplicating, erasure-coded S3 backup target")]
+#[command(
+    name = "cairn",
+    version,
+    about = "Deduplicating, erasure-coded S3 backup target"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -49,7 +53,10 @@ pub enum Command {
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,s3s=off"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {

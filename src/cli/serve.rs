@@ -75,7 +75,8 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let m = &cfg.maintenance;
     store.spawn_maintenance(
         std::time::Duration::from_millis(m.health_check_interval_ms),
-        m.auto_rebuild.then_some((m.rebuild_throttle_mb_s * 1e6) as u64),
+        m.auto_rebuild
+            .then_some((m.rebuild_throttle_mb_s * 1e6) as u64),
     );
     let keyring = Arc::new(Keyring::new(root, &cfg.data_dir));
     let opts = ServerOptions::from_config(&cfg, keyring);

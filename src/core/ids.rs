@@ -34,7 +34,9 @@ impl fmt::Display for ChunkId {
 }
 
 /// A sealed container; allocated by the catalog, never reused (storage-format.md §4).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct ContainerId(pub u64);
 
@@ -45,7 +47,9 @@ impl fmt::Display for ContainerId {
 }
 
 /// A disk's id in the catalog (`disks.id`, storage-format.md §2).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct DiskId(pub u32);
 

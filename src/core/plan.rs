@@ -43,20 +43,38 @@ impl RepairAction {
 /// lost the most shards come first (they are closest to data loss). Each missing shard goes to the first disk
 /// in `targets` (preference order: the spares being rebuilt onto, then other writable disks) that holds no
 /// other shard of the container, so the one-shard-per-disk rule holds after the rebuild.
-pub fn plan_rebuild(containers: &[ContainerShards], healthy: &HashSet<DiskId>, targets: &[DiskId]) -> Vec<RepairAction> {
+pub fn plan_rebuild(
+    containers: &[ContainerShards],
+    healthy: &HashSet<DiskId>,
+    targets: &[DiskId],
+) -> Vec<RepairAction> {
     let mut actions: Vec<RepairAction> = containers
         .iter()
         .filter_map(|c| {
-            let missing: Vec<usize> =
-                (0..c.width()).filter(|i| !c.disks.get(*i).copied().flatten().is_some_and(|d| healthy.contains(&d))).collect();
+            let missing: Vec<usize> = (0..c.width())
+                .filter(|i| {
+                    !c.disks
+                        .get(*i)
+                        .copied()
+                        .flatten()
+                        .is_some_and(|d| healthy.contains(&d))
+                })
+                .collect();
             if missing.is_empty() {
                 return None;
             }
-            let mut used: HashSet<DiskId> =
-                c.disks.iter().flatten().filter(|d| healthy.contains(d)).copied().collect();
+            let mut used: HashSet<DiskId> = c
+                .disks
+                .iter()
+                .flatten()
+                .filter(|d| healthy.contains(d))
+                .copied()
+                .collect();
             let mut chosen = Vec::new();
             for _ in &missing {
-                let Some(t) = targets.iter().find(|t| !used.contains(t)) else { break };
+                let Some(t) = targets.iter().find(|t| !used.contains(t)) else {
+                    break;
+                };
                 used.insert(*t);
                 chosen.push(*t);
             }
@@ -79,7 +97,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn c(id: u64, disks: &[u32]) -> ContainerShards {
-        ContainerShards { container: ContainerId(id), k: 4, m: 2, disks: disks.iter().map(|d| Some(DiskId(*d))).collect() }
+        ContainerShards {
+            container: ContainerId(id),
+            k: 4,
+            m: 2,
+            disks: disks.iter().map(|d| Some(DiskId(*d))).collect(),
+        }
     }
 
     #[test]
@@ -87,7 +110,11 @@ mod tests {
         let healthy: HashSet<DiskId> = [1, 2, 3, 4, 5, 7, 8].into_iter().map(DiskId).collect();
         // Disk 6 failed (and disk 0 too): container 2 lost two shards, container 1 one, container 3 none.
         let plan = plan_rebuild(
-            &[c(1, &[1, 2, 3, 4, 5, 6]), c(2, &[0, 2, 3, 4, 5, 6]), c(3, &[1, 2, 3, 4, 5, 7])],
+            &[
+                c(1, &[1, 2, 3, 4, 5, 6]),
+                c(2, &[0, 2, 3, 4, 5, 6]),
+                c(3, &[1, 2, 3, 4, 5, 7]),
+            ],
             &healthy,
             &[DiskId(8), DiskId(7), DiskId(1)],
         );

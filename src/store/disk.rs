@@ -64,7 +64,10 @@ pub struct FileDisk {
 
 impl FileDisk {
     pub fn new(root: impl Into<PathBuf>) -> FileDisk {
-        FileDisk { root: root.into(), tmp_counter: AtomicU64::new(0) }
+        FileDisk {
+            root: root.into(),
+            tmp_counter: AtomicU64::new(0),
+        }
     }
 
     fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -82,7 +85,10 @@ impl Disk for FileDisk {
         if !tmp_dir.is_dir() {
             // Refuse to recreate the root of a vanished disk: only create tmp/ inside an existing root.
             if !self.root.is_dir() {
-                return Err(io::Error::new(io::ErrorKind::NotFound, "disk root is missing"));
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "disk root is missing",
+                ));
             }
             fs::create_dir_all(&tmp_dir)?;
         }
@@ -137,7 +143,10 @@ impl Disk for FileDisk {
     fn quarantine(&self, rel: &Path) -> io::Result<PathBuf> {
         let qdir = self.root.join(QUARANTINE_DIR);
         fs::create_dir_all(&qdir)?;
-        let name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = rel
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
@@ -218,7 +227,11 @@ impl FaultyDisk {
     pub fn new(root: impl Into<PathBuf>) -> FaultyDisk {
         let faults = Faults::default();
         faults.ops_left.store(-1, Ordering::SeqCst);
-        FaultyDisk { inner: FileDisk::new(root), faults, log: Mutex::new(Vec::new()) }
+        FaultyDisk {
+            inner: FileDisk::new(root),
+            faults,
+            log: Mutex::new(Vec::new()),
+        }
     }
 
     /// Fail every operation after `n` more succeed.
@@ -232,7 +245,10 @@ impl FaultyDisk {
 
     fn gate(&self, what: &str) -> io::Result<()> {
         if self.faults.vanished.load(Ordering::SeqCst) {
-            return Err(io::Error::new(io::ErrorKind::NotFound, "injected: disk vanished"));
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "injected: disk vanished",
+            ));
         }
         let left = self.faults.ops_left.load(Ordering::SeqCst);
         if left == 0 {
@@ -347,7 +363,10 @@ mod tests {
         fs::create_dir(&root).unwrap();
         let d = FileDisk::new(&root);
         fs::remove_dir_all(&root).unwrap();
-        assert!(d.write_durable(&shard_path(ContainerId(1), 0), &[b"x"]).is_err());
+        assert!(
+            d.write_durable(&shard_path(ContainerId(1), 0), &[b"x"])
+                .is_err()
+        );
         assert!(!root.exists());
     }
 

@@ -50,7 +50,10 @@ impl DiskState {
     /// New containers may be placed here. A spare being rebuilt onto takes new writes too: it is a healthy
     /// disk, and with the embedded 4+2 on six disks it is what keeps writes going after one disk fails.
     pub fn writable(&self) -> bool {
-        matches!(self, DiskState::Active | DiskState::Suspect | DiskState::Rebuilding)
+        matches!(
+            self,
+            DiskState::Active | DiskState::Suspect | DiskState::Rebuilding
+        )
     }
     /// Shards on this disk count as present.
     pub fn healthy(&self) -> bool {
@@ -116,7 +119,9 @@ pub fn check_marker(disk: &dyn Disk, store: StoreId, id: DiskId) -> MarkerCheck 
             Some(m) if m.store_id != store.to_hex() => {
                 MarkerCheck::Foreign(format!("belongs to store {}", m.store_id))
             }
-            Some(m) if m.disk_id != id.0 => MarkerCheck::Foreign(format!("marked as disk {}", m.disk_id)),
+            Some(m) if m.disk_id != id.0 => {
+                MarkerCheck::Foreign(format!("marked as disk {}", m.disk_id))
+            }
             Some(_) => MarkerCheck::Ok,
         },
     }
@@ -133,8 +138,21 @@ pub struct DiskEntry {
 }
 
 impl DiskEntry {
-    pub fn new(id: DiskId, path: PathBuf, disk: Arc<dyn Disk>, state: DiskState, shards: u64) -> DiskEntry {
-        DiskEntry { id, path, disk, state: RwLock::new(state), shards: AtomicU64::new(shards), io_errors: AtomicU32::new(0) }
+    pub fn new(
+        id: DiskId,
+        path: PathBuf,
+        disk: Arc<dyn Disk>,
+        state: DiskState,
+        shards: u64,
+    ) -> DiskEntry {
+        DiskEntry {
+            id,
+            path,
+            disk,
+            state: RwLock::new(state),
+            shards: AtomicU64::new(shards),
+            io_errors: AtomicU32::new(0),
+        }
     }
     pub fn state(&self) -> DiskState {
         self.state.read().map(|s| *s).unwrap_or(DiskState::Failed)
@@ -154,7 +172,9 @@ pub struct DiskSet {
 
 impl DiskSet {
     pub fn new(disks: Vec<Arc<DiskEntry>>) -> DiskSet {
-        DiskSet { disks: RwLock::new(disks) }
+        DiskSet {
+            disks: RwLock::new(disks),
+        }
     }
     pub fn all(&self) -> Vec<Arc<DiskEntry>> {
         self.disks.read().map(|d| d.clone()).unwrap_or_default()
@@ -172,7 +192,10 @@ impl DiskSet {
         self.all()
             .iter()
             .filter(|d| d.state().writable())
-            .map(|d| DiskLoad { id: d.id, shards: d.shards.load(Ordering::Relaxed) })
+            .map(|d| DiskLoad {
+                id: d.id,
+                shards: d.shards.load(Ordering::Relaxed),
+            })
             .collect()
     }
 }

@@ -22,21 +22,37 @@ pub enum StoreError {
     InvalidPart { part_number: u32, reason: String },
     #[error("parts must be listed in ascending order")]
     InvalidPartOrder,
-    #[error("part {part_number} is {size} bytes, smaller than the 5 MiB minimum of a non-final part")]
+    #[error(
+        "part {part_number} is {size} bytes, smaller than the 5 MiB minimum of a non-final part"
+    )]
     EntityTooSmall { part_number: u32, size: u64 },
     #[error("range not satisfiable")]
     InvalidRange,
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// Fewer than k good shards: the container cannot be read. `objects` names what is affected.
-    #[error("container {container} is unreadable ({have} of {need} shards good); affected objects: {objects:?}")]
-    DataLost { container: ContainerId, have: usize, need: usize, objects: Vec<String> },
+    #[error(
+        "container {container} is unreadable ({have} of {need} shards good); affected objects: {objects:?}"
+    )]
+    DataLost {
+        container: ContainerId,
+        have: usize,
+        need: usize,
+        objects: Vec<String>,
+    },
     #[error("corrupt data in container {container}: {detail}")]
-    Corrupt { container: ContainerId, detail: String },
+    Corrupt {
+        container: ContainerId,
+        detail: String,
+    },
     #[error("not enough writable disks: need {need}, have {have}")]
     NotEnoughDisks { need: usize, have: usize },
     #[error("disk {disk} ({path}): {detail}")]
-    Disk { disk: DiskId, path: String, detail: String },
+    Disk {
+        disk: DiskId,
+        path: String,
+        detail: String,
+    },
     #[error("the store at {0} is in use by another process (lock held)")]
     Locked(String),
     #[error("catalog: {0}")]

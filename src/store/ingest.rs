@@ -53,7 +53,11 @@ pub struct Upload {
 /// What the final seal of an upload also commits.
 enum Finish<'a> {
     Sealed,
-    Object { record: ObjectCommitRecord, info: ObjectInfo, cond: &'a PutCondition },
+    Object {
+        record: ObjectCommitRecord,
+        info: ObjectInfo,
+        cond: &'a PutCondition,
+    },
 }
 
 impl Store {
@@ -158,7 +162,10 @@ impl Upload {
             }
             self.segment.push((*id, raw_len));
             self.logical += raw_len as u64;
-            let full = self.open.as_ref().is_some_and(|o| o.builder.len() >= self.store.cfg.container_target);
+            let full = self
+                .open
+                .as_ref()
+                .is_some_and(|o| o.builder.len() >= self.store.cfg.container_target);
             if full || self.segment.len() >= MAX_SEGMENT_ENTRIES {
                 self.seal_current(None)?;
             }
@@ -170,10 +177,15 @@ impl Upload {
         if self.open.is_none() {
             let id = self.store.alloc_container_id()?;
             let cap = self.store.cfg.container_target + self.store.cfg.chunker.max as usize + 4096;
-            self.open = Some(OpenContainer { builder: ContainerBuilder::new(id, now_ms(), cap), new_chunks: Vec::new() });
+            self.open = Some(OpenContainer {
+                builder: ContainerBuilder::new(id, now_ms(), cap),
+                new_chunks: Vec::new(),
+            });
         }
         // The branch above guarantees Some.
-        self.open.as_mut().ok_or_else(|| super::StoreError::Config("no open container".into()))
+        self.open
+            .as_mut()
+            .ok_or_else(|| super::StoreError::Config("no open container".into()))
     }
 
     /// Seals the open container with the current segment (and, at the end, the upload's final state).
@@ -182,7 +194,9 @@ impl Upload {
             return Ok(());
         }
         self.open_container()?;
-        let Some(mut open) = self.open.take() else { return Ok(()) };
+        let Some(mut open) = self.open.take() else {
+            return Ok(());
+        };
         let entries = std::mem::take(&mut self.segment);
         let segment = (!entries.is_empty()).then(|| SegmentRecord {
             upload: self.id,
@@ -194,7 +208,8 @@ impl Upload {
             open.builder.push_record(EntryType::Segment, &seg.encode());
         }
         if let Some(Finish::Object { record, .. }) = &finish {
-            open.builder.push_record(EntryType::Commit, &record.encode());
+            open.builder
+                .push_record(EntryType::Commit, &record.encode());
         }
         let container = open.builder.id();
         let upload = self.id;
@@ -242,12 +257,21 @@ impl Upload {
     }
 
     fn source_ref(&self) -> SourceRef {
-        SourceRef { upload_id: self.id.to_hex(), segments: self.segment_no, size: self.size }
+        SourceRef {
+            upload_id: self.id.to_hex(),
+            segments: self.segment_no,
+            size: self.size,
+        }
     }
 
     /// Seals the stream and commits it as object `bucket/key` in one step (the commit record rides in the last
     /// container). Returns only when the object is durable.
-    pub fn finish_object(mut self, bucket: &str, key: &str, mut meta: ObjectMeta) -> Result<ObjectInfo> {
+    pub fn finish_object(
+        mut self,
+        bucket: &str,
+        key: &str,
+        mut meta: ObjectMeta,
+    ) -> Result<ObjectInfo> {
         self.store.require_bucket(bucket)?;
         self.drain()?;
         if meta.etag.is_none() {
@@ -257,7 +281,10 @@ impl Upload {
         let created = now_ms();
         // The segment sealed with the commit counts too.
         let segments = self.segment_no + u32::from(!self.segment.is_empty());
-        let source = SourceRef { segments, ..self.source_ref() };
+        let source = SourceRef {
+            segments,
+            ..self.source_ref()
+        };
         let info = ObjectInfo {
             bucket: bucket.to_string(),
             key: key.to_string(),
@@ -278,7 +305,11 @@ impl Upload {
             sources: vec![source],
         };
         let cond = PutCondition::None;
-        self.seal_current(Some(Finish::Object { record, info: info.clone(), cond: &cond }))?;
+        self.seal_current(Some(Finish::Object {
+            record,
+            info: info.clone(),
+            cond: &cond,
+        }))?;
         self.done = true;
         Ok(info)
     }
@@ -288,7 +319,11 @@ impl Upload {
         self.drain()?;
         self.seal_current(Some(Finish::Sealed))?;
         self.done = true;
-        Ok(SealedUpload { upload_id: self.id, size: self.size, md5: self.md5() })
+        Ok(SealedUpload {
+            upload_id: self.id,
+            size: self.size,
+            md5: self.md5(),
+        })
     }
 }
 
@@ -296,7 +331,11 @@ impl Drop for Upload {
     fn drop(&mut self) {
         if !self.done && self.registered {
             let id = self.id;
-            if let Err(e) = self.store.catalog.write(|tx| catalog::release_upload(tx, &id)) {
+            if let Err(e) = self
+                .store
+                .catalog
+                .write(|tx| catalog::release_upload(tx, &id))
+            {
                 tracing::warn!(upload = %id.to_hex(), error = %e, "could not release an aborted upload; it is released at the next start");
             }
         }
@@ -342,8 +381,12 @@ mod tests {
 
     #[test]
     fn reused_context_gives_compress_chunk_bytes() {
-        let text: Vec<u8> = (0..100_000u32).map(|i| b"cairn backup "[(i % 13) as usize]).collect();
-        let noise: Vec<u8> = (0..50_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+        let text: Vec<u8> = (0..100_000u32)
+            .map(|i| b"cairn backup "[(i % 13) as usize])
+            .collect();
+        let noise: Vec<u8> = (0..50_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect();
         for level in [3, 1, 3] {
             for raw in [&text[..], &noise[..], &text[..10], &text[..]] {
                 assert_eq!(compress_reusing(raw, level), compress_chunk(raw, level));

@@ -52,7 +52,12 @@ impl Job {
     pub fn new(kind: JobKind, throttle_bytes_per_sec: u64, repair: bool) -> Job {
         Job {
             kind,
-            progress: Mutex::new(JobProgress { running: true, started_unix_ms: now_ms(), repair, ..Default::default() }),
+            progress: Mutex::new(JobProgress {
+                running: true,
+                started_unix_ms: now_ms(),
+                repair,
+                ..Default::default()
+            }),
             cancel: AtomicBool::new(false),
             throttle: AtomicU64::new(throttle_bytes_per_sec),
             started: Instant::now(),
@@ -66,8 +71,9 @@ impl Job {
             f(&mut p);
             let secs = self.started.elapsed().as_secs_f64().max(1e-3);
             p.mb_per_sec = p.bytes_done as f64 / secs / 1e6;
-            p.eta_secs = (p.bytes_done > 0 && p.bytes_total >= p.bytes_done)
-                .then(|| ((p.bytes_total - p.bytes_done) as f64 * secs / p.bytes_done as f64) as u64);
+            p.eta_secs = (p.bytes_done > 0 && p.bytes_total >= p.bytes_done).then(|| {
+                ((p.bytes_total - p.bytes_done) as f64 * secs / p.bytes_done as f64) as u64
+            });
         }
     }
     pub fn cancel(&self) {

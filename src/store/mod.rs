@@ -62,7 +62,9 @@ impl StoreConfig {
     /// The embedded default: six directory-disks (4+2) and one hot spare under `<data>/disks`.
     pub fn embedded(data_dir: impl Into<PathBuf>) -> StoreConfig {
         let data_dir = data_dir.into();
-        let disks = (0..6).map(|i| data_dir.join("disks").join(format!("d{i:02}"))).collect();
+        let disks = (0..6)
+            .map(|i| data_dir.join("disks").join(format!("d{i:02}")))
+            .collect();
         let spares = vec![data_dir.join("disks").join("spare00")];
         StoreConfig {
             data_dir,
@@ -119,9 +121,14 @@ fn now_nanos() -> u64 {
 
 pub(crate) fn lock_data_dir(dir: &Path) -> Result<File> {
     let path = dir.join("cairn.lock");
-    let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
     // An advisory flock: released by the kernel when the process dies, so a crash never leaves it stale.
-    f.try_lock().map_err(|_| StoreError::Locked(dir.display().to_string()))?;
+    f.try_lock()
+        .map_err(|_| StoreError::Locked(dir.display().to_string()))?;
     Ok(f)
 }
 
@@ -145,7 +152,9 @@ impl Store {
         let geometry = Geometry::new(cfg.k, cfg.m)?;
         cfg.chunker.validate()?;
         if cfg.container_target < 64 * 1024 || cfg.container_target > 256 * 1024 * 1024 {
-            return Err(StoreError::Config("container_target must be between 64 KiB and 256 MiB".into()));
+            return Err(StoreError::Config(
+                "container_target must be between 64 KiB and 256 MiB".into(),
+            ));
         }
         std::fs::create_dir_all(&cfg.data_dir)?;
         let lock = lock_data_dir(&cfg.data_dir)?;
@@ -154,8 +163,9 @@ impl Store {
 
         let store_id = catalog.write(|tx| {
             Ok(match catalog::meta_get(tx, "store_id")? {
-                Some(s) => StoreId::from_hex(&s)
-                    .ok_or_else(|| StoreError::Config(format!("catalog has a malformed store_id {s:?}")))?,
+                Some(s) => StoreId::from_hex(&s).ok_or_else(|| {
+                    StoreError::Config(format!("catalog has a malformed store_id {s:?}"))
+                })?,
                 None => {
                     let id = StoreId::random();
                     catalog::meta_set(tx, "store_id", &id.to_hex())?;
@@ -206,18 +216,29 @@ impl Store {
                         state = DiskState::Failed;
                         catalog.write(|tx| {
                             catalog::set_disk_state(tx, row.id, state.as_str())?;
-                            catalog::add_event(tx, now, "disk-failed", None, &format!("disk {} {problem:?}", row.id))
+                            catalog::add_event(
+                                tx,
+                                now,
+                                "disk-failed",
+                                None,
+                                &format!("disk {} {problem:?}", row.id),
+                            )
                         })?;
                     }
                 }
             }
-            entries.push(Arc::new(DiskEntry::new(row.id, path, disk, state, row.shards)));
+            entries.push(Arc::new(DiskEntry::new(
+                row.id, path, disk, state, row.shards,
+            )));
         }
 
         // Uploads never committed (crash, dropped connection): release their pins.
         let orphans = catalog.read(catalog::orphan_uploads)?;
         if !orphans.is_empty() {
-            tracing::info!(count = orphans.len(), "releasing uploads left unfinished by the last run");
+            tracing::info!(
+                count = orphans.len(),
+                "releasing uploads left unfinished by the last run"
+            );
             catalog.write(|tx| {
                 for u in &orphans {
                     catalog::release_upload(tx, u)?;
@@ -228,7 +249,8 @@ impl Store {
 
         let dedup = catalog.read(|c| Ok(DedupIndex::load(c, 64)?))?;
         let next_container = catalog.read(|c| {
-            let reserved = catalog::meta_get(c, "container_id_reserved")?.and_then(|s| s.parse::<u64>().ok());
+            let reserved =
+                catalog::meta_get(c, "container_id_reserved")?.and_then(|s| s.parse::<u64>().ok());
             Ok(reserved.unwrap_or(0).max(catalog::max_container_id(c)? + 1))
         })?;
         let last_seq = catalog.read(|c| {
@@ -254,8 +276,11 @@ impl Store {
         };
         let writable = store.disks.writable_loads().len();
         if writable < geometry.width() {
-            tracing::error!(writable, needed = geometry.width(),
-                "DEGRADED: fewer writable disks than the stripe width; writes will fail until disks are replaced");
+            tracing::error!(
+                writable,
+                needed = geometry.width(),
+                "DEGRADED: fewer writable disks than the stripe width; writes will fail until disks are replaced"
+            );
         }
         Ok(Arc::new(store))
     }
@@ -278,10 +303,14 @@ impl Store {
 
     /// A new container id; reserves another block in the catalog first when the current one is used up.
     fn alloc_container_id(&self) -> Result<ContainerId> {
-        let mut g = self.container_ids.lock().map_err(|_| StoreError::Config("id allocator poisoned".into()))?;
+        let mut g = self
+            .container_ids
+            .lock()
+            .map_err(|_| StoreError::Config("id allocator poisoned".into()))?;
         if g.0 >= g.1 {
             let until = g.0 + CONTAINER_ID_BLOCK;
-            self.catalog.write(|tx| catalog::meta_set(tx, "container_id_reserved", &until.to_string()))?;
+            self.catalog
+                .write(|tx| catalog::meta_set(tx, "container_id_reserved", &until.to_string()))?;
             g.1 = until;
         }
         let id = g.0;
@@ -295,7 +324,10 @@ impl Store {
         let mut cur = self.last_seq.load(Ordering::SeqCst);
         loop {
             let next = now.max(cur + 1);
-            match self.last_seq.compare_exchange(cur, next, Ordering::SeqCst, Ordering::SeqCst) {
+            match self
+                .last_seq
+                .compare_exchange(cur, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
                 Ok(_) => return next,
                 Err(v) => cur = v,
             }
@@ -304,9 +336,12 @@ impl Store {
 
     /// Marks a disk failed after it vanished or kept failing (never written again).
     pub(crate) fn note_disk_error(&self, disk: DiskId, err: &std::io::Error) {
-        let Some(d) = self.disks.get(disk) else { return };
+        let Some(d) = self.disks.get(disk) else {
+            return;
+        };
         let n = d.io_errors.fetch_add(1, Ordering::SeqCst) + 1;
-        let gone = !d.disk.is_present() || check_marker(d.disk.as_ref(), self.store_id, disk) != MarkerCheck::Ok;
+        let gone = !d.disk.is_present()
+            || check_marker(d.disk.as_ref(), self.store_id, disk) != MarkerCheck::Ok;
         let new_state = if gone || n >= IO_ERROR_FAIL_THRESHOLD {
             DiskState::Failed
         } else if d.state() == DiskState::Active {
@@ -321,7 +356,13 @@ impl Store {
         d.set_state(new_state);
         let _ = self.catalog.write(|tx| {
             catalog::set_disk_state(tx, disk, new_state.as_str())?;
-            catalog::add_event(tx, now_ms(), "disk-state", None, &format!("disk {disk} -> {new_state}: {err}"))
+            catalog::add_event(
+                tx,
+                now_ms(),
+                "disk-state",
+                None,
+                &format!("disk {disk} -> {new_state}: {err}"),
+            )
         });
     }
 }
@@ -334,7 +375,9 @@ pub(crate) fn path_key(p: &Path) -> String {
     let abs = if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir().map(|c| c.join(p)).unwrap_or_else(|_| p.to_path_buf())
+        std::env::current_dir()
+            .map(|c| c.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
     };
     abs.to_string_lossy().into_owned()
 }

@@ -26,7 +26,10 @@ pub fn validate_bucket_name(name: &str) -> Result<()> {
     if name.len() < 3 || name.len() > 63 {
         return bad("must be 3 to 63 characters long");
     }
-    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.') {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
         return bad("only lowercase letters, digits, '-' and '.' are allowed");
     }
     let first = name.as_bytes()[0];
@@ -74,12 +77,22 @@ impl Store {
 
     pub fn create_bucket(&self, name: &str) -> Result<()> {
         validate_bucket_name(name)?;
-        if self.catalog.read(|c| catalog::get_bucket(c, name))?.is_some() {
+        if self
+            .catalog
+            .read(|c| catalog::get_bucket(c, name))?
+            .is_some()
+        {
             return Err(StoreError::BucketExists(name.to_string()));
         }
         let seq = self.next_seq();
         let created = now_ms();
-        let rec = BucketRecord { v: 1, bucket: name.to_string(), created_unix_ms: created, seq, deleted: false };
+        let rec = BucketRecord {
+            v: 1,
+            bucket: name.to_string(),
+            created_unix_ms: created,
+            seq,
+            deleted: false,
+        };
         self.write_records(&[(EntryType::Bucket, rec.encode())], |tx| {
             let n = tx.execute(
                 "INSERT OR IGNORE INTO buckets(name, created_unix_ms, seq) VALUES (?1, ?2, ?3)",
@@ -94,11 +107,20 @@ impl Store {
 
     pub fn delete_bucket(&self, name: &str) -> Result<()> {
         self.require_bucket(name)?;
-        if self.catalog.read(|c| catalog::bucket_has_objects(c, name))? {
+        if self
+            .catalog
+            .read(|c| catalog::bucket_has_objects(c, name))?
+        {
             return Err(StoreError::BucketNotEmpty(name.to_string()));
         }
         let seq = self.next_seq();
-        let rec = BucketRecord { v: 1, bucket: name.to_string(), created_unix_ms: now_ms(), seq, deleted: true };
+        let rec = BucketRecord {
+            v: 1,
+            bucket: name.to_string(),
+            created_unix_ms: now_ms(),
+            seq,
+            deleted: true,
+        };
         self.write_records(&[(EntryType::Bucket, rec.encode())], |tx| {
             if catalog::bucket_has_objects(tx, name)? {
                 return Err(StoreError::BucketNotEmpty(name.to_string()));
@@ -136,7 +158,9 @@ impl Store {
         match (cond, &existing) {
             (PutCondition::IfNoneMatchAny, Some(_)) => return Err(StoreError::PreconditionFailed),
             (PutCondition::IfMatch(_), None) => return Err(StoreError::PreconditionFailed),
-            (PutCondition::IfMatch(e), Some(ex)) if unquote(e) != unquote(ex.info.etag()) && unquote(e) != "*" => {
+            (PutCondition::IfMatch(e), Some(ex))
+                if unquote(e) != unquote(ex.info.etag()) && unquote(e) != "*" =>
+            {
                 return Err(StoreError::PreconditionFailed);
             }
             _ => {}
@@ -181,7 +205,11 @@ impl Store {
                         [&s.upload_id.0[..]],
                         |r| r.get(0),
                     )?;
-                    Ok(SourceRef { upload_id: s.upload_id.to_hex(), segments, size: s.size })
+                    Ok(SourceRef {
+                        upload_id: s.upload_id.to_hex(),
+                        segments,
+                        size: s.size,
+                    })
                 })
                 .collect()
         })?;
@@ -198,14 +226,19 @@ impl Store {
     ) -> Result<ObjectInfo> {
         self.require_bucket(bucket)?;
         let _guard = if cond != PutCondition::None {
-            let g = self.commit_lock.lock().map_err(|_| StoreError::Config("commit lock poisoned".into()))?;
+            let g = self
+                .commit_lock
+                .lock()
+                .map_err(|_| StoreError::Config("commit lock poisoned".into()))?;
             // Check before writing the commit record, so a refused commit leaves no record on disk.
             let existing = self.catalog.read(|c| catalog::get_object(c, bucket, key))?;
             match (&cond, &existing) {
                 (PutCondition::IfNoneMatchAny, Some(_)) | (PutCondition::IfMatch(_), None) => {
                     return Err(StoreError::PreconditionFailed);
                 }
-                (PutCondition::IfMatch(e), Some(ex)) if unquote(e) != unquote(ex.info.etag()) && unquote(e) != "*" => {
+                (PutCondition::IfMatch(e), Some(ex))
+                    if unquote(e) != unquote(ex.info.etag()) && unquote(e) != "*" =>
+                {
                     return Err(StoreError::PreconditionFailed);
                 }
                 _ => {}
@@ -236,14 +269,20 @@ impl Store {
             meta,
             sources: sources.clone(),
         };
-        self.write_records(&[(EntryType::Commit, record.encode())], |tx| self.commit_in_tx(tx, &info, &sources, &cond))?;
+        self.write_records(&[(EntryType::Commit, record.encode())], |tx| {
+            self.commit_in_tx(tx, &info, &sources, &cond)
+        })?;
         Ok(info)
     }
 
     pub fn release_upload(&self, sealed: SealedUpload) -> Result<()> {
         self.catalog.write(|tx| {
             let refs: Option<i64> = tx
-                .query_row("SELECT refs FROM uploads WHERE id = ?1", [&sealed.upload_id.0[..]], |r| r.get(0))
+                .query_row(
+                    "SELECT refs FROM uploads WHERE id = ?1",
+                    [&sealed.upload_id.0[..]],
+                    |r| r.get(0),
+                )
                 .optional()?;
             if refs.is_some_and(|r| r <= 0) {
                 catalog::release_upload(tx, &sealed.upload_id)?;
@@ -261,8 +300,10 @@ impl Store {
             if catalog::get_bucket(c, bucket)?.is_none() {
                 return Err(StoreError::NoSuchBucket(bucket.to_string()));
             }
-            catalog::get_object(c, bucket, key)?
-                .ok_or_else(|| StoreError::NoSuchKey { bucket: bucket.to_string(), key: key.to_string() })
+            catalog::get_object(c, bucket, key)?.ok_or_else(|| StoreError::NoSuchKey {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+            })
         })
     }
 
@@ -276,7 +317,9 @@ impl Store {
     pub fn delete_objects(&self, bucket: &str, keys: &[String]) -> Result<Vec<bool>> {
         self.require_bucket(bucket)?;
         let present: Vec<bool> = self.catalog.read(|c| {
-            keys.iter().map(|k| Ok(catalog::get_object(c, bucket, k)?.is_some())).collect()
+            keys.iter()
+                .map(|k| Ok(catalog::get_object(c, bucket, k)?.is_some()))
+                .collect()
         })?;
         if !present.iter().any(|p| *p) {
             return Ok(present);
@@ -287,7 +330,12 @@ impl Store {
             .zip(&present)
             .filter(|(_, p)| **p)
             .map(|(k, _)| {
-                let t = TombstoneRecord { v: 1, bucket: bucket.to_string(), key: k.clone(), seq };
+                let t = TombstoneRecord {
+                    v: 1,
+                    bucket: bucket.to_string(),
+                    key: k.clone(),
+                    seq,
+                };
                 (EntryType::Tombstone, t.encode())
             })
             .collect();
@@ -341,11 +389,14 @@ impl Store {
         // Continuing after a common prefix skips everything under it.
         let mut skip_prefix: Option<String> = delimiter.and_then(|d| {
             let rest = cursor.strip_prefix(prefix)?;
-            (rest.ends_with(d) && rest.find(d).map(|i| i + d.len()) == Some(rest.len())).then(|| cursor.clone())
+            (rest.ends_with(d) && rest.find(d).map(|i| i + d.len()) == Some(rest.len()))
+                .then(|| cursor.clone())
         });
         let mut count = 0usize;
         'outer: loop {
-            let batch = self.catalog.read(|c| catalog::list_object_rows(c, bucket, prefix, &cursor, 1000))?;
+            let batch = self
+                .catalog
+                .read(|c| catalog::list_object_rows(c, bucket, prefix, &cursor, 1000))?;
             if batch.is_empty() {
                 break;
             }
@@ -393,7 +444,8 @@ impl Store {
     pub fn create_multipart(&self, bucket: &str, key: &str, meta: ObjectMeta) -> Result<String> {
         self.require_bucket(bucket)?;
         let id = UploadId::random().to_hex();
-        let meta_json = serde_json::to_string(&meta).map_err(|e| StoreError::Config(e.to_string()))?;
+        let meta_json =
+            serde_json::to_string(&meta).map_err(|e| StoreError::Config(e.to_string()))?;
         self.catalog.write(|tx| {
             tx.execute(
                 "INSERT INTO multipart(id, bucket, key, initiated_unix_ms, meta_json) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -412,10 +464,13 @@ impl Store {
         checksums: BTreeMap<String, String>,
     ) -> Result<PartInfo> {
         if !(1..=MAX_PARTS).contains(&part_number) {
-            return Err(StoreError::InvalidArgument(format!("part number must be 1..={MAX_PARTS}")));
+            return Err(StoreError::InvalidArgument(format!(
+                "part number must be 1..={MAX_PARTS}"
+            )));
         }
         let now = now_ms();
-        let cks = serde_json::to_string(&checksums).map_err(|e| StoreError::Config(e.to_string()))?;
+        let cks =
+            serde_json::to_string(&checksums).map_err(|e| StoreError::Config(e.to_string()))?;
         self.catalog.write(|tx| {
             mpu_exists(tx, upload_id)?;
             let old: Option<Vec<u8>> = tx
@@ -449,7 +504,12 @@ impl Store {
         self.catalog.read(|c| mpu_exists(c, upload_id))
     }
 
-    pub fn list_parts(&self, upload_id: &str, after_part: u32, max_parts: usize) -> Result<Vec<PartInfo>> {
+    pub fn list_parts(
+        &self,
+        upload_id: &str,
+        after_part: u32,
+        max_parts: usize,
+    ) -> Result<Vec<PartInfo>> {
         self.catalog.read(|c| {
             mpu_exists(c, upload_id)?;
             parts_of(c, upload_id, after_part, max_parts)
@@ -471,9 +531,18 @@ impl Store {
                  WHERE bucket = ?1 AND (key > ?2 OR (key = ?2 AND id > ?3)) ORDER BY key, id",
             )?;
             let ak = after_key.unwrap_or("");
-            let au = if after_key.is_some() { after_upload_id.unwrap_or("\u{10FFFF}") } else { "" };
+            let au = if after_key.is_some() {
+                after_upload_id.unwrap_or("\u{10FFFF}")
+            } else {
+                ""
+            };
             let rows = st.query_map(params![bucket, ak, au], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
             })?;
             let mut out = Vec::new();
             for r in rows {
@@ -517,7 +586,9 @@ impl Store {
             Ok((mpu, stored))
         })?;
         if parts.is_empty() {
-            return Err(StoreError::InvalidArgument("CompleteMultipartUpload needs at least one part".into()));
+            return Err(StoreError::InvalidArgument(
+                "CompleteMultipartUpload needs at least one part".into(),
+            ));
         }
         let mut chosen = Vec::with_capacity(parts.len());
         let mut last = 0u32;
@@ -527,13 +598,22 @@ impl Store {
             }
             last = *num;
             let Some(p) = stored.iter().find(|p| p.part_number == *num) else {
-                return Err(StoreError::InvalidPart { part_number: *num, reason: "was not uploaded".into() });
+                return Err(StoreError::InvalidPart {
+                    part_number: *num,
+                    reason: "was not uploaded".into(),
+                });
             };
             if unquote(etag) != unquote(&p.etag) {
-                return Err(StoreError::InvalidPart { part_number: *num, reason: "ETag does not match".into() });
+                return Err(StoreError::InvalidPart {
+                    part_number: *num,
+                    reason: "ETag does not match".into(),
+                });
             }
             if i + 1 < parts.len() && p.size < MIN_PART_SIZE {
-                return Err(StoreError::EntityTooSmall { part_number: *num, size: p.size });
+                return Err(StoreError::EntityTooSmall {
+                    part_number: *num,
+                    size: p.size,
+                });
             }
             chosen.push(*num);
         }
@@ -567,7 +647,9 @@ impl Store {
         let cutoff = now_ms().saturating_sub(age.as_millis() as u64);
         let ids: Vec<String> = self.catalog.read(|c| {
             let mut st = c.prepare("SELECT id FROM multipart WHERE initiated_unix_ms < ?1")?;
-            let ids = st.query_map([cutoff as i64], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+            let ids = st
+                .query_map([cutoff as i64], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
             Ok(ids)
         })?;
         for id in &ids {
@@ -589,8 +671,9 @@ pub fn multipart_etag(md5s: impl Iterator<Item = [u8; 16]>) -> String {
 }
 
 fn source_upload(s: &SourceRef) -> Result<UploadId> {
-    UploadId::from_hex(&s.upload_id)
-        .ok_or_else(|| StoreError::Config(format!("catalog: malformed upload id {:?}", s.upload_id)))
+    UploadId::from_hex(&s.upload_id).ok_or_else(|| {
+        StoreError::Config(format!("catalog: malformed upload id {:?}", s.upload_id))
+    })
 }
 
 fn release_sources(tx: &rusqlite::Connection, sources: &[SourceRef]) -> Result<()> {
@@ -604,7 +687,14 @@ fn mpu_exists(c: &rusqlite::Connection, id: &str) -> Result<MultipartUploadInfo>
     c.query_row(
         "SELECT bucket, key, initiated_unix_ms, meta_json FROM multipart WHERE id = ?1",
         [id],
-        |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?)),
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        },
     )
     .optional()?
     .map(|(bucket, key, at, meta)| MultipartUploadInfo {
@@ -623,7 +713,13 @@ fn parts_of(c: &rusqlite::Connection, id: &str, after: u32, max: usize) -> Resul
          WHERE mpu_id = ?1 AND part_number > ?2 ORDER BY part_number LIMIT ?3",
     )?;
     let rows = st.query_map(params![id, after, max as i64], |r| {
-        Ok((r.get::<_, u32>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, String>(4)?))
+        Ok((
+            r.get::<_, u32>(0)?,
+            r.get::<_, Vec<u8>>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, String>(4)?,
+        ))
     })?;
     let mut out = Vec::new();
     for r in rows {
@@ -642,7 +738,8 @@ fn parts_of(c: &rusqlite::Connection, id: &str, after: u32, max: usize) -> Resul
 fn drop_multipart(tx: &rusqlite::Connection, id: &str) -> Result<()> {
     let uploads: Vec<Vec<u8>> = {
         let mut st = tx.prepare("SELECT upload_id FROM parts WHERE mpu_id = ?1")?;
-        st.query_map([id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
+        st.query_map([id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?
     };
     for u in uploads {
         if let Ok(u) = <[u8; 16]>::try_from(u) {

@@ -62,8 +62,9 @@ impl Store {
         }
         let mut sources = Vec::with_capacity(row.sources.len());
         for s in &row.sources {
-            let id = UploadId::from_hex(&s.upload_id)
-                .ok_or_else(|| StoreError::Config(format!("catalog: malformed upload id {:?}", s.upload_id)))?;
+            let id = UploadId::from_hex(&s.upload_id).ok_or_else(|| {
+                StoreError::Config(format!("catalog: malformed upload id {:?}", s.upload_id))
+            })?;
             sources.push((id, s.size));
         }
         let reader = ObjectReader {
@@ -86,12 +87,15 @@ impl Store {
     /// Reads and verifies one chunk, reconstructing from parity when needed.
     pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
         let (loc, row) = self.catalog.read(|c| {
-            let loc = catalog::get_chunk(c, id)?
-                .ok_or_else(|| StoreError::Corrupt { container: ContainerId(0), detail: format!("chunk {id} is not in the index") })?;
-            let row = catalog::get_container(c, loc.container)?.ok_or_else(|| StoreError::Corrupt {
-                container: loc.container,
-                detail: "container is not in the catalog".into(),
+            let loc = catalog::get_chunk(c, id)?.ok_or_else(|| StoreError::Corrupt {
+                container: ContainerId(0),
+                detail: format!("chunk {id} is not in the index"),
             })?;
+            let row =
+                catalog::get_container(c, loc.container)?.ok_or_else(|| StoreError::Corrupt {
+                    container: loc.container,
+                    detail: "container is not in the catalog".into(),
+                })?;
             Ok((loc, row))
         })?;
         let range = loc.offset..loc.offset + loc.stored_len as u64;
@@ -100,27 +104,49 @@ impl Store {
         {
             return Ok(raw);
         }
-        let (raw, bad) = self.degraded_read(&row, range, &|stored| decode_chunk(loc.codec, loc.raw_len, stored, id).ok())?;
+        let (raw, bad) = self.degraded_read(&row, range, &|stored| {
+            decode_chunk(loc.codec, loc.raw_len, stored, id).ok()
+        })?;
         self.note_degraded(row.id, &bad);
         Ok(raw)
     }
 
-    fn shard_source(&self, row: &ContainerRow, idx: usize) -> Option<Arc<super::diskset::DiskEntry>> {
+    fn shard_source(
+        &self,
+        row: &ContainerRow,
+        idx: usize,
+    ) -> Option<Arc<super::diskset::DiskEntry>> {
         let disk = self.disks.get(row.disks.get(idx).copied().flatten()?)?;
         (disk.state() != DiskState::Failed && disk.state() != DiskState::Retired).then_some(disk)
     }
 
-    fn read_shard_range(&self, row: &ContainerRow, idx: usize, within: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read_shard_range(
+        &self,
+        row: &ContainerRow,
+        idx: usize,
+        within: u64,
+        buf: &mut [u8],
+    ) -> io::Result<()> {
         let Some(d) = self.shard_source(row, idx) else {
-            return Err(io::Error::new(io::ErrorKind::NotFound, "shard's disk is failed or unknown"));
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "shard's disk is failed or unknown",
+            ));
         };
-        let r = d.disk.read_at(&shard_path(row.id, idx), SHARD_HEADER_LEN as u64 + within, buf);
+        let r = d.disk.read_at(
+            &shard_path(row.id, idx),
+            SHARD_HEADER_LEN as u64 + within,
+            buf,
+        );
         if let Err(e) = &r
             && e.kind() != io::ErrorKind::NotFound
         {
             self.note_disk_error(d.id, e);
         } else if r.is_err() && !d.disk.is_present() {
-            self.note_disk_error(d.id, &io::Error::new(io::ErrorKind::NotFound, "disk vanished"));
+            self.note_disk_error(
+                d.id,
+                &io::Error::new(io::ErrorKind::NotFound, "disk vanished"),
+            );
         }
         r
     }
@@ -154,12 +180,19 @@ impl Store {
         let width = k + row.m as usize;
         let s = row.shard_len;
         if s == 0 || range.end > s * k as u64 {
-            return Err(StoreError::Corrupt { container: row.id, detail: "range outside the container".into() });
+            return Err(StoreError::Corrupt {
+                container: row.id,
+                detail: "range outside the container".into(),
+            });
         }
         // Rows [lo, hi) of every shard cover the requested range.
         let first = range.start / s;
         let last = (range.end.max(1) - 1) / s;
-        let (lo, hi) = if first == last { (range.start % s, (range.end - 1) % s + 1) } else { (0, s) };
+        let (lo, hi) = if first == last {
+            (range.start % s, (range.end - 1) % s + 1)
+        } else {
+            (0, s)
+        };
         let mut pieces: Vec<Option<Vec<u8>>> = (0..width)
             .map(|i| {
                 let mut b = vec![0u8; (hi - lo) as usize];
@@ -170,10 +203,18 @@ impl Store {
         if present.len() < k {
             return Err(self.data_lost(row.id, present.len(), k));
         }
-        let erasure = crate::core::erasure::Erasure::new(crate::core::erasure::Geometry::new(row.k, row.m)?)?;
+        let erasure =
+            crate::core::erasure::Erasure::new(crate::core::erasure::Geometry::new(row.k, row.m)?)?;
         for subset in combinations(&present, k) {
-            let mut trial: Vec<Option<Vec<u8>>> =
-                (0..width).map(|i| if subset.contains(&i) { pieces[i].clone() } else { None }).collect();
+            let mut trial: Vec<Option<Vec<u8>>> = (0..width)
+                .map(|i| {
+                    if subset.contains(&i) {
+                        pieces[i].clone()
+                    } else {
+                        None
+                    }
+                })
+                .collect();
             if erasure.reconstruct(&mut trial).is_err() {
                 continue;
             }
@@ -205,22 +246,39 @@ impl Store {
     }
 
     pub(crate) fn data_lost(&self, container: ContainerId, have: usize, need: usize) -> StoreError {
-        let objects = self.catalog.read(|c| catalog::objects_using_container(c, container, 20)).unwrap_or_default();
+        let objects = self
+            .catalog
+            .read(|c| catalog::objects_using_container(c, container, 20))
+            .unwrap_or_default();
         tracing::error!(%container, have, need, ?objects, "container unreadable: data lost");
-        StoreError::DataLost { container, have, need, objects }
+        StoreError::DataLost {
+            container,
+            have,
+            need,
+            objects,
+        }
     }
 
     /// Records a degraded read once per container per process (scrub repairs it).
     fn note_degraded(&self, container: ContainerId, bad: &[usize]) {
         static SEEN: OnceLock<Mutex<HashSet<u64>>> = OnceLock::new();
         let seen = SEEN.get_or_init(|| Mutex::new(HashSet::new()));
-        let first = seen.lock().map(|mut s| s.len() < 100_000 && s.insert(container.0)).unwrap_or(false);
+        let first = seen
+            .lock()
+            .map(|mut s| s.len() < 100_000 && s.insert(container.0))
+            .unwrap_or(false);
         if !first {
             return;
         }
         tracing::warn!(%container, ?bad, "degraded read: reconstructed from parity");
         let _ = self.catalog.write(|tx| {
-            catalog::add_event(tx, now_ms(), "degraded-read", Some(container), &format!("bad or missing shards {bad:?}"))
+            catalog::add_event(
+                tx,
+                now_ms(),
+                "degraded-read",
+                Some(container),
+                &format!("bad or missing shards {bad:?}"),
+            )
         });
     }
 }
@@ -235,7 +293,9 @@ fn combinations(items: &[usize], k: usize) -> Vec<Vec<usize>> {
     let mut idx: Vec<usize> = (0..k).collect();
     loop {
         out.push(idx.iter().map(|&i| items[i]).collect());
-        let Some(i) = (0..k).rev().find(|&i| idx[i] < n - k + i) else { return out };
+        let Some(i) = (0..k).rev().find(|&i| idx[i] < n - k + i) else {
+            return out;
+        };
         idx[i] += 1;
         for j in i + 1..k {
             idx[j] = idx[j - 1] + 1;
@@ -246,13 +306,18 @@ fn combinations(items: &[usize], k: usize) -> Vec<Vec<usize>> {
 impl ObjectReader {
     fn next_chunk(&mut self) -> Result<()> {
         // Move to the source holding `pos`.
-        while self.src_idx < self.sources.len() && self.pos >= self.src_base + self.sources[self.src_idx].1 {
+        while self.src_idx < self.sources.len()
+            && self.pos >= self.src_base + self.sources[self.src_idx].1
+        {
             self.src_base += self.sources[self.src_idx].1;
             self.src_idx += 1;
             self.seg = None;
         }
         let Some(&(upload, _)) = self.sources.get(self.src_idx) else {
-            return Err(StoreError::Corrupt { container: ContainerId(0), detail: "object shorter than its size".into() });
+            return Err(StoreError::Corrupt {
+                container: ContainerId(0),
+                detail: "object shorter than its size".into(),
+            });
         };
         let off = self.pos - self.src_base;
         loop {
@@ -262,13 +327,22 @@ impl ObjectReader {
             };
             if need_seek {
                 let next = match &self.seg {
-                    Some(seg) => self.store.catalog.read(|c| catalog::get_segment(c, &upload, seg.segment_no + 1))?,
-                    None => self.store.catalog.read(|c| catalog::find_segment(c, &upload, off))?,
+                    Some(seg) => self
+                        .store
+                        .catalog
+                        .read(|c| catalog::get_segment(c, &upload, seg.segment_no + 1))?,
+                    None => self
+                        .store
+                        .catalog
+                        .read(|c| catalog::find_segment(c, &upload, off))?,
                 };
                 let Some(seg) = next else {
                     return Err(StoreError::Corrupt {
                         container: ContainerId(0),
-                        detail: format!("upload {} has no segment for offset {off}", upload.to_hex()),
+                        detail: format!(
+                            "upload {} has no segment for offset {off}",
+                            upload.to_hex()
+                        ),
                     });
                 };
                 self.entry_start = seg.logical_start;
@@ -302,20 +376,33 @@ impl ObjectReader {
                 let chunks = if ids.len() == 1 {
                     VecDeque::from([store.read_chunk(&id)])
                 } else {
-                    ids.par_iter().map(|c| store.read_chunk(c)).collect::<Vec<_>>().into()
+                    ids.par_iter()
+                        .map(|c| store.read_chunk(c))
+                        .collect::<Vec<_>>()
+                        .into()
                 };
-                self.ahead = Some(Ahead { seg_no: seg.segment_no, first: self.entry_idx, chunks });
+                self.ahead = Some(Ahead {
+                    seg_no: seg.segment_no,
+                    first: self.entry_idx,
+                    chunks,
+                });
             }
             let next = self.ahead.as_mut().and_then(|a| {
                 a.first += 1;
                 a.chunks.pop_front()
             });
             let Some(raw) = next else {
-                return Err(StoreError::Corrupt { container: ContainerId(0), detail: "read-ahead window empty".into() });
+                return Err(StoreError::Corrupt {
+                    container: ContainerId(0),
+                    detail: "read-ahead window empty".into(),
+                });
             };
             let raw = raw?;
             if raw.len() as u64 != len {
-                return Err(StoreError::Corrupt { container: ContainerId(0), detail: format!("chunk {id} has the wrong length") });
+                return Err(StoreError::Corrupt {
+                    container: ContainerId(0),
+                    detail: format!("chunk {id} has the wrong length"),
+                });
             }
             let skip = (off - self.entry_start) as usize;
             let take = ((self.end - self.pos) as usize).min(raw.len() - skip);

@@ -16,7 +16,8 @@ use crate::core::container::{Codec, EntryType, parse_container};
 use crate::core::erasure::{Erasure, Geometry};
 use crate::core::ids::{ChunkId, ContainerId, DiskId, UploadId};
 use crate::core::records::{
-    BucketRecord, ObjectCommitRecord, SegmentRecord, TombstoneRecord, decode_segment_entries, encode_segment_entries,
+    BucketRecord, ObjectCommitRecord, SegmentRecord, TombstoneRecord, decode_segment_entries,
+    encode_segment_entries,
 };
 use crate::core::shard::verify_shard_file;
 
@@ -45,7 +46,9 @@ pub fn rebuild_catalog(cfg: &StoreConfig, progress: Progress<'_>) -> Result<Rebu
     let mut report = RebuildReport::default();
     let path = cfg.catalog_path();
     if path.exists() {
-        let aside = cfg.data_dir.join(format!("catalog.sqlite.before-rebuild-{}", now_ms()));
+        let aside = cfg
+            .data_dir
+            .join(format!("catalog.sqlite.before-rebuild-{}", now_ms()));
         std::fs::rename(&path, &aside)?;
         for ext in ["-wal", "-shm"] {
             let p = PathBuf::from(format!("{}{ext}", path.display()));
@@ -60,9 +63,18 @@ pub fn rebuild_catalog(cfg: &StoreConfig, progress: Progress<'_>) -> Result<Rebu
     let mut disks: Vec<(DiskId, PathBuf, Arc<dyn Disk>, bool)> = Vec::new();
     let mut store_ids: BTreeMap<String, usize> = BTreeMap::new();
     let mut markers = Vec::new();
-    for (p, spare) in cfg.disks.iter().map(|p| (p, false)).chain(cfg.spares.iter().map(|p| (p, true))) {
+    for (p, spare) in cfg
+        .disks
+        .iter()
+        .map(|p| (p, false))
+        .chain(cfg.spares.iter().map(|p| (p, true)))
+    {
         let d: Arc<dyn Disk> = Arc::new(FileDisk::new(p));
-        match d.read_all(Path::new(MARKER_FILE)).ok().and_then(|b| DiskMarker::decode(&b)) {
+        match d
+            .read_all(Path::new(MARKER_FILE))
+            .ok()
+            .and_then(|b| DiskMarker::decode(&b))
+        {
             Some(m) => {
                 *store_ids.entry(m.store_id.clone()).or_default() += 1;
                 markers.push((m, p.clone(), d, spare));
@@ -70,8 +82,14 @@ pub fn rebuild_catalog(cfg: &StoreConfig, progress: Progress<'_>) -> Result<Rebu
             None => tracing::warn!(path = %p.display(), "no readable disk marker; skipping"),
         }
     }
-    let Some(store_hex) = store_ids.iter().max_by_key(|(_, n)| **n).map(|(s, _)| s.clone()) else {
-        return Err(StoreError::Config("no disk with a Cairn marker found: nothing to rebuild from".into()));
+    let Some(store_hex) = store_ids
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(s, _)| s.clone())
+    else {
+        return Err(StoreError::Config(
+            "no disk with a Cairn marker found: nothing to rebuild from".into(),
+        ));
     };
     for (m, p, d, spare) in markers {
         if m.store_id != store_hex {
@@ -89,7 +107,13 @@ pub fn rebuild_catalog(cfg: &StoreConfig, progress: Progress<'_>) -> Result<Rebu
         catalog::meta_set(tx, "format", "1")?;
         for (id, p, _, spare) in &disks {
             let key = super::path_key(p);
-            catalog::insert_disk_with_id(tx, *id, &key, if *spare { "spare" } else { "active" }, now)?;
+            catalog::insert_disk_with_id(
+                tx,
+                *id,
+                &key,
+                if *spare { "spare" } else { "active" },
+                now,
+            )?;
         }
         Ok(())
     })?;
@@ -98,14 +122,18 @@ pub fn rebuild_catalog(cfg: &StoreConfig, progress: Progress<'_>) -> Result<Rebu
     let mut by_container: BTreeMap<u64, Vec<(usize, DiskId, PathBuf)>> = BTreeMap::new();
     for (id, _, d, _) in &disks {
         for rel in d.list_shards()? {
-            let name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = rel
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             if let Some((cid, idx)) = parse_shard_name(&name) {
                 by_container.entry(cid.0).or_default().push((idx, *id, rel));
                 report.shard_files += 1;
             }
         }
     }
-    let disk_of: HashMap<DiskId, Arc<dyn Disk>> = disks.iter().map(|(id, _, d, _)| (*id, d.clone())).collect();
+    let disk_of: HashMap<DiskId, Arc<dyn Disk>> =
+        disks.iter().map(|(id, _, d, _)| (*id, d.clone())).collect();
 
     let mut commits: HashMap<(String, String), ObjectCommitRecord> = HashMap::new();
     let mut tombstones: HashMap<(String, String), u64> = HashMap::new();
@@ -266,21 +294,28 @@ fn read_container(
         let bytes = disks.get(disk).and_then(|d| d.read_all(rel).ok());
         match bytes.as_deref().map(verify_shard_file) {
             Some(Ok(h)) if h.container == id && h.index as usize == *idx => {
-                let payload = bytes.unwrap_or_default()
-                    [crate::core::shard::SHARD_HEADER_LEN..crate::core::shard::SHARD_HEADER_LEN + h.shard_len as usize]
+                let payload = bytes.unwrap_or_default()[crate::core::shard::SHARD_HEADER_LEN
+                    ..crate::core::shard::SHARD_HEADER_LEN + h.shard_len as usize]
                     .to_vec();
                 header.get_or_insert(h);
                 good.entry(*idx).or_insert((*disk, payload));
             }
-            _ => report.bad_shard_files.push(format!("disk {disk}: {}", rel.display())),
+            _ => report
+                .bad_shard_files
+                .push(format!("disk {disk}: {}", rel.display())),
         }
     }
     let h = header?;
     let g = Geometry::new(h.k, h.m).ok()?;
     let erasure = Erasure::new(g).ok()?;
-    let mut shards: Vec<Option<Vec<u8>>> = (0..g.width()).map(|i| good.get(&i).map(|x| x.1.clone())).collect();
+    let mut shards: Vec<Option<Vec<u8>>> = (0..g.width())
+        .map(|i| good.get(&i).map(|x| x.1.clone()))
+        .collect();
     erasure.reconstruct_data(&mut shards).ok()?;
-    let data: Vec<Vec<u8>> = shards.into_iter().take(g.k as usize).collect::<Option<Vec<_>>>()?;
+    let data: Vec<Vec<u8>> = shards
+        .into_iter()
+        .take(g.k as usize)
+        .collect::<Option<Vec<_>>>()?;
     let bytes = erasure.join(&data, h.container_len as usize);
     let row = ContainerRow {
         id,
@@ -321,7 +356,9 @@ pub fn check_catalog(c: &Connection) -> Result<Vec<String>> {
             let refs: i64 = r.get(1)?;
             let want = expected.remove(&id).unwrap_or(0);
             if refs != want {
-                problems.push(format!("chunk {id}: refs {refs}, segments reference it {want} times"));
+                problems.push(format!(
+                    "chunk {id}: refs {refs}, segments reference it {want} times"
+                ));
             }
             if Codec::from_u8(r.get(3)?).is_none() {
                 problems.push(format!("chunk {id}: unknown codec"));
@@ -333,7 +370,9 @@ pub fn check_catalog(c: &Connection) -> Result<Vec<String>> {
         }
     }
     for (id, n) in expected {
-        problems.push(format!("segments reference chunk {id} ({n} times) that is not in the index"));
+        problems.push(format!(
+            "segments reference chunk {id} ({n} times) that is not in the index"
+        ));
     }
     // Upload refs = objects + parts using them; every object's uploads complete and sized right.
     let mut upload_users: HashMap<Vec<u8>, i64> = HashMap::new();
@@ -363,7 +402,9 @@ pub fn check_catalog(c: &Connection) -> Result<Vec<String>> {
                 total += s.size;
             }
             if total != size as u64 {
-                problems.push(format!("{bucket}/{key}: sources sum to {total}, object size {size}"));
+                problems.push(format!(
+                    "{bucket}/{key}: sources sum to {total}, object size {size}"
+                ));
             }
         }
     }
@@ -383,7 +424,10 @@ pub fn check_catalog(c: &Connection) -> Result<Vec<String>> {
             let state: String = r.get(2)?;
             let users = upload_users.get(&id).copied().unwrap_or(0);
             if refs != users && state == "sealed" && refs > 0 {
-                problems.push(format!("upload {}: refs {refs}, used by {users}", hex::encode(&id)));
+                problems.push(format!(
+                    "upload {}: refs {refs}, used by {users}",
+                    hex::encode(&id)
+                ));
             }
         }
     }
@@ -395,7 +439,9 @@ pub fn check_catalog(c: &Connection) -> Result<Vec<String>> {
         while let Some(r) = rows.next()? {
             let (id, width, have): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
             if have != width {
-                problems.push(format!("container {id:016x}: {have} of {width} shard locations recorded"));
+                problems.push(format!(
+                    "container {id:016x}: {have} of {width} shard locations recorded"
+                ));
             }
         }
     }
@@ -408,7 +454,10 @@ fn upload_extent(c: &Connection, u: &UploadId) -> Result<(u64, u64)> {
     let (mut segs, mut bytes) = (0u64, 0u64);
     while let Some(r) = rows.next()? {
         segs += 1;
-        bytes += decode_segment_entries(&r.get::<_, Vec<u8>>(0)?)?.iter().map(|e| e.1 as u64).sum::<u64>();
+        bytes += decode_segment_entries(&r.get::<_, Vec<u8>>(0)?)?
+            .iter()
+            .map(|e| e.1 as u64)
+            .sum::<u64>();
     }
     Ok((segs, bytes))
 }

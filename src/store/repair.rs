@@ -50,7 +50,9 @@ impl Store {
 
     /// Persists and applies a disk state change, with an event.
     pub fn set_disk_state(&self, disk: DiskId, state: DiskState, why: &str) {
-        let Some(d) = self.disks.get(disk) else { return };
+        let Some(d) = self.disks.get(disk) else {
+            return;
+        };
         if d.state() == state {
             return;
         }
@@ -62,7 +64,13 @@ impl Store {
         d.set_state(state);
         let _ = self.catalog.write(|tx| {
             catalog::set_disk_state(tx, disk, state.as_str())?;
-            catalog::add_event(tx, now_ms(), "disk-state", None, &format!("disk {disk} -> {state}: {why}"))
+            catalog::add_event(
+                tx,
+                now_ms(),
+                "disk-state",
+                None,
+                &format!("disk {disk} -> {state}: {why}"),
+            )
         });
     }
 
@@ -78,11 +86,20 @@ impl Store {
     /// Whether some container has a shard on a disk that is not healthy (work for a rebuild).
     pub fn needs_rebuild(&self) -> Result<bool> {
         let counts = self.shard_counts()?;
-        Ok(self.disks.all().iter().any(|d| !d.state().healthy() && counts.get(&d.id).copied().unwrap_or(0) > 0))
+        Ok(self
+            .disks
+            .all()
+            .iter()
+            .any(|d| !d.state().healthy() && counts.get(&d.id).copied().unwrap_or(0) > 0))
     }
 
     /// Starts a job on its own thread unless one of that kind is running; returns the (new or running) job.
-    pub fn start_job(self: &Arc<Self>, kind: JobKind, throttle_bytes_per_sec: u64, repair: bool) -> Arc<Job> {
+    pub fn start_job(
+        self: &Arc<Self>,
+        kind: JobKind,
+        throttle_bytes_per_sec: u64,
+        repair: bool,
+    ) -> Arc<Job> {
         let slot = self.jobs.slot(kind);
         let mut guard = match slot.lock() {
             Ok(g) => g,
@@ -125,7 +142,9 @@ impl Store {
                 store.check_disks();
                 match store.needs_rebuild() {
                     Ok(true) if auto_rebuild.is_some() => {
-                        let running = store.job(JobKind::Rebuild).is_some_and(|j| j.progress().running);
+                        let running = store
+                            .job(JobKind::Rebuild)
+                            .is_some_and(|j| j.progress().running);
                         if !running {
                             tracing::warn!("failed disk holds shards: starting rebuild");
                             store.start_job(JobKind::Rebuild, auto_rebuild.unwrap_or(0), true);
@@ -149,7 +168,13 @@ impl Store {
         let mut payloads = vec![None; width];
         let mut problems = Vec::new();
         for (idx, slot) in payloads.iter_mut().enumerate() {
-            let Some(disk) = row.disks.get(idx).copied().flatten().and_then(|d| self.disks.get(d)) else {
+            let Some(disk) = row
+                .disks
+                .get(idx)
+                .copied()
+                .flatten()
+                .and_then(|d| self.disks.get(d))
+            else {
                 problems.push((idx, "no location recorded".to_string()));
                 continue;
             };
@@ -167,16 +192,21 @@ impl Store {
                 }
             };
             match verify_shard_file(&bytes) {
-                Ok(h) if h.container == row.id
-                    && h.index as usize == idx
-                    && h.store == self.store_id
-                    && h.k == row.k
-                    && h.m == row.m
-                    && h.shard_len == row.shard_len =>
+                Ok(h)
+                    if h.container == row.id
+                        && h.index as usize == idx
+                        && h.store == self.store_id
+                        && h.k == row.k
+                        && h.m == row.m
+                        && h.shard_len == row.shard_len =>
                 {
-                    *slot = Some(bytes[SHARD_HEADER_LEN..SHARD_HEADER_LEN + row.shard_len as usize].to_vec());
+                    *slot = Some(
+                        bytes[SHARD_HEADER_LEN..SHARD_HEADER_LEN + row.shard_len as usize].to_vec(),
+                    );
                 }
-                Ok(_) => problems.push((idx, format!("disk {}: header names another shard", disk.id))),
+                Ok(_) => {
+                    problems.push((idx, format!("disk {}: header names another shard", disk.id)))
+                }
                 Err(e) => problems.push((idx, format!("disk {}: {e}", disk.id))),
             }
         }
@@ -184,26 +214,53 @@ impl Store {
     }
 
     /// Fills in every missing shard and verifies every chunk's BLAKE3 in the reconstructed container.
-    fn reconstruct_verified(&self, row: &ContainerRow, shards: &mut [Option<Vec<u8>>]) -> Result<()> {
+    fn reconstruct_verified(
+        &self,
+        row: &ContainerRow,
+        shards: &mut [Option<Vec<u8>>],
+    ) -> Result<()> {
         let erasure = Erasure::new(Geometry::new(row.k, row.m)?)?;
         let have = shards.iter().filter(|s| s.is_some()).count();
         erasure
             .reconstruct(shards)
             .map_err(|_| self.data_lost(row.id, have, row.k as usize))?;
-        let data: Vec<Vec<u8>> = shards.iter().take(row.k as usize).flatten().cloned().collect();
+        let data: Vec<Vec<u8>> = shards
+            .iter()
+            .take(row.k as usize)
+            .flatten()
+            .cloned()
+            .collect();
         let bytes = erasure.join(&data, row.len as usize);
-        let (_, entries) = parse_container(&bytes)
-            .map_err(|e| StoreError::Corrupt { container: row.id, detail: format!("container does not parse: {e}") })?;
+        let (_, entries) = parse_container(&bytes).map_err(|e| StoreError::Corrupt {
+            container: row.id,
+            detail: format!("container does not parse: {e}"),
+        })?;
         for e in entries.iter().filter(|e| e.header.ty == EntryType::Chunk) {
-            decode_chunk(e.header.codec, e.header.raw_len, e.payload, &ChunkId(e.header.id)).map_err(|err| {
-                StoreError::Corrupt { container: row.id, detail: format!("chunk at {}: {err}", e.payload_offset) }
+            decode_chunk(
+                e.header.codec,
+                e.header.raw_len,
+                e.payload,
+                &ChunkId(e.header.id),
+            )
+            .map_err(|err| StoreError::Corrupt {
+                container: row.id,
+                detail: format!("chunk at {}: {err}", e.payload_offset),
             })?;
         }
         Ok(())
     }
 
-    fn write_shard(&self, row: &ContainerRow, idx: usize, disk: DiskId, payload: &[u8]) -> Result<()> {
-        let entry = self.disks.get(disk).ok_or_else(|| StoreError::Config(format!("unknown disk {disk}")))?;
+    fn write_shard(
+        &self,
+        row: &ContainerRow,
+        idx: usize,
+        disk: DiskId,
+        payload: &[u8],
+    ) -> Result<()> {
+        let entry = self
+            .disks
+            .get(disk)
+            .ok_or_else(|| StoreError::Config(format!("unknown disk {disk}")))?;
         let header = ShardHeader {
             k: row.k,
             m: row.m,
@@ -213,16 +270,28 @@ impl Store {
             container_len: row.len,
             shard_len: row.shard_len,
         };
-        let r = entry.disk.write_durable(&shard_path(row.id, idx), &[&header.encode(), payload, &encode_trailer(payload)]);
+        let r = entry.disk.write_durable(
+            &shard_path(row.id, idx),
+            &[&header.encode(), payload, &encode_trailer(payload)],
+        );
         if let Err(e) = r {
             self.note_disk_error(disk, &e);
-            return Err(StoreError::Disk { disk, path: entry.path.display().to_string(), detail: e.to_string() });
+            return Err(StoreError::Disk {
+                disk,
+                path: entry.path.display().to_string(),
+                detail: e.to_string(),
+            });
         }
         Ok(())
     }
 
     /// Points shard `idx` of `container` at `disk` (after the file was written).
-    fn record_shard(&self, container: ContainerId, moves: &[(usize, DiskId, Option<DiskId>)], shard_bytes: u64) -> Result<()> {
+    fn record_shard(
+        &self,
+        container: ContainerId,
+        moves: &[(usize, DiskId, Option<DiskId>)],
+        shard_bytes: u64,
+    ) -> Result<()> {
         self.catalog.write(|tx| {
             for (idx, to, from) in moves {
                 tx.execute(
@@ -254,11 +323,21 @@ impl Store {
 
     fn describe_loss(&self, e: &StoreError, container: ContainerId) -> String {
         match e {
-            StoreError::DataLost { objects, have, need, .. } => {
-                format!("container {container}: {have} of {need} needed shards left; objects affected: {objects:?}")
+            StoreError::DataLost {
+                objects,
+                have,
+                need,
+                ..
+            } => {
+                format!(
+                    "container {container}: {have} of {need} needed shards left; objects affected: {objects:?}"
+                )
             }
             other => {
-                let objects = self.catalog.read(|c| catalog::objects_using_container(c, container, 20)).unwrap_or_default();
+                let objects = self
+                    .catalog
+                    .read(|c| catalog::objects_using_container(c, container, 20))
+                    .unwrap_or_default();
                 format!("container {container}: {other}; objects affected: {objects:?}")
             }
         }
@@ -277,7 +356,10 @@ impl Store {
             .map(|d| d.id)
             .collect();
         // One spare per failed disk that holds data.
-        let rebuilding = all.iter().filter(|d| d.state() == DiskState::Rebuilding).count();
+        let rebuilding = all
+            .iter()
+            .filter(|d| d.state() == DiskState::Rebuilding)
+            .count();
         let mut promote = bad.len().saturating_sub(rebuilding);
         for d in all.iter().filter(|d| d.state() == DiskState::Spare) {
             if promote == 0 {
@@ -287,19 +369,36 @@ impl Store {
                 self.set_disk_state(d.id, DiskState::Failed, "spare is missing or foreign");
                 continue;
             }
-            self.set_disk_state(d.id, DiskState::Rebuilding, "promoted from spare to replace a failed disk");
+            self.set_disk_state(
+                d.id,
+                DiskState::Rebuilding,
+                "promoted from spare to replace a failed disk",
+            );
             promote -= 1;
         }
         if promote > 0 {
-            tracing::error!(failed_disks = bad.len(), "DEGRADED: not enough spares; rebuilding onto free active disks where possible");
+            tracing::error!(
+                failed_disks = bad.len(),
+                "DEGRADED: not enough spares; rebuilding onto free active disks where possible"
+            );
         }
 
         let all = self.disks.all();
-        let healthy: HashSet<DiskId> = all.iter().filter(|d| d.state().healthy()).map(|d| d.id).collect();
+        let healthy: HashSet<DiskId> = all
+            .iter()
+            .filter(|d| d.state().healthy())
+            .map(|d| d.id)
+            .collect();
         let mut targets: Vec<(u8, u64, DiskId)> = all
             .iter()
             .filter(|d| d.state().writable())
-            .map(|d| (u8::from(d.state() != DiskState::Rebuilding), d.shards.load(Ordering::Relaxed), d.id))
+            .map(|d| {
+                (
+                    u8::from(d.state() != DiskState::Rebuilding),
+                    d.shards.load(Ordering::Relaxed),
+                    d.id,
+                )
+            })
             .collect();
         targets.sort();
         let targets: Vec<DiskId> = targets.into_iter().map(|t| t.2).collect();
@@ -317,26 +416,44 @@ impl Store {
         let mut rows: HashMap<ContainerId, ContainerRow> = HashMap::new();
         let mut layout = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(row) = self.catalog.read(|c| catalog::get_container(c, ContainerId(id)))? {
-                layout.push(ContainerShards { container: row.id, k: row.k, m: row.m, disks: row.disks.clone() });
+            if let Some(row) = self
+                .catalog
+                .read(|c| catalog::get_container(c, ContainerId(id)))?
+            {
+                layout.push(ContainerShards {
+                    container: row.id,
+                    k: row.k,
+                    m: row.m,
+                    disks: row.disks.clone(),
+                });
                 rows.insert(row.id, row);
             }
         }
         let plan = plan_rebuild(&layout, &healthy, &targets);
-        let total_bytes: u64 = plan.iter().filter_map(|a| rows.get(&a.container)).map(|r| r.len).sum();
+        let total_bytes: u64 = plan
+            .iter()
+            .filter_map(|a| rows.get(&a.container))
+            .map(|r| r.len)
+            .sum();
         job.update(|p| {
             p.containers_total = plan.len() as u64;
             p.bytes_total = total_bytes;
             p.bad_shards = plan.iter().map(|a| a.missing.len() as u64).sum();
         });
-        tracing::info!(containers = plan.len(), bytes = total_bytes, "rebuild planned");
+        tracing::info!(
+            containers = plan.len(),
+            bytes = total_bytes,
+            "rebuild planned"
+        );
 
         let mut bytes_done = 0u64;
         for action in &plan {
             if job.cancelled() {
                 break;
             }
-            let Some(row) = rows.get(&action.container) else { continue };
+            let Some(row) = rows.get(&action.container) else {
+                continue;
+            };
             bytes_done += row.len;
             let outcome = (|| -> Result<u64> {
                 if action.is_lost() {
@@ -353,12 +470,15 @@ impl Store {
                 self.reconstruct_verified(row, &mut shards)?;
                 let mut moves = Vec::new();
                 for (idx, target) in action.missing.iter().zip(&action.targets) {
-                    let Some(payload) = &shards[*idx] else { continue };
+                    let Some(payload) = &shards[*idx] else {
+                        continue;
+                    };
                     if self.write_shard(row, *idx, *target, payload).is_ok() {
                         moves.push((*idx, *target, row.disks.get(*idx).copied().flatten()));
                     }
                 }
-                let shard_bytes = row.shard_len + (SHARD_HEADER_LEN + crate::core::shard::SHARD_TRAILER_LEN) as u64;
+                let shard_bytes = row.shard_len
+                    + (SHARD_HEADER_LEN + crate::core::shard::SHARD_TRAILER_LEN) as u64;
                 self.record_shard(row.id, &moves, shard_bytes)?;
                 Ok(moves.len() as u64)
             })();
@@ -391,7 +511,11 @@ impl Store {
                 self.set_disk_state(d.id, DiskState::Active, "rebuild finished");
             }
             if d.state() == DiskState::Failed && counts.get(&d.id).copied().unwrap_or(0) == 0 {
-                self.set_disk_state(d.id, DiskState::Retired, "all its shards were rebuilt elsewhere");
+                self.set_disk_state(
+                    d.id,
+                    DiskState::Retired,
+                    "all its shards were rebuilt elsewhere",
+                );
             }
         }
         Ok(())
@@ -425,8 +549,12 @@ impl Store {
         let mut since_checkpoint = 0;
         loop {
             let batch: Vec<u64> = self.catalog.read(|c| {
-                let mut st = c.prepare("SELECT id FROM containers WHERE id > ?1 ORDER BY id LIMIT 256")?;
-                let ids = st.query_map([last as i64], |r| r.get::<_, i64>(0))?.map(|r| r.map(|v| v as u64)).collect::<rusqlite::Result<_>>()?;
+                let mut st =
+                    c.prepare("SELECT id FROM containers WHERE id > ?1 ORDER BY id LIMIT 256")?;
+                let ids = st
+                    .query_map([last as i64], |r| r.get::<_, i64>(0))?
+                    .map(|r| r.map(|v| v as u64))
+                    .collect::<rusqlite::Result<_>>()?;
                 Ok(ids)
             })?;
             if batch.is_empty() {
@@ -434,10 +562,14 @@ impl Store {
             }
             for id in batch {
                 if job.cancelled() {
-                    self.catalog.write(|tx| catalog::meta_set(tx, "scrub_cursor", &last.to_string()))?;
+                    self.catalog
+                        .write(|tx| catalog::meta_set(tx, "scrub_cursor", &last.to_string()))?;
                     return Ok(());
                 }
-                if let Some(row) = self.catalog.read(|c| catalog::get_container(c, ContainerId(id)))? {
+                if let Some(row) = self
+                    .catalog
+                    .read(|c| catalog::get_container(c, ContainerId(id)))?
+                {
                     self.scrub_container(&row, job, repair);
                     bytes_done += row.len;
                 }
@@ -449,7 +581,8 @@ impl Store {
                 job.pace(bytes_done);
                 since_checkpoint += 1;
                 if since_checkpoint >= SCRUB_CHECKPOINT_EVERY {
-                    self.catalog.write(|tx| catalog::meta_set(tx, "scrub_cursor", &last.to_string()))?;
+                    self.catalog
+                        .write(|tx| catalog::meta_set(tx, "scrub_cursor", &last.to_string()))?;
                     since_checkpoint = 0;
                 }
             }
@@ -479,8 +612,12 @@ impl Store {
         if repair && !problems.is_empty() {
             let mut moves = Vec::new();
             for (idx, _) in &problems {
-                let Some(disk) = row.disks.get(*idx).copied().flatten() else { continue };
-                let Some(entry) = self.disks.get(disk) else { continue };
+                let Some(disk) = row.disks.get(*idx).copied().flatten() else {
+                    continue;
+                };
+                let Some(entry) = self.disks.get(disk) else {
+                    continue;
+                };
                 if !entry.disk.is_present() || !entry.state().writable() {
                     continue;
                 }
@@ -527,8 +664,16 @@ impl Store {
         use super::disk::{FileDisk, MARKER_FILE};
         use super::diskset::{DiskEntry, DiskMarker};
         let key = super::path_key(path);
-        if self.disks.all().iter().any(|d| super::path_key(&d.path) == key) {
-            return Err(StoreError::Config(format!("{} is already a disk of this store", path.display())));
+        if self
+            .disks
+            .all()
+            .iter()
+            .any(|d| super::path_key(&d.path) == key)
+        {
+            return Err(StoreError::Config(format!(
+                "{} is already a disk of this store",
+                path.display()
+            )));
         }
         std::fs::create_dir_all(path)?;
         let disk: Arc<dyn super::disk::Disk> = Arc::new(FileDisk::new(path));
@@ -541,11 +686,26 @@ impl Store {
         let now = now_ms();
         let id = self.catalog.write(|tx| {
             let id = catalog::insert_disk(tx, &key, state.as_str(), now)?;
-            disk.write_durable(std::path::Path::new(MARKER_FILE), &[&DiskMarker::new(self.store_id, id, now).encode()])?;
-            catalog::add_event(tx, now, "disk-added", None, &format!("disk {id} at {key} as {state}"))?;
+            disk.write_durable(
+                std::path::Path::new(MARKER_FILE),
+                &[&DiskMarker::new(self.store_id, id, now).encode()],
+            )?;
+            catalog::add_event(
+                tx,
+                now,
+                "disk-added",
+                None,
+                &format!("disk {id} at {key} as {state}"),
+            )?;
             Ok(id)
         })?;
-        self.disks.add(Arc::new(DiskEntry::new(id, path.to_path_buf(), disk, state, 0)));
+        self.disks.add(Arc::new(DiskEntry::new(
+            id,
+            path.to_path_buf(),
+            disk,
+            state,
+            0,
+        )));
         tracing::info!(%id, path = %path.display(), %state, "disk added");
         Ok(id)
     }
@@ -553,7 +713,9 @@ impl Store {
     /// The admin fails a disk: it is never written again and its shards are rebuilt elsewhere.
     pub fn fail_disk(&self, id: DiskId) -> Result<()> {
         if self.disks.get(id).is_none() {
-            return Err(StoreError::Config(format!("no disk {id}; see `cairn disk list`")));
+            return Err(StoreError::Config(format!(
+                "no disk {id}; see `cairn disk list`"
+            )));
         }
         self.set_disk_state(id, DiskState::Failed, "failed by the admin");
         Ok(())
@@ -562,7 +724,9 @@ impl Store {
     /// Replaces disk `id` by a new directory: the old one is failed, the new one is rebuilt onto.
     pub fn replace_disk(self: &Arc<Self>, id: DiskId, path: &std::path::Path) -> Result<DiskId> {
         if self.disks.get(id).is_none() {
-            return Err(StoreError::Config(format!("no disk {id}; see `cairn disk list`")));
+            return Err(StoreError::Config(format!(
+                "no disk {id}; see `cairn disk list`"
+            )));
         }
         let new = self.add_disk(path, DiskState::Rebuilding)?;
         self.set_disk_state(id, DiskState::Failed, &format!("replaced by disk {new}"));

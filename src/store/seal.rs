@@ -50,12 +50,17 @@ impl Store {
                     have: self.disks.writable_loads().len(),
                 });
             }
-            let loads: Vec<_> =
-                self.disks.writable_loads().into_iter().filter(|l| !placed.contains(&Some(l.id)) && !failed_here.contains(&l.id)).collect();
-            let chosen = place(id, &loads, missing.len()).map_err(|_| StoreError::NotEnoughDisks {
-                need: width,
-                have: loads.len() + (width - missing.len()),
-            })?;
+            let loads: Vec<_> = self
+                .disks
+                .writable_loads()
+                .into_iter()
+                .filter(|l| !placed.contains(&Some(l.id)) && !failed_here.contains(&l.id))
+                .collect();
+            let chosen =
+                place(id, &loads, missing.len()).map_err(|_| StoreError::NotEnoughDisks {
+                    need: width,
+                    have: loads.len() + (width - missing.len()),
+                })?;
             let results: Vec<(usize, DiskId, std::io::Result<()>)> = std::thread::scope(|s| {
                 let handles: Vec<_> = missing
                     .iter()
@@ -65,7 +70,11 @@ impl Store {
                         let entry = self.disks.get(disk_id);
                         s.spawn(move || {
                             let Some(entry) = entry else {
-                                return (idx, disk_id, Err(std::io::Error::other("disk disappeared from set")));
+                                return (
+                                    idx,
+                                    disk_id,
+                                    Err(std::io::Error::other("disk disappeared from set")),
+                                );
                             };
                             let header = ShardHeader {
                                 k: geometry.k,
@@ -77,7 +86,10 @@ impl Store {
                                 shard_len: shard.len() as u64,
                             };
                             let trailer = encode_trailer(shard);
-                            let r = entry.disk.write_durable(&shard_path(id, idx), &[&header.encode(), shard, &trailer]);
+                            let r = entry.disk.write_durable(
+                                &shard_path(id, idx),
+                                &[&header.encode(), shard, &trailer],
+                            );
                             (idx, disk_id, r)
                         })
                     })

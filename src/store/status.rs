@@ -91,8 +91,14 @@ impl Store {
         let mut seen_fs = std::collections::HashSet::new();
         for d in self.disks.all() {
             let row = rows.iter().find(|r| r.id == d.id);
-            let stats = d.disk.is_present().then(|| fs4::statvfs(&d.path).ok()).flatten();
-            let fs_id = std::fs::metadata(&d.path).ok().map(|m| std::os::unix::fs::MetadataExt::dev(&m));
+            let stats = d
+                .disk
+                .is_present()
+                .then(|| fs4::statvfs(&d.path).ok())
+                .flatten();
+            let fs_id = std::fs::metadata(&d.path)
+                .ok()
+                .map(|m| std::os::unix::fs::MetadataExt::dev(&m));
             if d.state().writable()
                 && let Some(s) = &stats
                 && fs_id.is_some_and(|id| seen_fs.insert(id))
@@ -175,10 +181,16 @@ impl Store {
         let mut critical = false;
         if redundancy.lost > 0 {
             critical = true;
-            warnings.push(format!("{} containers are UNREADABLE (more than m={m} shards lost)", redundancy.lost));
+            warnings.push(format!(
+                "{} containers are UNREADABLE (more than m={m} shards lost)",
+                redundancy.lost
+            ));
         }
         let spares = disks.iter().filter(|d| d.state == DiskState::Spare).count();
-        let failed_with_data = disks.iter().filter(|d| d.state == DiskState::Failed && d.shards > 0).count();
+        let failed_with_data = disks
+            .iter()
+            .filter(|d| d.state == DiskState::Failed && d.shards > 0)
+            .count();
         if failed_with_data > 0 {
             let rebuilding = rebuild.as_ref().is_some_and(|r| r.running);
             let has_target = spares > 0 || disks.iter().any(|d| d.state == DiskState::Rebuilding);
@@ -188,14 +200,22 @@ impl Store {
                     "DEGRADED: {failed_with_data} failed disk(s) hold data and no spare is available: add one with `cairn disk add-spare PATH`"
                 ));
             } else {
-                warnings.push(format!("{failed_with_data} failed disk(s) being rebuilt onto spares"));
+                warnings.push(format!(
+                    "{failed_with_data} failed disk(s) being rebuilt onto spares"
+                ));
             }
         }
         if redundancy.zero_margin > 0 {
-            warnings.push(format!("{} containers have zero margin: one more disk loss loses data", redundancy.zero_margin));
+            warnings.push(format!(
+                "{} containers have zero margin: one more disk loss loses data",
+                redundancy.zero_margin
+            ));
         }
         if redundancy.reduced > 0 {
-            warnings.push(format!("{} containers have reduced redundancy", redundancy.reduced));
+            warnings.push(format!(
+                "{} containers have reduced redundancy",
+                redundancy.reduced
+            ));
         }
         let writable = disks.iter().filter(|d| d.state.writable()).count();
         if writable < (k + m) as usize {
@@ -209,9 +229,24 @@ impl Store {
         }
         if let Some(j) = rebuild.as_ref().filter(|j| !j.unrepairable.is_empty()) {
             critical = true;
-            warnings.push(format!("rebuild could not repair {} containers", j.unrepairable.len()));
+            warnings.push(format!(
+                "rebuild could not repair {} containers",
+                j.unrepairable.len()
+            ));
         }
-        Ok(StatusReport { k, m, disks, capacity, data, redundancy, verification, rebuild, scrub, warnings, critical })
+        Ok(StatusReport {
+            k,
+            m,
+            disks,
+            capacity,
+            data,
+            redundancy,
+            verification,
+            rebuild,
+            scrub,
+            warnings,
+            critical,
+        })
     }
 }
 

@@ -55,12 +55,19 @@ impl Catalog {
                 )));
             }
         }
-        Ok(Catalog { writer: Mutex::new(conn), readers: Mutex::new(Vec::new()), path: path.to_path_buf() })
+        Ok(Catalog {
+            writer: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+            path: path.to_path_buf(),
+        })
     }
 
     /// Runs `f` in one write transaction; commits if it returns Ok, rolls back otherwise.
     pub fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
-        let mut conn = self.writer.lock().map_err(|_| StoreError::Config("catalog writer poisoned".into()))?;
+        let mut conn = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Config("catalog writer poisoned".into()))?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
         tx.commit()?;
@@ -70,7 +77,10 @@ impl Catalog {
     /// Runs `f` with a reader connection (a consistent snapshot if `f` opens a transaction).
     pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let conn = {
-            let mut pool = self.readers.lock().map_err(|_| StoreError::Config("catalog pool poisoned".into()))?;
+            let mut pool = self
+                .readers
+                .lock()
+                .map_err(|_| StoreError::Config("catalog pool poisoned".into()))?;
             pool.pop()
         };
         let conn = match conn {

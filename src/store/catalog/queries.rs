@@ -12,7 +12,10 @@ use crate::store::error::{Result, StoreError};
 // ---------- meta ----------
 
 pub fn meta_get(c: &Connection, key: &str) -> Result<Option<String>> {
-    Ok(c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    Ok(
+        c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?,
+    )
 }
 
 pub fn meta_set(c: &Connection, key: &str, value: &str) -> Result<()> {
@@ -56,7 +59,13 @@ pub fn insert_disk(c: &Connection, path: &str, state: &str, now_ms: u64) -> Resu
     Ok(DiskId(c.last_insert_rowid() as u32))
 }
 
-pub fn insert_disk_with_id(c: &Connection, id: DiskId, path: &str, state: &str, now_ms: u64) -> Result<()> {
+pub fn insert_disk_with_id(
+    c: &Connection,
+    id: DiskId,
+    path: &str,
+    state: &str,
+    now_ms: u64,
+) -> Result<()> {
     c.execute(
         "INSERT INTO disks(id, path, state, added_unix_ms) VALUES (?1, ?2, ?3, ?4)",
         params![id.0, path, state, now_ms as i64],
@@ -65,7 +74,10 @@ pub fn insert_disk_with_id(c: &Connection, id: DiskId, path: &str, state: &str, 
 }
 
 pub fn set_disk_state(c: &Connection, id: DiskId, state: &str) -> Result<()> {
-    c.execute("UPDATE disks SET state = ?2 WHERE id = ?1", params![id.0, state])?;
+    c.execute(
+        "UPDATE disks SET state = ?2 WHERE id = ?1",
+        params![id.0, state],
+    )?;
     Ok(())
 }
 
@@ -88,19 +100,28 @@ pub fn insert_container(c: &Connection, row: &ContainerRow) -> Result<()> {
         "INSERT INTO containers(id, k, m, len, shard_len, created_unix_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![row.id.0 as i64, row.k, row.m, row.len as i64, row.shard_len as i64, row.created_unix_ms as i64],
     )?;
-    let mut st = c.prepare_cached("INSERT INTO shards(container_id, idx, disk_id) VALUES (?1, ?2, ?3)")?;
-    let mut load = c.prepare_cached("UPDATE disks SET shards = shards + 1, bytes = bytes + ?2 WHERE id = ?1")?;
+    let mut st =
+        c.prepare_cached("INSERT INTO shards(container_id, idx, disk_id) VALUES (?1, ?2, ?3)")?;
+    let mut load =
+        c.prepare_cached("UPDATE disks SET shards = shards + 1, bytes = bytes + ?2 WHERE id = ?1")?;
     for (i, d) in row.disks.iter().enumerate() {
         if let Some(d) = d {
             st.execute(params![row.id.0 as i64, i as i64, d.0])?;
-            load.execute(params![d.0, row.shard_len as i64 + (crate::core::shard::SHARD_HEADER_LEN + crate::core::shard::SHARD_TRAILER_LEN) as i64])?;
+            load.execute(params![
+                d.0,
+                row.shard_len as i64
+                    + (crate::core::shard::SHARD_HEADER_LEN + crate::core::shard::SHARD_TRAILER_LEN)
+                        as i64
+            ])?;
         }
     }
     Ok(())
 }
 
 pub fn get_container(c: &Connection, id: ContainerId) -> Result<Option<ContainerRow>> {
-    let mut st = c.prepare_cached("SELECT k, m, len, shard_len, created_unix_ms FROM containers WHERE id = ?1")?;
+    let mut st = c.prepare_cached(
+        "SELECT k, m, len, shard_len, created_unix_ms FROM containers WHERE id = ?1",
+    )?;
     let row = st
         .query_row([id.0 as i64], |r| {
             Ok(ContainerRow {
@@ -128,10 +149,20 @@ pub fn get_container(c: &Connection, id: ContainerId) -> Result<Option<Container
 }
 
 pub fn max_container_id(c: &Connection) -> Result<u64> {
-    Ok(c.query_row("SELECT COALESCE(MAX(id), 0) FROM containers", [], |r| r.get::<_, i64>(0))? as u64)
+    Ok(
+        c.query_row("SELECT COALESCE(MAX(id), 0) FROM containers", [], |r| {
+            r.get::<_, i64>(0)
+        })? as u64,
+    )
 }
 
-pub fn add_event(c: &Connection, now_ms: u64, kind: &str, container: Option<ContainerId>, detail: &str) -> Result<()> {
+pub fn add_event(
+    c: &Connection,
+    now_ms: u64,
+    kind: &str,
+    container: Option<ContainerId>,
+    detail: &str,
+) -> Result<()> {
     c.execute(
         "INSERT INTO events(at_unix_ms, kind, container_id, detail) VALUES (?1, ?2, ?3, ?4)",
         params![now_ms as i64, kind, container.map(|x| x.0 as i64), detail],
@@ -175,10 +206,19 @@ pub fn get_chunk(c: &Connection, id: &ChunkId) -> Result<Option<ChunkLocation>> 
             ))
         })
         .optional()?;
-    let Some((cid, off, stored, raw, codec)) = row else { return Ok(None) };
-    let codec = Codec::from_u8(codec)
-        .ok_or_else(|| StoreError::Config(format!("catalog: chunk {id} has unknown codec {codec}")))?;
-    Ok(Some(ChunkLocation { container: ContainerId(cid as u64), offset: off as u64, stored_len: stored, raw_len: raw, codec }))
+    let Some((cid, off, stored, raw, codec)) = row else {
+        return Ok(None);
+    };
+    let codec = Codec::from_u8(codec).ok_or_else(|| {
+        StoreError::Config(format!("catalog: chunk {id} has unknown codec {codec}"))
+    })?;
+    Ok(Some(ChunkLocation {
+        container: ContainerId(cid as u64),
+        offset: off as u64,
+        stored_len: stored,
+        raw_len: raw,
+        codec,
+    }))
 }
 
 pub fn add_chunk_refs(c: &Connection, entries: &[(ChunkId, u32)], delta: i64) -> Result<()> {
@@ -186,7 +226,9 @@ pub fn add_chunk_refs(c: &Connection, entries: &[(ChunkId, u32)], delta: i64) ->
     for (id, _) in entries {
         let n = st.execute(params![&id.0[..], delta])?;
         if n != 1 {
-            return Err(StoreError::Config(format!("catalog integrity: segment references unknown chunk {id}")));
+            return Err(StoreError::Config(format!(
+                "catalog integrity: segment references unknown chunk {id}"
+            )));
         }
     }
     Ok(())
@@ -214,17 +256,27 @@ pub fn insert_segment(
         "INSERT INTO segments(upload_id, segment_no, logical_start, container_id, entries) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![&upload.0[..], segment_no, logical_start as i64, container.0 as i64, entries_blob])?;
-    c.prepare_cached("UPDATE uploads SET segments = segments + 1 WHERE id = ?1")?.execute([&upload.0[..]])?;
+    c.prepare_cached("UPDATE uploads SET segments = segments + 1 WHERE id = ?1")?
+        .execute([&upload.0[..]])?;
     Ok(())
 }
 
-pub fn seal_upload(c: &Connection, id: &UploadId, size: u64, md5: &[u8; 16], refs: i64) -> Result<()> {
+pub fn seal_upload(
+    c: &Connection,
+    id: &UploadId,
+    size: u64,
+    md5: &[u8; 16],
+    refs: i64,
+) -> Result<()> {
     let n = c.execute(
         "UPDATE uploads SET state = 'sealed', size = ?2, md5 = ?3, refs = ?4 WHERE id = ?1",
         params![&id.0[..], size as i64, &md5[..], refs],
     )?;
     if n != 1 {
-        return Err(StoreError::Config(format!("catalog integrity: upload {} missing at seal", id.to_hex())));
+        return Err(StoreError::Config(format!(
+            "catalog integrity: upload {} missing at seal",
+            id.to_hex()
+        )));
     }
     Ok(())
 }
@@ -245,19 +297,38 @@ pub fn find_segment(c: &Connection, upload: &UploadId, off: u64) -> Result<Optio
     segment_query(&mut st, params![&upload.0[..], off as i64])
 }
 
-pub fn get_segment(c: &Connection, upload: &UploadId, segment_no: u32) -> Result<Option<SegmentRow>> {
+pub fn get_segment(
+    c: &Connection,
+    upload: &UploadId,
+    segment_no: u32,
+) -> Result<Option<SegmentRow>> {
     let mut st = c.prepare_cached(
         "SELECT segment_no, logical_start, entries FROM segments WHERE upload_id = ?1 AND segment_no = ?2",
     )?;
     segment_query(&mut st, params![&upload.0[..], segment_no])
 }
 
-fn segment_query(st: &mut rusqlite::CachedStatement<'_>, p: impl rusqlite::Params) -> Result<Option<SegmentRow>> {
+fn segment_query(
+    st: &mut rusqlite::CachedStatement<'_>,
+    p: impl rusqlite::Params,
+) -> Result<Option<SegmentRow>> {
     let row = st
-        .query_row(p, |r| Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?)))
+        .query_row(p, |r| {
+            Ok((
+                r.get::<_, u32>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })
         .optional()?;
-    let Some((segment_no, start, blob)) = row else { return Ok(None) };
-    Ok(Some(SegmentRow { segment_no, logical_start: start as u64, entries: decode_segment_entries(&blob)? }))
+    let Some((segment_no, start, blob)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(SegmentRow {
+        segment_no,
+        logical_start: start as u64,
+        entries: decode_segment_entries(&blob)?,
+    }))
 }
 
 /// Adds `delta` to an upload's object references; at 0 the upload is released (its chunk refs dropped and its
@@ -271,7 +342,10 @@ pub fn add_upload_refs(c: &Connection, id: &UploadId, delta: i64) -> Result<i64>
         )
         .optional()?;
     let Some(refs) = refs else {
-        return Err(StoreError::Config(format!("catalog integrity: unknown upload {}", id.to_hex())));
+        return Err(StoreError::Config(format!(
+            "catalog integrity: unknown upload {}",
+            id.to_hex()
+        )));
     };
     if refs <= 0 {
         release_upload(c, id)?;
@@ -283,7 +357,8 @@ pub fn add_upload_refs(c: &Connection, id: &UploadId, delta: i64) -> Result<i64>
 pub fn release_upload(c: &Connection, id: &UploadId) -> Result<()> {
     let blobs: Vec<Vec<u8>> = {
         let mut st = c.prepare_cached("SELECT entries FROM segments WHERE upload_id = ?1")?;
-        st.query_map([&id.0[..]], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
+        st.query_map([&id.0[..]], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?
     };
     for b in blobs {
         add_chunk_refs(c, &decode_segment_entries(&b)?, -1)?;
@@ -305,7 +380,11 @@ pub fn orphan_uploads(c: &Connection) -> Result<Vec<UploadId>> {
 
 pub fn upload_md5(c: &Connection, id: &UploadId) -> Result<Option<([u8; 16], u64)>> {
     let row: Option<(Option<Vec<u8>>, i64)> = c
-        .query_row("SELECT md5, size FROM uploads WHERE id = ?1", [&id.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(
+            "SELECT md5, size FROM uploads WHERE id = ?1",
+            [&id.0[..]],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .optional()?;
     Ok(row.and_then(|(m, s)| m.and_then(|m| m.try_into().ok()).map(|m| (m, s as u64))))
 }
@@ -313,15 +392,26 @@ pub fn upload_md5(c: &Connection, id: &UploadId) -> Result<Option<([u8; 16], u64
 // ---------- buckets ----------
 
 pub fn get_bucket(c: &Connection, name: &str) -> Result<Option<BucketInfo>> {
-    Ok(c
-        .prepare_cached("SELECT created_unix_ms FROM buckets WHERE name = ?1")?
-        .query_row([name], |r| Ok(BucketInfo { name: name.to_string(), created_unix_ms: r.get::<_, i64>(0)? as u64 }))
-        .optional()?)
+    Ok(
+        c.prepare_cached("SELECT created_unix_ms FROM buckets WHERE name = ?1")?
+            .query_row([name], |r| {
+                Ok(BucketInfo {
+                    name: name.to_string(),
+                    created_unix_ms: r.get::<_, i64>(0)? as u64,
+                })
+            })
+            .optional()?,
+    )
 }
 
 pub fn list_buckets(c: &Connection) -> Result<Vec<BucketInfo>> {
     let mut st = c.prepare("SELECT name, created_unix_ms FROM buckets ORDER BY name")?;
-    let rows = st.query_map([], |r| Ok(BucketInfo { name: r.get(0)?, created_unix_ms: r.get::<_, i64>(1)? as u64 }))?;
+    let rows = st.query_map([], |r| {
+        Ok(BucketInfo {
+            name: r.get(0)?,
+            created_unix_ms: r.get::<_, i64>(1)? as u64,
+        })
+    })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
@@ -351,17 +441,27 @@ fn object_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(ObjectInfo, Strin
 }
 
 fn finish_object_row((mut info, meta, sources): (ObjectInfo, String, String)) -> Result<ObjectRow> {
-    info.meta = serde_json::from_str(&meta)
-        .map_err(|e| StoreError::Config(format!("catalog: bad meta_json for {}/{}: {e}", info.bucket, info.key)))?;
-    let sources: Vec<SourceRef> = serde_json::from_str(&sources)
-        .map_err(|e| StoreError::Config(format!("catalog: bad sources_json for {}/{}: {e}", info.bucket, info.key)))?;
+    info.meta = serde_json::from_str(&meta).map_err(|e| {
+        StoreError::Config(format!(
+            "catalog: bad meta_json for {}/{}: {e}",
+            info.bucket, info.key
+        ))
+    })?;
+    let sources: Vec<SourceRef> = serde_json::from_str(&sources).map_err(|e| {
+        StoreError::Config(format!(
+            "catalog: bad sources_json for {}/{}: {e}",
+            info.bucket, info.key
+        ))
+    })?;
     info.part_sizes = sources.iter().map(|s| s.size).collect();
     Ok(ObjectRow { info, sources })
 }
 
 pub fn get_object(c: &Connection, bucket: &str, key: &str) -> Result<Option<ObjectRow>> {
     let row = c
-        .prepare_cached(&format!("SELECT {OBJECT_COLS} FROM objects WHERE bucket = ?1 AND key = ?2"))?
+        .prepare_cached(&format!(
+            "SELECT {OBJECT_COLS} FROM objects WHERE bucket = ?1 AND key = ?2"
+        ))?
         .query_row([bucket, key], object_from_row)
         .optional()?;
     row.map(finish_object_row).transpose()
@@ -388,12 +488,19 @@ pub fn put_object_row(c: &Connection, info: &ObjectInfo, sources: &[SourceRef]) 
 }
 
 pub fn delete_object_row(c: &Connection, bucket: &str, key: &str) -> Result<()> {
-    c.prepare_cached("DELETE FROM objects WHERE bucket = ?1 AND key = ?2")?.execute([bucket, key])?;
+    c.prepare_cached("DELETE FROM objects WHERE bucket = ?1 AND key = ?2")?
+        .execute([bucket, key])?;
     Ok(())
 }
 
 /// Up to `limit` objects with `key > after` and the prefix, in byte order.
-pub fn list_object_rows(c: &Connection, bucket: &str, prefix: &str, after: &str, limit: usize) -> Result<Vec<ObjectRow>> {
+pub fn list_object_rows(
+    c: &Connection,
+    bucket: &str,
+    prefix: &str,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<ObjectRow>> {
     // Range scan on the primary key: key >= prefix (and > after), stop at the first key without the prefix.
     let lower = if after >= prefix { after } else { prefix };
     let inclusive = after < prefix;
@@ -415,17 +522,28 @@ pub fn list_object_rows(c: &Connection, bucket: &str, prefix: &str, after: &str,
 }
 
 pub fn bucket_has_objects(c: &Connection, bucket: &str) -> Result<bool> {
-    Ok(c
-        .query_row("SELECT 1 FROM objects WHERE bucket = ?1 LIMIT 1", [bucket], |_| Ok(()))
+    Ok(c.query_row(
+        "SELECT 1 FROM objects WHERE bucket = ?1 LIMIT 1",
+        [bucket],
+        |_| Ok(()),
+    )
+    .optional()?
+    .is_some()
+        || c.query_row(
+            "SELECT 1 FROM multipart WHERE bucket = ?1 LIMIT 1",
+            [bucket],
+            |_| Ok(()),
+        )
         .optional()?
-        .is_some()
-        || c.query_row("SELECT 1 FROM multipart WHERE bucket = ?1 LIMIT 1", [bucket], |_| Ok(()))
-            .optional()?
-            .is_some())
+        .is_some())
 }
 
 /// Objects whose data lives (partly) in `container`: for error messages naming what a lost container affects.
-pub fn objects_using_container(c: &Connection, container: ContainerId, limit: usize) -> Result<Vec<String>> {
+pub fn objects_using_container(
+    c: &Connection,
+    container: ContainerId,
+    limit: usize,
+) -> Result<Vec<String>> {
     let mut st = c.prepare(
         "SELECT DISTINCT o.bucket || '/' || o.key FROM objects o, json_each(o.sources_json) s, segments g, chunks ch
          WHERE g.upload_id = unhex(json_extract(s.value, '$.upload_id'))
