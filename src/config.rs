@@ -216,7 +216,8 @@ impl Config {
         if self.maintenance.health_check_interval_ms < 10 {
             p.push("maintenance.health_check_interval_ms must be at least 10".into());
         }
-        if !(self.maintenance.rebuild_throttle_mb_s >= 0.0) {
+        let throttle = self.maintenance.rebuild_throttle_mb_s;
+        if !throttle.is_finite() || throttle < 0.0 {
             p.push("maintenance.rebuild_throttle_mb_s must be 0 (unthrottled) or a positive number of MB/s".into());
         }
         let s = &self.storage;

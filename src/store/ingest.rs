@@ -51,6 +51,8 @@ pub struct Upload {
 }
 
 /// What the final seal of an upload also commits.
+// One value per finished upload, on the stack: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Finish<'a> {
     Sealed,
     Object {
@@ -198,7 +200,7 @@ impl Upload {
             return Ok(());
         };
         let entries = std::mem::take(&mut self.segment);
-        let segment = (!entries.is_empty()).then(|| SegmentRecord {
+        let segment = (!entries.is_empty()).then_some(SegmentRecord {
             upload: self.id,
             segment_no: self.segment_no,
             logical_start: self.segment_start,
