@@ -2,7 +2,7 @@
 //! 1 M, 10 M and 100 M chunks"; storage-format.md §7).
 //!
 //! Random 32-byte chunk ids (deterministic) go into a real SQLite file with the catalog's `chunks` table and
-//! pragmas (WAL, synchronous = FULL, 64 MiB page cache), 1000 rows per transaction in containers of 100
+//! pragmas (WAL, synchronous = FULL, 64 MiB page cache, 64 MiB WAL between checkpoints), 1000 rows per transaction in containers of 100
 //! chunks, as the store commits them at container seal, and through `DedupIndex::note_inserted`. At each
 //! checkpoint the index is rebuilt the way a restart does (`DedupIndex::load`) and lookups are timed:
 //! (a) new ids (answered by the Bloom filter), (b) duplicates in stream order (locality cache: one query per
@@ -67,6 +67,12 @@ fn open(path: &std::path::Path) -> Connection {
     conn.pragma_update(None, "synchronous", "FULL").unwrap();
     conn.pragma_update(None, "cache_size", -65536).unwrap();
     conn.pragma_update(None, "temp_store", "MEMORY").unwrap();
+    conn.pragma_update(
+        None,
+        "wal_autocheckpoint",
+        cairn::store::catalog::WAL_AUTOCHECKPOINT_PAGES,
+    )
+    .unwrap();
     conn
 }
 

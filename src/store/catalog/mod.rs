@@ -23,12 +23,19 @@ pub struct Catalog {
     path: std::path::PathBuf,
 }
 
+/// 64 MiB of WAL (4 KiB pages) between checkpoints.
+pub const WAL_AUTOCHECKPOINT_PAGES: i64 = 16384;
+
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: a committed transaction survives power loss (the WAL is fsync'd at every commit).
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "cache_size", -65536)?; // 64 MiB per connection
+    // Checkpoint the WAL every WAL_AUTOCHECKPOINT_PAGES instead of SQLite's 1000: random chunk-id inserts dirty
+    // one page each, so the default checkpoints (and fsyncs the database file) at nearly every container seal.
+    // Measured with benches/dedup_index.rs at 1 M chunks: 20 k -> 41 k inserts/s. Commits still fsync the WAL.
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(())
 }
