@@ -865,6 +865,32 @@ impl DbState {
     }
 }
 
+/// Object `i` of series `seed` for `cairn debug ingest-loop` and the crash test that checks it: deterministic,
+/// 0..max_size bytes, a mix of repeated (dedupable) and unique runs.
+pub fn numbered_object(seed: u64, i: u64, max_size: u64) -> Vec<u8> {
+    let mut x = (seed << 20) ^ i ^ 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let len = (next() % max_size.max(1)) as usize;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let v = next();
+        if v % 3 == 0 {
+            out.extend_from_slice(&[b'a' + (v % 7) as u8; 4096]);
+        } else {
+            for _ in 0..512 {
+                out.extend_from_slice(&next().to_le_bytes());
+            }
+        }
+    }
+    out.truncate(len);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

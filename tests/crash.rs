@@ -151,28 +151,6 @@ fn sigkill_mid_ingest_never_loses_acknowledged_objects() {
     }
 }
 
-/// Same generator as `cairn debug ingest-loop` (src/cli/debug.rs `object_bytes`), max size as used above.
 fn cairn_body(seed: u64, i: u64) -> Vec<u8> {
-    let max_size: u64 = 2_000_000;
-    let mut x = (seed << 20) ^ i ^ 0x9E37_79B9_7F4A_7C15;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let len = (next() % max_size) as usize;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        let v = next();
-        if v % 3 == 0 {
-            out.extend_from_slice(&[b'a' + (v % 7) as u8; 4096]);
-        } else {
-            for _ in 0..512 {
-                out.extend_from_slice(&next().to_le_bytes());
-            }
-        }
-    }
-    out.truncate(len);
-    out
+    cairn::workload::numbered_object(seed, i, 2_000_000)
 }

@@ -43,31 +43,6 @@ pub fn run(c: DebugCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Deterministic object body: a mix of repeated (dedupable) and unique bytes.
-pub fn object_bytes(seed: u64, i: u64, max_size: u64) -> Vec<u8> {
-    let mut x = (seed << 20) ^ i ^ 0x9E37_79B9_7F4A_7C15;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let len = (next() % max_size.max(1)) as usize;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        let v = next();
-        if v % 3 == 0 {
-            out.extend_from_slice(&[b'a' + (v % 7) as u8; 4096]);
-        } else {
-            for _ in 0..512 {
-                out.extend_from_slice(&next().to_le_bytes());
-            }
-        }
-    }
-    out.truncate(len);
-    out
-}
-
 fn ingest_loop(a: StoreArgs, seed: u64, count: u64, max_size: u64) -> anyhow::Result<ExitCode> {
     let store = Store::open(effective_config(a.config.as_ref(), a.data)?.store_config())?;
     match store.create_bucket("crash") {
@@ -76,7 +51,7 @@ fn ingest_loop(a: StoreArgs, seed: u64, count: u64, max_size: u64) -> anyhow::Re
     }
     let mut stdout = std::io::stdout().lock();
     for i in 0..count {
-        let body = object_bytes(seed, i, max_size);
+        let body = cairn::workload::numbered_object(seed, i, max_size);
         let key = format!("s{seed}-{i}");
         let mut up = store.begin_upload()?;
         for piece in body.chunks(65_536) {
