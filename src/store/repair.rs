@@ -6,7 +6,7 @@
 //! them; bad files are moved to `quarantine/`, never deleted.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -27,8 +27,25 @@ use crate::core::shard::{SHARD_HEADER_LEN, ShardHeader, encode_trailer, verify_s
 /// A bad or missing shard: (shard index, what is wrong).
 type ShardProblem = (usize, String);
 
-/// Scrub checkpoints its cursor after this many containers.
-const SCRUB_CHECKPOINT_EVERY: usize = 64;
+/// Containers repaired or scrubbed at once: overlaps one container's disk I/O with another's hashing.
+const REPAIR_THREADS: usize = 4;
+
+/// Runs `f` on every item with `threads` workers taking items in order (so a plan's priority order holds
+/// approximately), until done or the job is cancelled.
+fn for_each_parallel<T: Sync>(items: &[T], threads: usize, job: &Job, f: impl Fn(&T) + Sync) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(items.len()) {
+            s.spawn(|| {
+                while !job.cancelled() {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    f(item);
+                }
+            });
+        }
+    });
+}
 
 impl Store {
     /// Checks every disk's presence and marker; a disk that vanished or turned foreign becomes failed.
@@ -164,10 +181,28 @@ impl Store {
     /// Reads and verifies every shard file of a container. Returns payloads (None = missing or bad) and the
     /// problems found on healthy disks (index, reason).
     fn read_all_shards(&self, row: &ContainerRow) -> (Vec<Option<Vec<u8>>>, Vec<ShardProblem>) {
+        self.read_shards(row, &[], usize::MAX)
+    }
+
+    /// Like `read_all_shards`, skipping the shards in `skip` and stopping once `enough` good ones are read
+    /// (a rebuild needs only k).
+    fn read_shards(
+        &self,
+        row: &ContainerRow,
+        skip: &[usize],
+        enough: usize,
+    ) -> (Vec<Option<Vec<u8>>>, Vec<ShardProblem>) {
         let width = row.k as usize + row.m as usize;
         let mut payloads = vec![None; width];
         let mut problems = Vec::new();
+        let mut good = 0;
         for (idx, slot) in payloads.iter_mut().enumerate() {
+            if good >= enough {
+                break;
+            }
+            if skip.contains(&idx) {
+                continue;
+            }
             let Some(disk) = row
                 .disks
                 .get(idx)
@@ -203,6 +238,7 @@ impl Store {
                     *slot = Some(
                         bytes[SHARD_HEADER_LEN..SHARD_HEADER_LEN + row.shard_len as usize].to_vec(),
                     );
+                    good += 1;
                 }
                 Ok(_) => {
                     problems.push((idx, format!("disk {}: header names another shard", disk.id)))
@@ -213,11 +249,14 @@ impl Store {
         (payloads, problems)
     }
 
-    /// Fills in every missing shard and verifies every chunk's BLAKE3 in the reconstructed container.
+    /// Fills in every missing shard; checks the reconstructed container's structure (entry header CRCs) and,
+    /// with `check_chunks`, every chunk's BLAKE3. Rebuild skips the chunk pass: its inputs were verified by
+    /// their shard trailer hashes, so the reconstruction is exact; scrub does the full pass.
     fn reconstruct_verified(
         &self,
         row: &ContainerRow,
         shards: &mut [Option<Vec<u8>>],
+        check_chunks: bool,
     ) -> Result<()> {
         let erasure = Erasure::new(Geometry::new(row.k, row.m)?)?;
         let have = shards.iter().filter(|s| s.is_some()).count();
@@ -235,7 +274,10 @@ impl Store {
             container: row.id,
             detail: format!("container does not parse: {e}"),
         })?;
-        for e in entries.iter().filter(|e| e.header.ty == EntryType::Chunk) {
+        for e in entries
+            .iter()
+            .filter(|e| check_chunks && e.header.ty == EntryType::Chunk)
+        {
             decode_chunk(
                 e.header.codec,
                 e.header.raw_len,
@@ -446,15 +488,11 @@ impl Store {
             "rebuild planned"
         );
 
-        let mut bytes_done = 0u64;
-        for action in &plan {
-            if job.cancelled() {
-                break;
-            }
+        let bytes_done = AtomicU64::new(0);
+        for_each_parallel(&plan, REPAIR_THREADS, job, |action| {
             let Some(row) = rows.get(&action.container) else {
-                continue;
+                return;
             };
-            bytes_done += row.len;
             let outcome = (|| -> Result<u64> {
                 if action.is_lost() {
                     return Err(self.data_lost(row.id, action.surviving, row.k as usize));
@@ -462,12 +500,9 @@ impl Store {
                 if action.targets.is_empty() {
                     return Ok(0);
                 }
-                let (mut shards, _) = self.read_all_shards(row);
                 // The shards being replaced are rebuilt from parity even if their old disk still answers.
-                for i in &action.missing {
-                    shards[*i] = None;
-                }
-                self.reconstruct_verified(row, &mut shards)?;
+                let (mut shards, _) = self.read_shards(row, &action.missing, row.k as usize);
+                self.reconstruct_verified(row, &mut shards, false)?;
                 let mut moves = Vec::new();
                 for (idx, target) in action.missing.iter().zip(&action.targets) {
                     let Some(payload) = &shards[*idx] else {
@@ -495,12 +530,13 @@ impl Store {
                     job.update(|p| p.unrepairable.push(what));
                 }
             }
+            let done = bytes_done.fetch_add(row.len, Ordering::Relaxed) + row.len;
             job.update(|p| {
                 p.containers_done += 1;
-                p.bytes_done = bytes_done;
+                p.bytes_done = done;
             });
-            job.pace(bytes_done);
-        }
+            job.pace(done);
+        });
         if job.cancelled() {
             return Ok(());
         }
@@ -546,7 +582,6 @@ impl Store {
         });
         let mut last = cursor;
         let mut bytes_done = 0u64;
-        let mut since_checkpoint = 0;
         loop {
             let batch: Vec<u64> = self.catalog.read(|c| {
                 let mut st =
@@ -560,32 +595,32 @@ impl Store {
             if batch.is_empty() {
                 break;
             }
-            for id in batch {
-                if job.cancelled() {
-                    self.catalog
-                        .write(|tx| catalog::meta_set(tx, "scrub_cursor", &last.to_string()))?;
-                    return Ok(());
-                }
-                if let Some(row) = self
+            let done = AtomicU64::new(bytes_done);
+            for_each_parallel(&batch, REPAIR_THREADS, job, |id| {
+                let Ok(Some(row)) = self
                     .catalog
-                    .read(|c| catalog::get_container(c, ContainerId(id)))?
-                {
-                    self.scrub_container(&row, job, repair);
-                    bytes_done += row.len;
-                }
-                last = id;
+                    .read(|c| catalog::get_container(c, ContainerId(*id)))
+                else {
+                    return;
+                };
+                self.scrub_container(&row, job, repair);
+                let d = done.fetch_add(row.len, Ordering::Relaxed) + row.len;
                 job.update(|p| {
                     p.containers_done += 1;
-                    p.bytes_done = bytes_done;
+                    p.bytes_done = d;
                 });
-                job.pace(bytes_done);
-                since_checkpoint += 1;
-                if since_checkpoint >= SCRUB_CHECKPOINT_EVERY {
-                    self.catalog
-                        .write(|tx| catalog::meta_set(tx, "scrub_cursor", &last.to_string()))?;
-                    since_checkpoint = 0;
-                }
+                job.pace(d);
+            });
+            bytes_done = done.load(Ordering::Relaxed);
+            if job.cancelled() {
+                // Containers of an unfinished batch are scrubbed again next time: resume from its start.
+                self.catalog
+                    .write(|tx| catalog::meta_set(tx, "scrub_cursor", &last.to_string()))?;
+                return Ok(());
             }
+            last = batch.last().copied().unwrap_or(last);
+            self.catalog
+                .write(|tx| catalog::meta_set(tx, "scrub_cursor", &last.to_string()))?;
         }
         self.catalog.write(|tx| {
             tx.execute("DELETE FROM meta WHERE key = 'scrub_cursor'", [])?;
@@ -602,7 +637,7 @@ impl Store {
                 tracing::warn!(container = %row.id, shard = idx, why, "scrub: bad shard");
             }
         }
-        if let Err(e) = self.reconstruct_verified(row, &mut shards) {
+        if let Err(e) = self.reconstruct_verified(row, &mut shards, true) {
             let what = self.describe_loss(&e, row.id);
             tracing::error!("scrub: {what}");
             job.update(|p| p.unrepairable.push(what));
