@@ -19,8 +19,10 @@ mod ingest;
 pub mod jobs;
 mod objects;
 mod read;
+pub mod rebuild;
 pub mod recover;
 pub mod repair;
+pub mod scrub;
 mod seal;
 pub mod status;
 

@@ -1,0 +1,147 @@
+//! Scrub: read every shard, check every chunk, repair from parity, quarantine bad files (storage-format.md §7.2).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rusqlite::params;
+
+use super::catalog::{self, ContainerRow};
+use super::disk::shard_path;
+use super::error::Result;
+use super::jobs::Job;
+use super::repair::{REPAIR_THREADS, for_each_parallel};
+use super::{Store, now_ms};
+use crate::core::ids::ContainerId;
+
+impl Store {
+    /// Reads every shard of every container, checks shard checksums and every chunk's BLAKE3, repairs bad or
+    /// missing shards from parity (unless `repair` is false), quarantines bad files and records the time each
+    /// container was last verified. Resumes from the last checkpoint.
+    pub fn run_scrub(&self, job: &Job, repair: bool) -> Result<()> {
+        let cursor: u64 = self
+            .catalog
+            .read(|c| catalog::meta_get(c, "scrub_cursor"))?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let (total, total_bytes, done, done_bytes): (i64, i64, i64, i64) = self.catalog.read(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(len), 0), COALESCE(SUM(id <= ?1), 0), COALESCE(SUM(CASE WHEN id <= ?1 THEN len ELSE 0 END), 0) FROM containers",
+                [cursor as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?)
+        })?;
+        job.update(|p| {
+            p.containers_total = total as u64;
+            p.bytes_total = (total_bytes - done_bytes) as u64;
+            p.containers_done = done as u64;
+        });
+        let mut last = cursor;
+        let mut bytes_done = 0u64;
+        loop {
+            let batch: Vec<u64> = self.catalog.read(|c| {
+                let mut st =
+                    c.prepare("SELECT id FROM containers WHERE id > ?1 ORDER BY id LIMIT 256")?;
+                let ids = st
+                    .query_map([last as i64], |r| r.get::<_, i64>(0))?
+                    .map(|r| r.map(|v| v as u64))
+                    .collect::<rusqlite::Result<_>>()?;
+                Ok(ids)
+            })?;
+            if batch.is_empty() {
+                break;
+            }
+            let done = AtomicU64::new(bytes_done);
+            for_each_parallel(&batch, REPAIR_THREADS, job, |id| {
+                let Ok(Some(row)) = self
+                    .catalog
+                    .read(|c| catalog::get_container(c, ContainerId(*id)))
+                else {
+                    return;
+                };
+                self.scrub_container(&row, job, repair);
+                let d = done.fetch_add(row.len, Ordering::Relaxed) + row.len;
+                job.update(|p| {
+                    p.containers_done += 1;
+                    p.bytes_done = d;
+                });
+                job.pace(d);
+            });
+            bytes_done = done.load(Ordering::Relaxed);
+            if job.cancelled() {
+                // Containers of an unfinished batch are scrubbed again next time: resume from its start.
+                self.catalog
+                    .write(|tx| catalog::meta_set(tx, "scrub_cursor", &last.to_string()))?;
+                return Ok(());
+            }
+            last = batch.last().copied().unwrap_or(last);
+            self.catalog
+                .write(|tx| catalog::meta_set(tx, "scrub_cursor", &last.to_string()))?;
+        }
+        self.catalog.write(|tx| {
+            tx.execute("DELETE FROM meta WHERE key = 'scrub_cursor'", [])?;
+            catalog::meta_set(tx, "scrub_last_completed_unix_ms", &now_ms().to_string())
+        })?;
+        Ok(())
+    }
+
+    fn scrub_container(&self, row: &ContainerRow, job: &Job, repair: bool) {
+        let (mut shards, problems) = self.read_all_shards(row);
+        if !problems.is_empty() {
+            job.update(|p| p.bad_shards += problems.len() as u64);
+            for (idx, why) in &problems {
+                tracing::warn!(container = %row.id, shard = idx, why, "scrub: bad shard");
+            }
+        }
+        if let Err(e) = self.reconstruct_verified(row, &mut shards, true) {
+            let what = self.describe_loss(&e, row.id);
+            tracing::error!("scrub: {what}");
+            job.update(|p| p.unrepairable.push(what));
+            return;
+        }
+        let mut all_good = problems.is_empty();
+        if repair && !problems.is_empty() {
+            let mut moves = Vec::new();
+            for (idx, _) in &problems {
+                let Some(disk) = row.disks.get(*idx).copied().flatten() else {
+                    continue;
+                };
+                let Some(entry) = self.disks.get(disk) else {
+                    continue;
+                };
+                if !entry.disk.is_present() || !entry.state().writable() {
+                    continue;
+                }
+                let rel = shard_path(row.id, *idx);
+                if entry.disk.file_len(&rel).is_ok() {
+                    match entry.disk.quarantine(&rel) {
+                        Ok(q) => {
+                            tracing::warn!(container = %row.id, shard = idx, to = %q.display(), "quarantined bad shard file");
+                            job.update(|p| p.files_quarantined += 1);
+                        }
+                        Err(e) => {
+                            tracing::error!(container = %row.id, shard = idx, error = %e, "cannot quarantine bad shard");
+                            continue;
+                        }
+                    }
+                }
+                if let Some(payload) = &shards[*idx]
+                    && self.write_shard(row, *idx, disk, payload).is_ok()
+                {
+                    moves.push((*idx, disk, Some(disk)));
+                }
+            }
+            let repaired = moves.len();
+            let _ = self.record_shard(row.id, &moves, 0);
+            job.update(|p| p.shards_repaired += repaired as u64);
+            all_good = repaired == problems.len();
+        }
+        if all_good {
+            let _ = self.catalog.write(|tx| {
+                tx.execute(
+                    "UPDATE containers SET last_verified_unix_ms = ?2 WHERE id = ?1",
+                    params![row.id.0 as i64, now_ms() as i64],
+                )?;
+                Ok(())
+            });
+        }
+    }
+}
