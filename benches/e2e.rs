@@ -47,14 +47,22 @@ struct Opts {
 }
 
 fn env_mb(name: &str, bench: bool, full: f64, tiny: f64) -> u64 {
-    let mb = std::env::var(name).ok().and_then(|v| v.parse::<f64>().ok()).unwrap_or(if bench { full } else { tiny });
+    let mb = std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(if bench { full } else { tiny });
     (mb * MB) as u64
 }
 
 impl Opts {
     fn from_env() -> Opts {
         let bench = std::env::args().any(|a| a == "--bench");
-        let n = |name: &str, d: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+        let n = |name: &str, d: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d)
+        };
         Opts {
             bench,
             unique: env_mb("CAIRN_BENCH_UNIQUE_MB", bench, 2000.0, 12.0),
@@ -62,10 +70,21 @@ impl Opts {
             par_n: n("CAIRN_BENCH_PAR_N", if bench { 16 } else { 4 }),
             par: env_mb("CAIRN_BENCH_PAR_MB", bench, 1000.0, 1.0),
             nightly: env_mb("CAIRN_BENCH_NIGHTLY_MB", bench, 256.0, 2.0),
-            part: env_mb("CAIRN_BENCH_PART_MB", bench, 64.0 * 1.048_576, 5.0 * 1.048_576) as usize,
+            part: env_mb(
+                "CAIRN_BENCH_PART_MB",
+                bench,
+                64.0 * 1.048_576,
+                5.0 * 1.048_576,
+            ) as usize,
             parallel: n("CAIRN_BENCH_PARALLEL", 4),
-            skip: std::env::var("CAIRN_BENCH_SKIP").unwrap_or_default().split(',').map(str::to_string).collect(),
-            dir: std::env::var_os("CAIRN_BENCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir),
+            skip: std::env::var("CAIRN_BENCH_SKIP")
+                .unwrap_or_default()
+                .split(',')
+                .map(str::to_string)
+                .collect(),
+            dir: std::env::var_os("CAIRN_BENCH_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir),
         }
     }
     fn skip(&self, s: &str) -> bool {
@@ -102,9 +121,14 @@ fn measure_stages(o: &Opts, data_file: &Path, work: &Path) -> Stages {
     let f = File::open(data_file).expect("open sample");
     let stride = o.unique.saturating_sub(slice as u64) / 15;
     for (i, piece) in data.chunks_mut(slice).enumerate() {
-        f.read_exact_at(piece, i as u64 * stride).expect("read sample");
+        f.read_exact_at(piece, i as u64 * stride)
+            .expect("read sample");
     }
-    let min = if o.bench { Duration::from_millis(1500) } else { Duration::ZERO };
+    let min = if o.bench {
+        Duration::from_millis(1500)
+    } else {
+        Duration::ZERO
+    };
     let ranges = chunks(&data);
     let comp = compressed_chunks(&data, &ranges);
     let stored = zstd_chunks(&data, &ranges);
@@ -169,7 +193,9 @@ struct Limits {
 }
 
 fn limits(s: &Stages) -> Limits {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let c = s.ratio;
     let width = f64::from(K + M) / f64::from(K);
     // Seconds per MB on one core; RS works on compressed container bytes. Client payloads are unsigned
@@ -205,7 +231,11 @@ struct FastUnique {
 impl Read for FastUnique {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         let n = (out.len() as u64).min(self.len - self.pos) as usize & !7;
-        let n = if n == 0 { (self.len - self.pos) as usize } else { n };
+        let n = if n == 0 {
+            (self.len - self.pos) as usize
+        } else {
+            n
+        };
         for w in out[..n].chunks_mut(8) {
             self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
             let mut z = self.state;
@@ -213,7 +243,11 @@ impl Read for FastUnique {
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^= z >> 31;
             let textual = (self.pos >> 12) & 1 == 1;
-            let b = if textual { (z & 0x0f0f_0f0f_0f0f_0f0f) | 0x6060_6060_6060_6060 } else { z };
+            let b = if textual {
+                (z & 0x0f0f_0f0f_0f0f_0f0f) | 0x6060_6060_6060_6060
+            } else {
+                z
+            };
             w.copy_from_slice(&b.to_le_bytes()[..w.len()]);
             self.pos += w.len() as u64;
         }
@@ -222,7 +256,11 @@ impl Read for FastUnique {
 }
 
 fn fast_unique(seed: u64, len: u64) -> FastUnique {
-    FastUnique { state: seed.wrapping_mul(0x2545_F491_4F6C_DD1D), pos: 0, len }
+    FastUnique {
+        state: seed.wrapping_mul(0x2545_F491_4F6C_DD1D),
+        pos: 0,
+        len,
+    }
 }
 
 fn write_stream(path: &Path, mut r: impl Read) -> u64 {
@@ -269,7 +307,12 @@ fn restore_file(c: &Client, key: &str, path: &Path) -> f64 {
 fn restic(repo: &Path, args: &[&str], stdin: Option<&Path>) -> Option<f64> {
     let t = Instant::now();
     let mut cmd = Command::new("restic");
-    cmd.arg("-r").arg(repo).args(args).env("RESTIC_PASSWORD", "cairn-bench").arg("--no-cache").arg("-q");
+    cmd.arg("-r")
+        .arg(repo)
+        .args(args)
+        .env("RESTIC_PASSWORD", "cairn-bench")
+        .arg("--no-cache")
+        .arg("-q");
     cmd.stdout(Stdio::null());
     if let Some(p) = stdin {
         cmd.stdin(File::open(p).ok()?);
@@ -279,7 +322,11 @@ fn restic(repo: &Path, args: &[&str], stdin: Option<&Path>) -> Option<f64> {
 }
 
 fn restic_available() -> bool {
-    Command::new("restic").arg("version").stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("restic")
+        .arg("version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Where the CPU went during one phase: the server, this process (the S3 client, and restic's parent), and
@@ -294,13 +341,23 @@ struct Meter {
 
 fn meter(pid: Option<u32>) -> Meter {
     let pid = pid.map(|p| p.to_string()).unwrap_or_default();
-    Meter { t: Instant::now(), server: proc_cpu_secs(&pid), me: proc_cpu_secs("self"), all: machine_busy_secs(), pid }
+    Meter {
+        t: Instant::now(),
+        server: proc_cpu_secs(&pid),
+        me: proc_cpu_secs("self"),
+        all: machine_busy_secs(),
+        pid,
+    }
 }
 
 /// (wall s, server CPU s, client CPU s, other CPU s)
 fn stop_meter(m: &Meter) -> (f64, f64, f64, f64) {
     let wall = m.t.elapsed().as_secs_f64();
-    let server = if m.pid.is_empty() { 0.0 } else { proc_cpu_secs(&m.pid) - m.server };
+    let server = if m.pid.is_empty() {
+        0.0
+    } else {
+        proc_cpu_secs(&m.pid) - m.server
+    };
     let me = proc_cpu_secs("self") - m.me;
     let other = (machine_busy_secs() - m.all - server - me).max(0.0);
     (wall, server, me, other)
@@ -314,8 +371,12 @@ struct CpuRow {
 }
 
 fn print_cpu(rows: &[CpuRow], cores: usize) {
-    println!("\n### CPU accounting ({cores} cores shared with whatever else runs on the machine)\n");
-    println!("| phase | wall s | server CPU s | client CPU s | other CPU s | MB per server CPU s | per-core limit | ratio |");
+    println!(
+        "\n### CPU accounting ({cores} cores shared with whatever else runs on the machine)\n"
+    );
+    println!(
+        "| phase | wall s | server CPU s | client CPU s | other CPU s | MB per server CPU s | per-core limit | ratio |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     for r in rows {
         let (wall, srv, me, other) = r.cpu;
@@ -324,7 +385,10 @@ fn print_cpu(rows: &[CpuRow], cores: usize) {
             Some(l) => (format!("{l:.0}"), format!("{:.0}%", eff / l * 100.0)),
             None => (String::new(), String::new()),
         };
-        println!("| {} | {wall:.1} | {srv:.1} | {me:.1} | {other:.1} | {eff:.0} | {lim} | {ratio} |", r.phase);
+        println!(
+            "| {} | {wall:.1} | {srv:.1} | {me:.1} | {other:.1} | {eff:.0} | {lim} | {ratio} |",
+            r.phase
+        );
     }
 }
 
@@ -340,14 +404,19 @@ struct Row {
 fn row(name: &str, mbs: f64, limit: Option<f64>, target: Option<(f64, &str)>) -> Row {
     let ratio = limit.map(|l| mbs / l);
     let (tgt, holds) = match (target, ratio) {
-        (Some((t, what)), Some(r)) => (format!(">= {:.0}% {what}", t * 100.0), if r >= t { "yes" } else { "NO" }),
+        (Some((t, what)), Some(r)) => (
+            format!(">= {:.0}% {what}", t * 100.0),
+            if r >= t { "yes" } else { "NO" },
+        ),
         _ => (String::new(), ""),
     };
     Row {
         name: name.into(),
         value: format!("{mbs:.0} MB/s"),
         limit: limit.map(|l| format!("{l:.0}")).unwrap_or_default(),
-        ratio: ratio.map(|r| format!("{:.0}%", r * 100.0)).unwrap_or_default(),
+        ratio: ratio
+            .map(|r| format!("{:.0}%", r * 100.0))
+            .unwrap_or_default(),
         target: tgt,
         holds: holds.into(),
     }
@@ -360,7 +429,10 @@ fn text_row(name: &str, value: String, target: &str, holds: Option<bool>) -> Row
         limit: String::new(),
         ratio: String::new(),
         target: target.into(),
-        holds: holds.map(|h| if h { "yes" } else { "NO" }).unwrap_or("").into(),
+        holds: holds
+            .map(|h| if h { "yes" } else { "NO" })
+            .unwrap_or("")
+            .into(),
     }
 }
 
@@ -369,7 +441,10 @@ fn print_rows(title: &str, rows: &[Row]) {
     println!("| measurement | value | limit MB/s | ratio | target | holds |");
     println!("|---|---|---|---|---|---|");
     for r in rows {
-        println!("| {} | {} | {} | {} | {} | {} |", r.name, r.value, r.limit, r.ratio, r.target, r.holds);
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            r.name, r.value, r.limit, r.ratio, r.target, r.holds
+        );
     }
 }
 
@@ -383,7 +458,10 @@ fn mib(b: u64) -> String {
 
 fn main() {
     let o = Opts::from_env();
-    let root = tempfile::Builder::new().prefix("cairn-e2e-").tempdir_in(&o.dir).expect("bench dir");
+    let root = tempfile::Builder::new()
+        .prefix("cairn-e2e-")
+        .tempdir_in(&o.dir)
+        .expect("bench dir");
     let work = root.path();
     println!(
         "# Cairn e2e bench ({} mode): unique {} MB, part {} MiB x {} in flight, {} cores, client rusty-s3 + ureq (UNSIGNED-PAYLOAD)",
@@ -391,27 +469,52 @@ fn main() {
         o.unique as f64 / MB,
         o.part >> 20,
         o.parallel,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     );
 
     let data = work.join("unique.bin");
-    let unique_len = write_stream(&data, TarTree::new(1, o.unique + (8 << 20)).reader(0).take(o.unique));
+    let unique_len = write_stream(
+        &data,
+        TarTree::new(1, o.unique + (8 << 20))
+            .reader(0)
+            .take(o.unique),
+    );
 
     // 1 + 2. Stage and pipeline limits.
     let s = measure_stages(&o, &data, work);
     let l = limits(&s);
-    println!("\n### Stage limits (1 core, MB/s; sample = 64 MB in 16 slices spread over the unique set)\n");
+    println!(
+        "\n### Stage limits (1 core, MB/s; sample = 64 MB in 16 slices spread over the unique set)\n"
+    );
     println!("| stage | MB/s |\n|---|---|");
     for (name, v) in [
         ("FastCDC (store chunker, 6/24/96 KiB)", s.cdc),
         ("BLAKE3 per chunk", s.blake3),
-        (&*format!("zstd level {} compress (ratio {:.2})", cairn::store::DEFAULT_ZSTD_LEVEL, s.ratio), s.zstd),
+        (
+            &*format!(
+                "zstd level {} compress (ratio {:.2})",
+                cairn::store::DEFAULT_ZSTD_LEVEL,
+                s.ratio
+            ),
+            s.zstd,
+        ),
         ("zstd decompress (output bytes)", s.unzstd),
         ("RS 4+2 encode, reed-solomon-erasure", s.rs_erasure_enc),
-        ("RS 4+2 encode as the store does it (Erasure::encode: split, pad, parity)", s.store_encode),
+        (
+            "RS 4+2 encode as the store does it (Erasure::encode: split, pad, parity)",
+            s.store_encode,
+        ),
         ("RS 4+2 encode, reed-solomon-simd", s.rs_simd_enc),
-        ("RS 4+2 reconstruct 2 data shards, reed-solomon-erasure", s.rs_erasure_rec),
-        ("RS 4+2 reconstruct 2 data shards, reed-solomon-simd", s.rs_simd_rec),
+        (
+            "RS 4+2 reconstruct 2 data shards, reed-solomon-erasure",
+            s.rs_erasure_rec,
+        ),
+        (
+            "RS 4+2 reconstruct 2 data shards, reed-solomon-simd",
+            s.rs_simd_rec,
+        ),
         ("MD5", s.md5),
         ("SHA-256", s.sha256),
         ("disk sequential write + fsync", s.disk_write),
@@ -425,10 +528,23 @@ fn main() {
         "| unique ingest (CDC+BLAKE3+zstd+MD5+RS; CPU {:.0}, disk {:.0}) | {:.0} | {:.0} |",
         l.unique_cpu, l.unique_disk, l.unique_core, l.unique
     );
-    println!("| duplicate ingest, hash-only (CDC+BLAKE3) | {:.0} | {:.0} |", l.hash_core, l.hash);
-    println!("| duplicate ingest incl. the MD5 ETag | {:.0} | {:.0} |", l.dup_md5 / l.cores as f64, l.dup_md5);
-    println!("| restore (unzstd+BLAKE3; disk read / ratio) | {:.0} | {:.0} |", l.restore_core, l.restore);
-    println!("| degraded restore (+ RS reconstruct) | | {:.0} |", l.degraded);
+    println!(
+        "| duplicate ingest, hash-only (CDC+BLAKE3) | {:.0} | {:.0} |",
+        l.hash_core, l.hash
+    );
+    println!(
+        "| duplicate ingest incl. the MD5 ETag | {:.0} | {:.0} |",
+        l.dup_md5 / l.cores as f64,
+        l.dup_md5
+    );
+    println!(
+        "| restore (unzstd+BLAKE3; disk read / ratio) | {:.0} | {:.0} |",
+        l.restore_core, l.restore
+    );
+    println!(
+        "| degraded restore (+ RS reconstruct) | | {:.0} |",
+        l.degraded
+    );
 
     // 3. End to end.
     let mut rows = Vec::new();
@@ -440,24 +556,59 @@ fn main() {
     srv.reset_peak_rss();
     let m = meter(Some(srv.pid()));
     let t_unique = upload_file(&client, &o, "full-1", &data);
-    cpu.push(CpuRow { phase: "unique ingest".into(), mb, cpu: stop_meter(&m), per_core_limit: Some(l.unique_core) });
+    cpu.push(CpuRow {
+        phase: "unique ingest".into(),
+        mb,
+        cpu: stop_meter(&m),
+        per_core_limit: Some(l.unique_core),
+    });
     let rss_unique = srv.peak_rss();
     let unique = unique_len as f64 / MB / t_unique;
-    rows.push(row("unique ingest", unique, Some(l.unique), Some((0.75, "of all-core limit"))));
+    rows.push(row(
+        "unique ingest",
+        unique,
+        Some(l.unique),
+        Some((0.75, "of all-core limit")),
+    ));
     let stored_unique = tree_bytes(&srv.disks());
     let m = meter(Some(srv.pid()));
     let t_dup = upload_file(&client, &o, "full-2", &data);
-    cpu.push(CpuRow { phase: "duplicate ingest (hash-only limit)".into(), mb, cpu: stop_meter(&m), per_core_limit: Some(l.hash_core) });
+    cpu.push(CpuRow {
+        phase: "duplicate ingest (hash-only limit)".into(),
+        mb,
+        cpu: stop_meter(&m),
+        per_core_limit: Some(l.hash_core),
+    });
     let dup = unique_len as f64 / MB / t_dup;
     let stored_dup = tree_bytes(&srv.disks());
-    rows.push(row("duplicate ingest (2nd identical full)", dup, Some(l.hash), Some((0.90, "of hash-only limit"))));
-    rows.push(row("  same, against the limit incl. MD5", dup, Some(l.dup_md5), None));
+    rows.push(row(
+        "duplicate ingest (2nd identical full)",
+        dup,
+        Some(l.hash),
+        Some((0.90, "of hash-only limit")),
+    ));
+    rows.push(row(
+        "  same, against the limit incl. MD5",
+        dup,
+        Some(l.dup_md5),
+        None,
+    ));
 
     evict_tree(&srv.disks());
     let m = meter(Some(srv.pid()));
     let healthy = unique_len as f64 / MB / restore_file(&client, "full-1", &data);
-    cpu.push(CpuRow { phase: "restore, healthy".into(), mb, cpu: stop_meter(&m), per_core_limit: Some(l.restore_core) });
-    rows.push(row("restore, healthy (cold cache)", healthy, Some(l.restore), None));
+    cpu.push(CpuRow {
+        phase: "restore, healthy".into(),
+        mb,
+        cpu: stop_meter(&m),
+        per_core_limit: Some(l.restore_core),
+    });
+    rows.push(row(
+        "restore, healthy (cold cache)",
+        healthy,
+        Some(l.restore),
+        None,
+    ));
     rows.push(text_row(
         "  restore / unique ingest",
         format!("{:.2}x", healthy / unique),
@@ -472,8 +623,18 @@ fn main() {
     evict_tree(&srv.disks());
     let m = meter(Some(srv.pid()));
     let degraded = unique_len as f64 / MB / restore_file(&client, "full-1", &data);
-    cpu.push(CpuRow { phase: "restore, 2 disks removed".into(), mb, cpu: stop_meter(&m), per_core_limit: None });
-    rows.push(row("restore, 2 disks removed (cold cache)", degraded, Some(l.degraded), None));
+    cpu.push(CpuRow {
+        phase: "restore, 2 disks removed".into(),
+        mb,
+        cpu: stop_meter(&m),
+        per_core_limit: None,
+    });
+    rows.push(row(
+        "restore, 2 disks removed (cold cache)",
+        degraded,
+        Some(l.degraded),
+        None,
+    ));
     rows.push(text_row(
         "  degraded / healthy restore",
         format!("{:.0}%", degraded / healthy * 100.0),
@@ -490,19 +651,49 @@ fn main() {
         let mbs = rebuilt as f64 / MB / c.0;
         // One physical disk under all directory-disks: per rebuilt byte it reads k bytes and writes one.
         let lim = 1.0 / (f64::from(K) / s.disk_read + 1.0 / s.disk_write);
-        rows.push(row(&format!("rebuild of one disk ({} written; {p})", gb(rebuilt)), mbs, Some(lim), Some((0.8, "of disk"))));
-        cpu.push(CpuRow { phase: "rebuild".into(), mb: rebuilt as f64 / MB, cpu: c, per_core_limit: None });
+        rows.push(row(
+            &format!("rebuild of one disk ({} written; {p})", gb(rebuilt)),
+            mbs,
+            Some(lim),
+            Some((0.8, "of disk")),
+        ));
+        cpu.push(CpuRow {
+            phase: "rebuild".into(),
+            mb: rebuilt as f64 / MB,
+            cpu: c,
+            per_core_limit: None,
+        });
         evict_tree(&srv.disks());
         let on_disks = tree_bytes(&srv.disks());
         let m = meter(Some(srv.pid()));
         let p = admin_job(&srv.data, "scrub");
         let c = stop_meter(&m);
         let mbs = on_disks as f64 / MB / c.0;
-        rows.push(row(&format!("scrub ({} read; {p})", gb(on_disks)), mbs, Some(s.disk_read), Some((0.8, "of disk read"))));
-        cpu.push(CpuRow { phase: "scrub".into(), mb: on_disks as f64 / MB, cpu: c, per_core_limit: None });
+        rows.push(row(
+            &format!("scrub ({} read; {p})", gb(on_disks)),
+            mbs,
+            Some(s.disk_read),
+            Some((0.8, "of disk read")),
+        ));
+        cpu.push(CpuRow {
+            phase: "scrub".into(),
+            mb: on_disks as f64 / MB,
+            cpu: c,
+            per_core_limit: None,
+        });
     } else {
-        rows.push(text_row("rebuild of one disk", "not yet measurable (no `cairn rebuild`)".into(), ">= 80% of disk", None));
-        rows.push(text_row("scrub", "not yet measurable (no `cairn scrub`)".into(), ">= 80% of disk", None));
+        rows.push(text_row(
+            "rebuild of one disk",
+            "not yet measurable (no `cairn rebuild`)".into(),
+            ">= 80% of disk",
+            None,
+        ));
+        rows.push(text_row(
+            "scrub",
+            "not yet measurable (no `cairn scrub`)".into(),
+            ">= 80% of disk",
+            None,
+        ));
     }
     srv.stop();
 
@@ -514,41 +705,79 @@ fn main() {
         let src = data.to_string_lossy().into_owned();
         let m = meter(None);
         let t = restic(&repo, &["backup", &src], None).expect("restic backup");
-        cpu.push(CpuRow { phase: "restic unique backup (its CPU is under other)".into(), mb, cpu: stop_meter(&m), per_core_limit: None });
+        cpu.push(CpuRow {
+            phase: "restic unique backup (its CPU is under other)".into(),
+            mb,
+            cpu: stop_meter(&m),
+            per_core_limit: None,
+        });
         let restic_unique = unique_len as f64 / MB / t;
         let restic_stored = tree_bytes(&repo);
         let t2 = restic(&repo, &["backup", "--force", &src], None).expect("restic backup --force");
         let restic_dup = unique_len as f64 / MB / t2;
-        rows.push(text_row("restic unique backup", format!("{restic_unique:.0} MB/s"), "", None));
-        rows.push(text_row("restic 2nd identical backup (--force)", format!("{restic_dup:.0} MB/s"), "", None));
+        rows.push(text_row(
+            "restic unique backup",
+            format!("{restic_unique:.0} MB/s"),
+            "",
+            None,
+        ));
+        rows.push(text_row(
+            "restic 2nd identical backup (--force)",
+            format!("{restic_dup:.0} MB/s"),
+            "",
+            None,
+        ));
         rows.push(text_row(
             "Cairn / restic ingest (unique)",
             format!("{:.2}x", unique / restic_unique),
             ">= 2x",
             Some(unique >= 2.0 * restic_unique),
         ));
-        rows.push(text_row("Cairn / restic ingest (duplicate)", format!("{:.2}x", dup / restic_dup), "", None));
+        rows.push(text_row(
+            "Cairn / restic ingest (duplicate)",
+            format!("{:.2}x", dup / restic_dup),
+            "",
+            None,
+        ));
         let pre = stored_unique * u64::from(K) / u64::from(K + M);
         rows.push(text_row(
             "stored after 1 full: Cairn w/o parity / restic",
-            format!("{} / {} = {:.2}", gb(pre), gb(restic_stored), pre as f64 / restic_stored as f64),
+            format!(
+                "{} / {} = {:.2}",
+                gb(pre),
+                gb(restic_stored),
+                pre as f64 / restic_stored as f64
+            ),
             "<= 1",
             Some(pre <= restic_stored),
         ));
         rows.push(text_row(
             "stored after 1 full: Cairn with 4+2 parity / restic",
-            format!("{} / {} = {:.2}", gb(stored_unique), gb(restic_stored), stored_unique as f64 / restic_stored as f64),
+            format!(
+                "{} / {} = {:.2}",
+                gb(stored_unique),
+                gb(restic_stored),
+                stored_unique as f64 / restic_stored as f64
+            ),
             "",
             None,
         ));
         rows.push(text_row(
             "Cairn growth by the 2nd identical full",
-            format!("{:.2}%", (stored_dup - stored_unique) as f64 / stored_unique as f64 * 100.0),
+            format!(
+                "{:.2}%",
+                (stored_dup - stored_unique) as f64 / stored_unique as f64 * 100.0
+            ),
             "",
             None,
         ));
     } else {
-        rows.push(text_row("restic", "not run (not installed or skipped)".into(), "", None));
+        rows.push(text_row(
+            "restic",
+            "not run (not installed or skipped)".into(),
+            "",
+            None,
+        ));
     }
     std::fs::remove_dir_all(work.join("cairn")).ok();
     std::fs::remove_dir_all(work.join("restic-unique")).ok();
@@ -583,7 +812,11 @@ fn main() {
             for i in 0..o.par_n {
                 let client = client.clone();
                 let len = o.par;
-                sc.spawn(move || client.put(&format!("par-{i}"), len, fast_unique(100 + i as u64, len)).expect("parallel put"));
+                sc.spawn(move || {
+                    client
+                        .put(&format!("par-{i}"), len, fast_unique(100 + i as u64, len))
+                        .expect("parallel put")
+                });
             }
         });
         let par_rate = (o.par * o.par_n as u64) as f64 / MB / t.elapsed().as_secs_f64();
@@ -592,19 +825,30 @@ fn main() {
         std::fs::remove_dir_all(work.join("cairn-rss")).ok();
         let gib = 1u64 << 30;
         rows.push(text_row(
-            &format!("peak server RSS, 1 x {} multipart ({big_rate:.0} MB/s)", gb(o.big)),
+            &format!(
+                "peak server RSS, 1 x {} multipart ({big_rate:.0} MB/s)",
+                gb(o.big)
+            ),
             mib(rss_big),
             "< 1 GiB",
             Some(rss_big < gib),
         ));
         rows.push(text_row(
-            &format!("peak server RSS, {} x {} single PUTs ({par_rate:.0} MB/s)", o.par_n, gb(o.par)),
+            &format!(
+                "peak server RSS, {} x {} single PUTs ({par_rate:.0} MB/s)",
+                o.par_n,
+                gb(o.par)
+            ),
             mib(rss_par),
             "< 1 GiB",
             Some(rss_par < gib),
         ));
         rows.push(text_row(
-            &format!("  flat: RSS {} upload vs {} upload", gb(o.big), gb(unique_len)),
+            &format!(
+                "  flat: RSS {} upload vs {} upload",
+                gb(o.big),
+                gb(unique_len)
+            ),
             format!("{} vs {}", mib(rss_big), mib(rss_unique)),
             "<= 1.25x",
             Some(rss_big as f64 <= 1.25 * rss_unique.max(1) as f64),
@@ -624,15 +868,29 @@ fn nightly(o: &Opts, work: &Path, has_restic: bool) {
     let client = Client::new(&srv.endpoint, "bench", ACCESS, SECRET);
     client.create_bucket().expect("create bucket");
     let file = work.join("nightly.bin");
-    println!("\n### 7 nightly fulls of {} MB each: stored bytes and dedup ratio\n", o.nightly as f64 / MB);
-    println!("| workload | logical | Cairn stored (w/o parity) | Cairn dedup | Cairn stored (4+2) | restic stored | restic dedup | Cairn/restic (w/o parity) |");
+    println!(
+        "\n### 7 nightly fulls of {} MB each: stored bytes and dedup ratio\n",
+        o.nightly as f64 / MB
+    );
+    println!(
+        "| workload | logical | Cairn stored (w/o parity) | Cairn dedup | Cairn stored (4+2) | restic stored | restic dedup | Cairn/restic (w/o parity) |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     type Gen = Box<dyn Fn(u32) -> Box<dyn Read>>;
     let n = o.nightly;
     let workloads: [(&str, Gen); 3] = [
-        ("tar tree", Box::new(move |i| Box::new(TarTree::new(11, n).reader(i)))),
-        ("VM image", Box::new(move |i| Box::new(VmImage::new(12, n).reader(i)))),
-        ("DB dump", Box::new(move |i| Box::new(DbDump::new(13, n).reader(i)))),
+        (
+            "tar tree",
+            Box::new(move |i| Box::new(TarTree::new(11, n).reader(i))),
+        ),
+        (
+            "VM image",
+            Box::new(move |i| Box::new(VmImage::new(12, n).reader(i))),
+        ),
+        (
+            "DB dump",
+            Box::new(move |i| Box::new(DbDump::new(13, n).reader(i))),
+        ),
     ];
     for (name, make) in workloads {
         let before = tree_bytes(&srv.disks());
@@ -652,7 +910,11 @@ fn nightly(o: &Opts, work: &Path, has_restic: bool) {
         let pre = stored * u64::from(K) / u64::from(K + M);
         let (rs, rd, ratio) = if has_restic {
             let r = tree_bytes(&repo);
-            (gb(r), format!("{:.2}x", logical as f64 / r as f64), format!("{:.2}", pre as f64 / r as f64))
+            (
+                gb(r),
+                format!("{:.2}x", logical as f64 / r as f64),
+                format!("{:.2}", pre as f64 / r as f64),
+            )
         } else {
             ("-".into(), "-".into(), "-".into())
         };
@@ -686,7 +948,9 @@ fn admin_job(data: &Path, job: &str) -> String {
 
 /// Whether the lead's `cairn rebuild` / `cairn scrub` exist in this build.
 fn jobs_available() -> bool {
-    let out = Command::new(env!("CARGO_BIN_EXE_cairn")).arg("--help").output();
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("--help")
+        .output();
     out.is_ok_and(|o| {
         let s = String::from_utf8_lossy(&o.stdout);
         s.contains("rebuild") && s.contains("scrub")

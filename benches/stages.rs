@@ -27,11 +27,19 @@ fn stages(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("stage");
     g.throughput(Throughput::Bytes(data.len() as u64));
-    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
     g.bench_function("fastcdc", |b| b.iter(|| black_box(chunks(&data).len())));
-    g.bench_function("blake3", |b| b.iter(|| black_box(blake3_chunks(&data, &ranges))));
-    g.bench_function("zstd_compress", |b| b.iter(|| black_box(zstd_chunks(&data, &ranges))));
-    g.bench_function("zstd_decompress", |b| b.iter(|| black_box(unzstd_chunks(&comp, &ranges))));
+    g.bench_function("blake3", |b| {
+        b.iter(|| black_box(blake3_chunks(&data, &ranges)))
+    });
+    g.bench_function("zstd_compress", |b| {
+        b.iter(|| black_box(zstd_chunks(&data, &ranges)))
+    });
+    g.bench_function("zstd_decompress", |b| {
+        b.iter(|| black_box(unzstd_chunks(&comp, &ranges)))
+    });
     g.bench_function("md5", |b| b.iter(|| black_box(md5(&data))));
     g.bench_function("sha256", |b| b.iter(|| black_box(sha256(&data))));
     g.finish();
@@ -42,21 +50,39 @@ fn stages(c: &mut Criterion) {
     let (dat, par) = shards.split_at(K as usize);
     let mut g = c.benchmark_group("reed_solomon_4+2");
     g.throughput(Throughput::Bytes(container.len() as u64));
-    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
-    g.bench_function("store_encode", |b| b.iter(|| black_box(e.encode(container).len())));
-    g.bench_function("erasure_encode", |b| b.iter(|| black_box(rs_erasure_encode(dat, M as usize).len())));
-    g.bench_function("simd_encode", |b| b.iter(|| black_box(rs_simd_encode(dat, M as usize).len())));
-    g.bench_function("erasure_reconstruct2", |b| b.iter(|| black_box(rs_erasure_reconstruct(&e, &shards))));
-    g.bench_function("simd_reconstruct2", |b| b.iter(|| black_box(rs_simd_reconstruct(dat, par))));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    g.bench_function("store_encode", |b| {
+        b.iter(|| black_box(e.encode(container).len()))
+    });
+    g.bench_function("erasure_encode", |b| {
+        b.iter(|| black_box(rs_erasure_encode(dat, M as usize).len()))
+    });
+    g.bench_function("simd_encode", |b| {
+        b.iter(|| black_box(rs_simd_encode(dat, M as usize).len()))
+    });
+    g.bench_function("erasure_reconstruct2", |b| {
+        b.iter(|| black_box(rs_erasure_reconstruct(&e, &shards)))
+    });
+    g.bench_function("simd_reconstruct2", |b| {
+        b.iter(|| black_box(rs_simd_reconstruct(dat, par)))
+    });
     g.finish();
 
-    let dir = tempfile::tempdir_in(std::env::var_os("CAIRN_BENCH_DIR").unwrap_or_else(|| std::env::temp_dir().into()))
-        .expect("tempdir");
+    let dir = tempfile::tempdir_in(
+        std::env::var_os("CAIRN_BENCH_DIR").unwrap_or_else(|| std::env::temp_dir().into()),
+    )
+    .expect("tempdir");
     let disk_bytes = if bench_mode() { 256 << 20 } else { 1 << 20 };
     let mut g = c.benchmark_group("disk");
     g.throughput(Throughput::Bytes(disk_bytes as u64));
-    g.sample_size(10).warm_up_time(Duration::from_millis(100)).measurement_time(Duration::from_secs(5));
-    g.bench_function("write_fsync", |b| b.iter(|| disk_write_fsync(dir.path(), disk_bytes).expect("disk write")));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(100))
+        .measurement_time(Duration::from_secs(5));
+    g.bench_function("write_fsync", |b| {
+        b.iter(|| disk_write_fsync(dir.path(), disk_bytes).expect("disk write"))
+    });
     g.finish();
 }
 

@@ -27,7 +27,11 @@ pub const M: u8 = 2;
 /// The first `bytes` of TarTree full 0 with `seed`.
 pub fn sample(seed: u64, bytes: usize) -> Vec<u8> {
     let mut v = Vec::with_capacity(bytes);
-    TarTree::new(seed, bytes as u64 + (1 << 20)).reader(0).take(bytes as u64).read_to_end(&mut v).expect("generator");
+    TarTree::new(seed, bytes as u64 + (1 << 20))
+        .reader(0)
+        .take(bytes as u64)
+        .read_to_end(&mut v)
+        .expect("generator");
     v
 }
 
@@ -36,20 +40,31 @@ pub fn chunks(data: &[u8]) -> Vec<Range<usize>> {
 }
 
 pub fn blake3_chunks(data: &[u8], ranges: &[Range<usize>]) -> u8 {
-    ranges.iter().fold(0u8, |a, r| a ^ blake3::hash(&data[r.clone()]).as_bytes()[0])
+    ranges
+        .iter()
+        .fold(0u8, |a, r| a ^ blake3::hash(&data[r.clone()]).as_bytes()[0])
 }
 
 /// Compressed bytes of all chunks (the store's codec choice included).
 pub fn zstd_chunks(data: &[u8], ranges: &[Range<usize>]) -> usize {
-    ranges.iter().map(|r| compress_chunk(&data[r.clone()], DEFAULT_ZSTD_LEVEL).1.len()).sum()
+    ranges
+        .iter()
+        .map(|r| compress_chunk(&data[r.clone()], DEFAULT_ZSTD_LEVEL).1.len())
+        .sum()
 }
 
 pub fn compressed_chunks(data: &[u8], ranges: &[Range<usize>]) -> Vec<Vec<u8>> {
-    ranges.iter().map(|r| zstd::bulk::compress(&data[r.clone()], DEFAULT_ZSTD_LEVEL).expect("zstd")).collect()
+    ranges
+        .iter()
+        .map(|r| zstd::bulk::compress(&data[r.clone()], DEFAULT_ZSTD_LEVEL).expect("zstd"))
+        .collect()
 }
 
 pub fn unzstd_chunks(comp: &[Vec<u8>], ranges: &[Range<usize>]) -> usize {
-    comp.iter().zip(ranges).map(|(c, r)| zstd::bulk::decompress(c, r.len()).expect("unzstd").len()).sum()
+    comp.iter()
+        .zip(ranges)
+        .map(|(c, r)| zstd::bulk::decompress(c, r.len()).expect("unzstd").len())
+        .sum()
 }
 
 pub fn md5(data: &[u8]) -> u8 {
@@ -69,7 +84,8 @@ pub fn data_shards(container: &[u8], k: usize) -> Vec<Vec<u8>> {
     let s = container.len().div_ceil(k).next_multiple_of(64);
     (0..k)
         .map(|j| {
-            let mut v = container[(j * s).min(container.len())..((j + 1) * s).min(container.len())].to_vec();
+            let mut v = container[(j * s).min(container.len())..((j + 1) * s).min(container.len())]
+                .to_vec();
             v.resize(s, 0);
             v
         })
@@ -111,9 +127,15 @@ pub fn rate(bytes: usize, min: Duration, mut f: impl FnMut()) -> f64 {
 /// Sequential write of `bytes` in 1 MiB writes, then fsync; MB/s. The file is removed afterwards.
 pub fn disk_write_fsync(dir: &Path, bytes: usize) -> std::io::Result<f64> {
     let p = dir.join("cairn-bench-disk.tmp");
-    let buf: Vec<u8> = (0..1 << 20).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let buf: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let t = Instant::now();
-    let mut f = OpenOptions::new().create(true).truncate(true).write(true).open(&p)?;
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&p)?;
     let mut left = bytes;
     while left > 0 {
         let n = left.min(buf.len());
@@ -170,7 +192,9 @@ pub fn evict(p: &Path) {
 
 /// Evicts every file under `dir` (recursively) from the page cache.
 pub fn evict_tree(dir: &Path) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in rd.flatten() {
         let p = e.path();
         match e.file_type() {
@@ -183,7 +207,9 @@ pub fn evict_tree(dir: &Path) {
 
 /// Bytes of all regular files under `dir`.
 pub fn tree_bytes(dir: &Path) -> u64 {
-    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     rd.flatten()
         .map(|e| match e.file_type() {
             Ok(t) if t.is_dir() => tree_bytes(&e.path()),
@@ -209,7 +235,14 @@ pub fn proc_cpu_secs(pid: &str) -> f64 {
 /// CPU seconds all processes on the machine spent busy (not idle or waiting for I/O).
 pub fn machine_busy_secs() -> f64 {
     let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let v: Vec<f64> = s.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let v: Vec<f64> = s
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     let total: f64 = v.iter().take(8).sum();
     let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
     (total - idle) / clk_tck()

@@ -26,7 +26,10 @@ pub struct Client {
 
 pub type Res<T> = Result<T, String>;
 
-fn check(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>, what: &str) -> Res<ureq::http::Response<ureq::Body>> {
+fn check(
+    r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    what: &str,
+) -> Res<ureq::http::Response<ureq::Body>> {
     let mut r = r.map_err(|e| format!("{what}: {e}"))?;
     if !r.status().is_success() {
         let body = r.body_mut().read_to_string().unwrap_or_default();
@@ -38,13 +41,18 @@ fn check(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>, what: &str) -
 impl Client {
     pub fn new(endpoint: &str, bucket: &str, access: &str, secret: &str) -> Client {
         let url = endpoint.parse().expect("endpoint url");
-        let bucket = Bucket::new(url, UrlStyle::Path, bucket.to_string(), "us-east-1").expect("bucket");
+        let bucket =
+            Bucket::new(url, UrlStyle::Path, bucket.to_string(), "us-east-1").expect("bucket");
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_idle_connections_per_host(64)
             .build()
             .new_agent();
-        Client { bucket, creds: Credentials::new(access, secret), agent }
+        Client {
+            bucket,
+            creds: Credentials::new(access, secret),
+            agent,
+        }
     }
 
     pub fn create_bucket(&self) -> Res<()> {
@@ -54,7 +62,10 @@ impl Client {
 
     /// One PUT streaming `len` bytes from `body`.
     pub fn put(&self, key: &str, len: u64, mut body: impl Read) -> Res<()> {
-        let url = self.bucket.put_object(Some(&self.creds), key).sign(SIGN_FOR);
+        let url = self
+            .bucket
+            .put_object(Some(&self.creds), key)
+            .sign(SIGN_FOR);
         let r = self
             .agent
             .put(url.as_str())
@@ -72,8 +83,14 @@ impl Client {
         parallel: usize,
         read_part: impl FnMut(usize, &mut Vec<u8>) + Send,
     ) -> Res<()> {
-        let url = self.bucket.create_multipart_upload(Some(&self.creds), key).sign(SIGN_FOR);
-        let mut r = check(self.agent.post(url.as_str()).send_empty(), "CreateMultipartUpload")?;
+        let url = self
+            .bucket
+            .create_multipart_upload(Some(&self.creds), key)
+            .sign(SIGN_FOR);
+        let mut r = check(
+            self.agent.post(url.as_str()).send_empty(),
+            "CreateMultipartUpload",
+        )?;
         let xml = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
         let created = CreateMultipartUpload::parse_response(&xml).map_err(|e| format!("{e:?}"))?;
         let upload_id = created.upload_id().to_string();
@@ -97,7 +114,12 @@ impl Client {
                         let r = self.agent.put(url.as_str()).send(&buf[..]);
                         match check(r, "UploadPart") {
                             Ok(r) => {
-                                let etag = r.headers().get("etag").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                                let etag = r
+                                    .headers()
+                                    .get("etag")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("")
+                                    .to_string();
                                 etags.lock().expect("etags")[i] = Some(etag);
                             }
                             Err(e) => {
@@ -121,7 +143,12 @@ impl Client {
         if let Some(e) = err.into_inner().expect("err") {
             return Err(e);
         }
-        let etags: Vec<String> = etags.into_inner().expect("etags").into_iter().map(|e| e.unwrap_or_default()).collect();
+        let etags: Vec<String> = etags
+            .into_inner()
+            .expect("etags")
+            .into_iter()
+            .map(|e| e.unwrap_or_default())
+            .collect();
         let action = self.bucket.complete_multipart_upload(
             Some(&self.creds),
             key,
@@ -130,18 +157,27 @@ impl Client {
         );
         let url = action.sign(SIGN_FOR);
         let body = CompleteMultipartUpload::body(action);
-        check(self.agent.post(url.as_str()).send(body), "CompleteMultipartUpload").map(|_| ())
+        check(
+            self.agent.post(url.as_str()).send(body),
+            "CompleteMultipartUpload",
+        )
+        .map(|_| ())
     }
 
     /// GETs `key` and feeds the body to `sink` in pieces; returns the bytes received.
     pub fn get(&self, key: &str, mut sink: impl FnMut(&[u8])) -> Res<u64> {
-        let url = self.bucket.get_object(Some(&self.creds), key).sign(SIGN_FOR);
+        let url = self
+            .bucket
+            .get_object(Some(&self.creds), key)
+            .sign(SIGN_FOR);
         let mut r = check(self.agent.get(url.as_str()).call(), "GetObject")?;
         let mut rd = r.body_mut().with_config().limit(u64::MAX).reader();
         let mut buf = vec![0u8; 1 << 20];
         let mut total = 0u64;
         loop {
-            let n = rd.read(&mut buf).map_err(|e| format!("GetObject body: {e}"))?;
+            let n = rd
+                .read(&mut buf)
+                .map_err(|e| format!("GetObject body: {e}"))?;
             if n == 0 {
                 return Ok(total);
             }

@@ -30,7 +30,10 @@ impl Server {
             .arg("127.0.0.1:0")
             .env("CAIRN_ROOT_ACCESS_KEY", ACCESS)
             .env("CAIRN_ROOT_SECRET_KEY", SECRET)
-            .env("CAIRN_LOG", std::env::var("CAIRN_LOG").unwrap_or_else(|_| "error".into()))
+            .env(
+                "CAIRN_LOG",
+                std::env::var("CAIRN_LOG").unwrap_or_else(|_| "error".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -39,10 +42,17 @@ impl Server {
         let endpoint = lines
             .by_ref()
             .map_while(Result::ok)
-            .find_map(|l| l.strip_prefix("cairn: listening on ").map(|s| s.trim().to_string()))
+            .find_map(|l| {
+                l.strip_prefix("cairn: listening on ")
+                    .map(|s| s.trim().to_string())
+            })
             .expect("cairn serve exited before listening");
         std::thread::spawn(move || for _ in lines {});
-        Server { data: data.to_path_buf(), endpoint, child }
+        Server {
+            data: data.to_path_buf(),
+            endpoint,
+            child,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -69,7 +79,10 @@ impl Server {
     }
 
     pub fn stop(mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
     }
 }
