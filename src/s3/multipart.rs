@@ -8,7 +8,7 @@ use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
 use super::CairnS3;
-use super::checksum::{Algo, Wanted, check_content_md5, composite, parse_content_md5};
+use super::checksum::{Algo, Wanted, composite, parse_content_md5};
 use super::objects::ChecksumFields;
 use super::stream::ingest;
 use super::util::*;
@@ -120,26 +120,8 @@ impl CairnS3 {
             .transpose()?;
         self.upload_of(&i.bucket, &i.key, &i.upload_id).await?;
         let ing = ingest(&self.store, i.body, &wanted.algos()).await?;
-        let verified = (|| {
-            if let Some(len) = i.content_length
-                && u64::try_from(len).ok() != Some(ing.size)
-            {
-                return Err(s3_error!(
-                    IncompleteBody,
-                    "You did not provide the number of bytes specified by the Content-Length HTTP header."
-                ));
-            }
-            check_content_md5(md5.as_ref(), &ing.upload.md5())?;
-            let t = trailers.as_ref().and_then(|t| t.take());
-            wanted.verify(&ing.checksums, t.as_ref())
-        })();
-        let checksums = match verified {
-            Ok(c) => c,
-            Err(e) => {
-                discard(ing.upload);
-                return Err(e);
-            }
-        };
+        let t = trailers.as_ref().and_then(|t| t.take());
+        let (ing, checksums) = ing.verified(i.content_length, md5.as_ref(), &wanted, t.as_ref())?;
         let upload = ing.upload;
         let id = i.upload_id;
         let part = self

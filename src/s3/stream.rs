@@ -15,8 +15,9 @@ use s3s::S3Result;
 use s3s::dto::StreamingBlob;
 use tokio::sync::mpsc;
 
-use super::checksum::{Algo, Hasher};
+use super::checksum::{Algo, Hasher, Wanted, check_content_md5};
 use super::error::{body_error, internal, store_error};
+use super::util::discard;
 use crate::store::{ObjectReader, Store, Upload};
 
 /// Pieces handed to `Upload::write` are coalesced to about this size (fewer channel hops and store calls).
@@ -29,6 +30,39 @@ pub struct Ingested {
     pub upload: Upload,
     pub size: u64,
     pub checksums: BTreeMap<Algo, String>,
+}
+
+impl Ingested {
+    /// Checks the body against what the request promised: Content-Length, Content-MD5 and `x-amz-checksum-*`
+    /// in headers or aws-chunked `trailers`. On a mismatch the upload is aborted and the S3 error returned;
+    /// otherwise the verified checksums to store come back with the upload.
+    pub fn verified(
+        self,
+        content_length: Option<i64>,
+        content_md5: Option<&[u8; 16]>,
+        wanted: &Wanted,
+        trailers: Option<&hyper::HeaderMap>,
+    ) -> S3Result<(Ingested, BTreeMap<String, String>)> {
+        let check = || {
+            if let Some(len) = content_length
+                && u64::try_from(len).ok() != Some(self.size)
+            {
+                return Err(s3s::s3_error!(
+                    IncompleteBody,
+                    "You did not provide the number of bytes specified by the Content-Length HTTP header."
+                ));
+            }
+            check_content_md5(content_md5, &self.upload.md5())?;
+            wanted.verify(&self.checksums, trailers)
+        };
+        match check() {
+            Ok(c) => Ok((self, c)),
+            Err(e) => {
+                discard(self.upload);
+                Err(e)
+            }
+        }
+    }
 }
 
 /// Streams `body` into a new upload, computing `algos` on the way. On any body error the upload is dropped,
