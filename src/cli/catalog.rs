@@ -48,8 +48,12 @@ fn check(a: StoreArgs) -> anyhow::Result<ExitCode> {
             path.display()
         );
     }
-    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+    // Read-write without create, then query_only: a read-only handle cannot open a WAL database whose -shm file
+    // a killed writer left missing, and query_only still guarantees this command changes nothing.
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)
         .with_context(|| format!("cannot open {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.pragma_update(None, "query_only", true)?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version == 0 {
         // Created but never initialised (e.g. killed during its first start): nothing to be inconsistent.
