@@ -393,3 +393,60 @@ fn multipart_parts_dedup_and_abandoned_uploads_are_released() {
     ));
     assert!(store.catalog().read(check_catalog).unwrap().is_empty());
 }
+
+#[test]
+fn interrupted_disk_registration_is_recovered_but_foreign_markers_are_refused() {
+    use cairn::store::disk::MARKER_FILE;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    {
+        let store = Store::open(cfg.clone()).unwrap();
+        store.create_bucket("bkt").unwrap();
+        put(&store, "bkt", "k", b"before the new disk");
+    }
+    // A crash between writing a new disk's marker and committing its catalog row leaves a marker of this
+    // store on a directory the catalog does not list.
+    let marker_of_disk0 = std::fs::read(cfg.disks[0].join(MARKER_FILE)).unwrap();
+    let mut marker: serde_json::Value = serde_json::from_slice(&marker_of_disk0).unwrap();
+    marker["disk_id"] = serde_json::json!(4242);
+    let new_disk = dir.path().join("data/disks/interrupted");
+    std::fs::create_dir_all(&new_disk).unwrap();
+    std::fs::write(
+        new_disk.join(MARKER_FILE),
+        serde_json::to_vec(&marker).unwrap(),
+    )
+    .unwrap();
+    cfg.disks.push(new_disk.clone());
+    {
+        let store = Store::open(cfg.clone()).unwrap();
+        assert_eq!(get(&store, "bkt", "k", None).unwrap(), b"before the new disk");
+        let disks = store
+            .catalog()
+            .read(cairn::store::catalog::list_disks)
+            .unwrap();
+        let row = disks
+            .iter()
+            .find(|d| Path::new(&d.path).ends_with("interrupted"))
+            .expect("the interrupted disk is registered");
+        assert_eq!(row.state, "active");
+        let rewritten: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(new_disk.join(MARKER_FILE)).unwrap()).unwrap();
+        assert_eq!(rewritten["disk_id"], serde_json::json!(row.id.0));
+        put(&store, "bkt", "after", b"written with the new disk");
+    }
+    // A marker of another store is never taken over.
+    let foreign = dir.path().join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    marker["store_id"] = serde_json::json!("00".repeat(16));
+    std::fs::write(
+        foreign.join(MARKER_FILE),
+        serde_json::to_vec(&marker).unwrap(),
+    )
+    .unwrap();
+    cfg.disks.push(foreign);
+    match Store::open(cfg) {
+        Err(StoreError::Config(msg)) => assert!(msg.contains("catalog rebuild"), "{msg}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a foreign disk marker was accepted"),
+    }
+}

@@ -186,12 +186,22 @@ impl Store {
             }
             std::fs::create_dir_all(path)?;
             let d = make_disk(path);
-            if d.read_all(Path::new(MARKER_FILE)).is_ok() {
-                return Err(StoreError::Config(format!(
-                    "{} already carries a Cairn disk marker the catalog does not know; if the catalog was lost \
+            if let Ok(bytes) = d.read_all(Path::new(MARKER_FILE)) {
+                // A marker of this very store on a directory the catalog does not list can only come from a
+                // registration transaction that was interrupted (crash between writing the marker and the
+                // commit). No shard is ever placed on an unregistered disk, so registering it again is safe.
+                let ours =
+                    DiskMarker::decode(&bytes).is_some_and(|m| m.store_id == store_id.to_hex());
+                if ours {
+                    tracing::warn!(path = %path.display(),
+                        "disk carries a marker of this store from an interrupted registration: registering it again");
+                } else {
+                    return Err(StoreError::Config(format!(
+                        "{} already carries a Cairn disk marker the catalog does not know; if the catalog was lost \
                      run `cairn catalog rebuild`, otherwise use an empty directory",
-                    path.display()
-                )));
+                        path.display()
+                    )));
+                }
             }
             catalog.write(|tx| {
                 let id = catalog::insert_disk(tx, &key, state.as_str(), now)?;
