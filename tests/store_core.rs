@@ -419,7 +419,10 @@ fn interrupted_disk_registration_is_recovered_but_foreign_markers_are_refused() 
     cfg.disks.push(new_disk.clone());
     {
         let store = Store::open(cfg.clone()).unwrap();
-        assert_eq!(get(&store, "bkt", "k", None).unwrap(), b"before the new disk");
+        assert_eq!(
+            get(&store, "bkt", "k", None).unwrap(),
+            b"before the new disk"
+        );
         let disks = store
             .catalog()
             .read(cairn::store::catalog::list_disks)

@@ -1,5 +1,7 @@
 //! k+m Reed-Solomon erasure coding of sealed containers (storage-format.md §3).
 
+use std::borrow::Cow;
+
 use reed_solomon_erasure::galois_8::ReedSolomon;
 
 use super::error::CoreError;
@@ -79,26 +81,40 @@ impl Erasure {
     }
 
     /// Pads the container with zeros to k*S, splits into k data shards, computes m parity shards.
-    /// Returns k+m Vecs of S bytes.
+    /// Returns k+m Vecs of S bytes. (The store uses [`Erasure::encode_borrowed`], which copies less.)
     pub fn encode(&self, container: &[u8]) -> Vec<Vec<u8>> {
+        let e = self.encode_borrowed(container);
+        (0..self.geometry.width())
+            .map(|i| e.shard(i).to_vec())
+            .collect()
+    }
+
+    /// Same shards as [`Erasure::encode`], but data shards that lie wholly inside `container` are borrowed
+    /// from it instead of copied: only the zero-padded tail shard and the parity are allocated. Copying every
+    /// data shard made the store's encode 15x slower than the RS arithmetic itself (copies and page faults).
+    pub fn encode_borrowed<'a>(&self, container: &'a [u8]) -> EncodedShards<'a> {
         let s = self.geometry.shard_len(container.len());
-        let mut shards: Vec<Vec<u8>> = (0..self.geometry.width())
+        let k = usize::from(self.geometry.k);
+        let data: Vec<Cow<'a, [u8]>> = (0..k)
             .map(|j| {
                 let start = (j * s).min(container.len());
                 let end = ((j + 1) * s).min(container.len());
-                let mut v = Vec::with_capacity(s);
-                if j < usize::from(self.geometry.k) {
+                if end - start == s {
+                    Cow::Borrowed(&container[start..end])
+                } else {
+                    let mut v = Vec::with_capacity(s);
                     v.extend_from_slice(&container[start..end]);
+                    v.resize(s, 0);
+                    Cow::Owned(v)
                 }
-                v.resize(s, 0);
-                v
             })
             .collect();
-        // Cannot fail: k+m shards of equal, non-zero length were built just above.
+        let mut parity: Vec<Vec<u8>> = (0..self.geometry.m).map(|_| vec![0u8; s]).collect();
+        // Cannot fail: k data and m parity shards of equal, non-zero length were built just above.
         self.rs
-            .encode(&mut shards)
+            .encode_sep(&data, &mut parity)
             .expect("k+m equal non-empty shards");
-        shards
+        EncodedShards { data, parity }
     }
 
     /// `shards.len() == k+m`; present entries all have the same length (any length: RS is bytewise, so this
@@ -166,6 +182,27 @@ impl Erasure {
             out.extend_from_slice(&s[..take]);
         }
         out
+    }
+}
+
+/// The k+m shards of one container: data shards mostly borrowed from it, parity owned.
+pub struct EncodedShards<'a> {
+    data: Vec<Cow<'a, [u8]>>,
+    parity: Vec<Vec<u8>>,
+}
+
+impl EncodedShards<'_> {
+    /// Shard `index` (0..k are data, k..k+m parity). Panics on an index outside the geometry.
+    pub fn shard(&self, index: usize) -> &[u8] {
+        match self.data.get(index) {
+            Some(d) => d,
+            None => &self.parity[index - self.data.len()],
+        }
+    }
+
+    /// S: every shard has this length.
+    pub fn shard_len(&self) -> usize {
+        self.data.first().map_or(0, |d| d.len())
     }
 }
 

@@ -56,10 +56,23 @@ pub trait Disk: Send + Sync {
     fn is_present(&self) -> bool;
 }
 
+/// Files at least this large are written with O_DIRECT (see [`FileDisk::write_direct`]).
+const DIRECT_MIN_LEN: usize = 64 * 1024;
+/// O_DIRECT wants buffer address, length and file offset aligned to the logical block size; 4 KiB covers
+/// every disk (512e and 4Kn alike).
+const DIRECT_ALIGN: usize = 4096;
+/// Write buffers kept for reuse per disk, and the largest one kept (bigger ones are freed after use).
+const POOLED_BUFFERS: usize = 3;
+const POOLED_BUFFER_MAX: usize = 40 * 1024 * 1024;
+
 /// A directory on a real filesystem (normally the mount point of one JBOD disk).
 pub struct FileDisk {
     root: PathBuf,
     tmp_counter: AtomicU64,
+    /// Cleared the first time the filesystem refuses O_DIRECT (tmpfs on older kernels, some FUSE mounts):
+    /// from then on this disk writes through the page cache.
+    direct: AtomicBool,
+    buffers: Mutex<Vec<Vec<u8>>>,
 }
 
 impl FileDisk {
@@ -67,11 +80,64 @@ impl FileDisk {
         FileDisk {
             root: root.into(),
             tmp_counter: AtomicU64::new(0),
+            direct: AtomicBool::new(true),
+            buffers: Mutex::new(Vec::new()),
         }
     }
 
     fn fsync_dir(dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+
+    fn write_buffered(tmp: &Path, parts: &[&[u8]]) -> io::Result<()> {
+        let mut f = OpenOptions::new().write(true).create_new(true).open(tmp)?;
+        for p in parts {
+            f.write_all(p)?;
+        }
+        f.sync_all()
+    }
+
+    /// Writes `parts` to a new file with O_DIRECT from an aligned, reused buffer, then trims the block
+    /// padding and fsyncs. Shards are written once and not read back soon, so copying them into the page
+    /// cache only cost CPU: the kernel's copy (copy_folio_from_iter) was a fifth of the server's CPU time in
+    /// unique ingest. The fsync still follows, for the file size and the disk's volatile write cache.
+    fn write_direct(&self, tmp: &Path, parts: &[&[u8]], total: usize) -> io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let padded = total.next_multiple_of(DIRECT_ALIGN);
+        let mut buf = self
+            .buffers
+            .lock()
+            .ok()
+            .and_then(|mut pool| pool.pop())
+            .unwrap_or_default();
+        if buf.len() < padded + DIRECT_ALIGN {
+            buf.resize(padded + DIRECT_ALIGN, 0);
+        }
+        let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        let image = &mut buf[start..start + padded];
+        let mut at = 0;
+        for p in parts {
+            image[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        image[at..].fill(0);
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(tmp)?;
+            f.write_all(image)?;
+            f.set_len(total as u64)?;
+            f.sync_all()
+        })();
+        if buf.len() <= POOLED_BUFFER_MAX
+            && let Ok(mut pool) = self.buffers.lock()
+            && pool.len() < POOLED_BUFFERS
+        {
+            pool.push(buf);
+        }
+        result
     }
 }
 
@@ -95,12 +161,23 @@ impl Disk for FileDisk {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = tmp_dir.join(format!("{}-{n}.tmp", std::process::id()));
         let result = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            for p in parts {
-                f.write_all(p)?;
+            let total: usize = parts.iter().map(|p| p.len()).sum();
+            if total >= DIRECT_MIN_LEN && self.direct.load(Ordering::Relaxed) {
+                match self.write_direct(&tmp, parts, total) {
+                    Ok(()) => {}
+                    // EINVAL: this filesystem (or its block size) does not take O_DIRECT.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        tracing::info!(disk = %self.root.display(),
+                            "filesystem refuses O_DIRECT writes; writing through the page cache");
+                        self.direct.store(false, Ordering::Relaxed);
+                        let _ = fs::remove_file(&tmp);
+                        Self::write_buffered(&tmp, parts)?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else {
+                Self::write_buffered(&tmp, parts)?;
             }
-            f.sync_all()?;
-            drop(f);
             let dest = self.root.join(rel);
             let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
             if !parent.is_dir() {

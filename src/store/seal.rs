@@ -30,10 +30,9 @@ impl Store {
         let created = now_ms();
         let bytes = builder.seal();
         let geometry = self.erasure.geometry();
-        let shards = self.erasure.encode(&bytes);
+        let shards = self.erasure.encode_borrowed(&bytes);
         let container_len = bytes.len() as u64;
-        drop(bytes);
-        let shard_len = shards.first().map(|s| s.len()).unwrap_or(0);
+        let shard_len = shards.shard_len();
         let width = geometry.width();
 
         let mut placed: Vec<Option<DiskId>> = vec![None; width];
@@ -66,7 +65,7 @@ impl Store {
                     .iter()
                     .zip(chosen.iter())
                     .map(|(&idx, &disk_id)| {
-                        let shard = &shards[idx];
+                        let shard = shards.shard(idx);
                         let entry = self.disks.get(disk_id);
                         s.spawn(move || {
                             let Some(entry) = entry else {
@@ -107,6 +106,9 @@ impl Store {
             }
         }
 
+        // The shard images are on disk: free them before the catalog commit waits on its fsync.
+        drop(shards);
+        drop(bytes);
         let row = ContainerRow {
             id,
             k: geometry.k,
