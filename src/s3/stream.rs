@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use s3s::S3Result;
 use s3s::dto::StreamingBlob;
@@ -72,16 +72,18 @@ pub async fn ingest(
     body: Option<StreamingBlob>,
     algos: &[Algo],
 ) -> S3Result<Ingested> {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(DEPTH);
+    let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(DEPTH);
     let store = store.clone();
     let mut hasher = Hasher::new(algos);
     let writer = tokio::task::spawn_blocking(move || {
         let mut upload = store.begin_upload()?;
         let mut size = 0u64;
-        while let Some(piece) = rx.blocking_recv() {
-            hasher.update(&piece);
-            upload.write(&piece)?;
-            size += piece.len() as u64;
+        while let Some(frames) = rx.blocking_recv() {
+            for piece in frames {
+                hasher.update(&piece);
+                upload.write(&piece)?;
+                size += piece.len() as u64;
+            }
         }
         Ok::<_, crate::store::StoreError>((upload, size, hasher.finish()))
     });
@@ -99,24 +101,24 @@ pub async fn ingest(
     })
 }
 
-async fn pump(body: Option<StreamingBlob>, tx: &mpsc::Sender<Bytes>) -> S3Result<()> {
+/// Body frames are passed on as they came (no copy), grouped into batches of about `PIECE` bytes.
+async fn pump(body: Option<StreamingBlob>, tx: &mpsc::Sender<Vec<Bytes>>) -> S3Result<()> {
     let Some(mut body) = body else { return Ok(()) };
-    let mut buf = BytesMut::new();
+    let mut batch = Vec::new();
+    let mut batched = 0usize;
     while let Some(item) = body.next().await {
         let bytes = item.map_err(body_error)?;
-        if buf.is_empty() && bytes.len() >= PIECE {
-            if tx.send(bytes).await.is_err() {
+        batched += bytes.len();
+        batch.push(bytes);
+        if batched >= PIECE {
+            batched = 0;
+            if tx.send(std::mem::take(&mut batch)).await.is_err() {
                 return Ok(()); // writer failed; its error is reported
             }
-            continue;
-        }
-        buf.extend_from_slice(&bytes);
-        if buf.len() >= PIECE && tx.send(buf.split().freeze()).await.is_err() {
-            return Ok(());
         }
     }
-    if !buf.is_empty() {
-        let _ = tx.send(buf.freeze()).await;
+    if !batch.is_empty() {
+        let _ = tx.send(batch).await;
     }
     Ok(())
 }

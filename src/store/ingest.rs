@@ -37,8 +37,10 @@ pub struct Upload {
     chunker: Chunker,
     md5: Md5,
     size: u64,
-    pending: Vec<Vec<u8>>,
-    pending_bytes: usize,
+    /// Chunks waiting for the next batch: their bytes back to back in `pending`, their ends in `pending_ends`.
+    /// One buffer reused for every batch instead of a Vec per chunk (allocations, page faults).
+    pending: Vec<u8>,
+    pending_ends: Vec<usize>,
     open: Option<OpenContainer>,
     /// Chunk ids stored in the open container, so repeats within it dedup.
     open_ids: HashSet<ChunkId>,
@@ -71,7 +73,7 @@ impl Store {
             md5: Md5::new(),
             size: 0,
             pending: Vec::new(),
-            pending_bytes: 0,
+            pending_ends: Vec::new(),
             open: None,
             open_ids: HashSet::new(),
             segment_no: 0,
@@ -92,13 +94,12 @@ impl Upload {
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
         self.md5.update(data);
         self.size += data.len() as u64;
-        let pending = &mut self.pending;
-        let pending_bytes = &mut self.pending_bytes;
+        let (pending, ends) = (&mut self.pending, &mut self.pending_ends);
         self.chunker.push(data, &mut |c| {
-            *pending_bytes += c.len();
-            pending.push(c.to_vec());
+            pending.extend_from_slice(c);
+            ends.push(pending.len());
         });
-        if self.pending_bytes >= BATCH_BYTES {
+        if self.pending.len() >= BATCH_BYTES {
             self.process_batch()?;
         }
         Ok(())
@@ -115,11 +116,29 @@ impl Upload {
     }
 
     fn process_batch(&mut self) -> Result<()> {
-        let chunks = std::mem::take(&mut self.pending);
-        self.pending_bytes = 0;
-        if chunks.is_empty() {
+        let buffer = std::mem::take(&mut self.pending);
+        let ends = std::mem::take(&mut self.pending_ends);
+        let result = self.process_chunks(&buffer, &ends);
+        // Hand the buffers back for the next batch (cleared, capacity kept).
+        self.pending = buffer;
+        self.pending.clear();
+        self.pending_ends = ends;
+        self.pending_ends.clear();
+        result
+    }
+
+    fn process_chunks(&mut self, buffer: &[u8], ends: &[usize]) -> Result<()> {
+        if ends.is_empty() {
             return Ok(());
         }
+        let chunks: Vec<&[u8]> = ends
+            .iter()
+            .scan(0usize, |start, &end| {
+                let c = &buffer[*start..end];
+                *start = end;
+                Some(c)
+            })
+            .collect();
         let ids: Vec<ChunkId> = chunks.par_iter().map(|c| ChunkId::of(c)).collect();
 
         // Classify in stream order: a chunk is new unless the open container, this batch or the index has it.
@@ -139,7 +158,7 @@ impl Upload {
         })?;
 
         let level = self.store.cfg.zstd_level;
-        let compressed: Vec<Option<(Codec, Vec<u8>)>> = chunks
+        let compressed: Vec<Option<Option<Vec<u8>>>> = chunks
             .par_iter()
             .zip(is_new.par_iter())
             .map(|(c, &new)| new.then(|| compress_reusing(c, level)))
@@ -147,9 +166,13 @@ impl Upload {
 
         for ((raw, id), comp) in chunks.iter().zip(ids.iter()).zip(compressed) {
             let raw_len = raw.len() as u32;
-            if let Some((codec, stored)) = comp {
+            if let Some(zstd) = comp {
+                let (codec, stored): (Codec, &[u8]) = match &zstd {
+                    Some(z) => (Codec::Zstd, z),
+                    None => (Codec::Raw, raw),
+                };
                 let open = self.open_container()?;
-                let offset = open.builder.push_chunk(id, codec, raw_len, &stored);
+                let offset = open.builder.push_chunk(id, codec, raw_len, stored);
                 open.new_chunks.push((
                     *id,
                     ChunkLocation {
@@ -249,11 +272,10 @@ impl Upload {
     }
 
     fn drain(&mut self) -> Result<()> {
-        let pending = &mut self.pending;
-        let pending_bytes = &mut self.pending_bytes;
+        let (pending, ends) = (&mut self.pending, &mut self.pending_ends);
         self.chunker.finish(&mut |c| {
-            *pending_bytes += c.len();
-            pending.push(c.to_vec());
+            pending.extend_from_slice(c);
+            ends.push(pending.len());
         });
         self.process_batch()
     }
@@ -352,21 +374,17 @@ thread_local! {
 /// `core::container::compress_chunk` (same policy, same bytes: zstd is deterministic for a given level) with
 /// the thread's zstd context reused: creating a context per chunk, as `zstd::bulk::compress` does, cost ~5%
 /// of unique ingest in perf (ZSTD_createCCtx + its memset).
-fn compress_reusing(raw: &[u8], level: i32) -> (Codec, Vec<u8>) {
+/// Returns the zstd frame, or None where compression does not pay and the chunk is stored raw (the caller
+/// then stores the slice it already has: no copy).
+fn compress_reusing(raw: &[u8], level: i32) -> Option<Vec<u8>> {
     let z = ZSTD.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().is_none_or(|(l, _)| *l != level) {
             *slot = zstd::bulk::Compressor::new(level).ok().map(|c| (level, c));
         }
         slot.as_mut().and_then(|(_, c)| c.compress(raw).ok())
-    });
-    if let Some(z) = z
-        && z.len() < raw.len()
-        && (raw.len() - z.len()) * 32 >= raw.len()
-    {
-        return (Codec::Zstd, z);
-    }
-    (Codec::Raw, raw.to_vec())
+    })?;
+    (z.len() < raw.len() && (raw.len() - z.len()) * 32 >= raw.len()).then_some(z)
 }
 
 pub(crate) fn md5_bytes(h: Md5) -> [u8; 16] {
@@ -379,7 +397,7 @@ pub(crate) fn md5_bytes(h: Md5) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::compress_reusing;
-    use crate::core::container::compress_chunk;
+    use crate::core::container::{Codec, compress_chunk};
 
     #[test]
     fn reused_context_gives_compress_chunk_bytes() {
@@ -391,7 +409,11 @@ mod tests {
             .collect();
         for level in [3, 1, 3] {
             for raw in [&text[..], &noise[..], &text[..10], &text[..]] {
-                assert_eq!(compress_reusing(raw, level), compress_chunk(raw, level));
+                let expected = compress_chunk(raw, level);
+                match compress_reusing(raw, level) {
+                    Some(z) => assert_eq!((Codec::Zstd, z), expected),
+                    None => assert_eq!((Codec::Raw, raw.to_vec()), expected),
+                }
             }
         }
     }
