@@ -15,7 +15,7 @@
 //!   CAIRN_BENCH_BIG_MB=20000    the one big upload of the RSS case
 //!   CAIRN_BENCH_PAR_MB=1000     each of the 16 parallel uploads (CAIRN_BENCH_PAR_N=16)
 //!   CAIRN_BENCH_NIGHTLY_MB=256  one nightly full of each workload
-//!   CAIRN_BENCH_PART_MB=64      multipart part size; CAIRN_BENCH_PARALLEL=4 parts in flight
+//!   CAIRN_BENCH_PART_MB=16      multipart part size; CAIRN_BENCH_PARALLEL=8 parts in flight (aws cli: 8 MiB, 10)
 //!   CAIRN_BENCH_SKIP=restic,rss,nightly   sections to skip
 //!   CAIRN_BENCH_DIR             where the data, the store and the restic repos go (default: $TMPDIR)
 
@@ -73,10 +73,10 @@ impl Opts {
             part: env_mb(
                 "CAIRN_BENCH_PART_MB",
                 bench,
-                64.0 * 1.048_576,
+                16.0 * 1.048_576,
                 5.0 * 1.048_576,
             ) as usize,
-            parallel: n("CAIRN_BENCH_PARALLEL", 4),
+            parallel: n("CAIRN_BENCH_PARALLEL", 8),
             skip: std::env::var("CAIRN_BENCH_SKIP")
                 .unwrap_or_default()
                 .split(',')

@@ -172,12 +172,13 @@ impl Erasure {
     }
 
     /// Concatenates data shards and truncates to `container_len` (inverse of encode's split).
-    pub fn join(&self, data_shards: &[Vec<u8>], container_len: usize) -> Vec<u8> {
+    pub fn join<S: AsRef<[u8]>>(&self, data_shards: &[S], container_len: usize) -> Vec<u8> {
         let mut out = Vec::with_capacity(container_len);
         for s in data_shards.iter().take(self.geometry.k.into()) {
             if out.len() >= container_len {
                 break;
             }
+            let s = s.as_ref();
             let take = (container_len - out.len()).min(s.len());
             out.extend_from_slice(&s[..take]);
         }

@@ -161,6 +161,10 @@ impl DiskEntry {
         if let Ok(mut g) = self.state.write() {
             *g = s;
         }
+        if matches!(s, DiskState::Failed | DiskState::Retired) {
+            // Nothing reads it any more; open files would only keep a pulled disk busy (umount: EBUSY).
+            self.disk.release_handles();
+        }
     }
 }
 

@@ -215,7 +215,8 @@ impl Store {
                     }
                 })
                 .collect();
-            if erasure.reconstruct(&mut trial).is_err() {
+            // Only the data shards are needed for the bytes; parity outside the subset stays unchecked.
+            if erasure.reconstruct_data(&mut trial).is_err() {
                 continue;
             }
             let mut bytes = Vec::with_capacity((range.end - range.start) as usize);
@@ -233,7 +234,8 @@ impl Store {
                 let bad: Vec<usize> = (0..width)
                     .filter(|i| match (&pieces[*i], &trial[*i]) {
                         (Some(read), Some(good)) => read != good,
-                        _ => true,
+                        (Some(_), None) => false, // a parity shard this read did not need
+                        (None, _) => true,
                     })
                     .collect();
                 for i in &bad {

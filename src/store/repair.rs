@@ -243,9 +243,12 @@ impl Store {
                         && h.m == row.m
                         && h.shard_len == row.shard_len =>
                 {
-                    *slot = Some(
-                        bytes[SHARD_HEADER_LEN..SHARD_HEADER_LEN + row.shard_len as usize].to_vec(),
-                    );
+                    // The payload moved to the front of the buffer it was read into: no second allocation.
+                    let mut payload = bytes;
+                    let len = row.shard_len as usize;
+                    payload.copy_within(SHARD_HEADER_LEN..SHARD_HEADER_LEN + len, 0);
+                    payload.truncate(len);
+                    *slot = Some(payload);
                     good += 1;
                 }
                 Ok(_) => {
@@ -271,11 +274,11 @@ impl Store {
         erasure
             .reconstruct(shards)
             .map_err(|_| self.data_lost(row.id, have, row.k as usize))?;
-        let data: Vec<Vec<u8>> = shards
+        let data: Vec<&[u8]> = shards
             .iter()
             .take(row.k as usize)
             .flatten()
-            .cloned()
+            .map(Vec::as_slice)
             .collect();
         let bytes = erasure.join(&data, row.len as usize);
         let (_, entries) = parse_container(&bytes).map_err(|e| StoreError::Corrupt {

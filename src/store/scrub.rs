@@ -50,6 +50,7 @@ impl Store {
                 break;
             }
             let done = AtomicU64::new(bytes_done);
+            let verified = std::sync::Mutex::new(Vec::with_capacity(batch.len()));
             for_each_parallel(&batch, REPAIR_THREADS, job, |id| {
                 let Ok(Some(row)) = self
                     .catalog
@@ -57,7 +58,11 @@ impl Store {
                 else {
                     return;
                 };
-                self.scrub_container(&row, job, repair);
+                if self.scrub_container(&row, job, repair)
+                    && let Ok(mut v) = verified.lock()
+                {
+                    v.push(row.id);
+                }
                 let d = done.fetch_add(row.len, Ordering::Relaxed) + row.len;
                 job.update(|p| {
                     p.containers_done += 1;
@@ -66,6 +71,18 @@ impl Store {
                 job.pace(d);
             });
             bytes_done = done.load(Ordering::Relaxed);
+            // One transaction (one fsync) per batch for the last-verified times, not one per container.
+            let verified = verified.into_inner().unwrap_or_default();
+            let now = now_ms() as i64;
+            self.catalog.write(|tx| {
+                let mut st = tx.prepare_cached(
+                    "UPDATE containers SET last_verified_unix_ms = ?2 WHERE id = ?1",
+                )?;
+                for id in &verified {
+                    st.execute(params![id.0 as i64, now])?;
+                }
+                Ok(())
+            })?;
             if job.cancelled() {
                 // Containers of an unfinished batch are scrubbed again next time: resume from its start.
                 self.catalog
@@ -83,7 +100,8 @@ impl Store {
         Ok(())
     }
 
-    fn scrub_container(&self, row: &ContainerRow, job: &Job, repair: bool) {
+    /// Verifies (and with `repair`, repairs) one container; true when it is now wholly good.
+    fn scrub_container(&self, row: &ContainerRow, job: &Job, repair: bool) -> bool {
         let (mut shards, problems) = self.read_all_shards(row);
         if !problems.is_empty() {
             job.update(|p| p.bad_shards += problems.len() as u64);
@@ -95,7 +113,7 @@ impl Store {
             let what = self.describe_loss(&e, row.id);
             tracing::error!("scrub: {what}");
             job.update(|p| p.unrepairable.push(what));
-            return;
+            return false;
         }
         let mut all_good = problems.is_empty();
         if repair && !problems.is_empty() {
@@ -134,14 +152,6 @@ impl Store {
             job.update(|p| p.shards_repaired += repaired as u64);
             all_good = repaired == problems.len();
         }
-        if all_good {
-            let _ = self.catalog.write(|tx| {
-                tx.execute(
-                    "UPDATE containers SET last_verified_unix_ms = ?2 WHERE id = ?1",
-                    params![row.id.0 as i64, now_ms() as i64],
-                )?;
-                Ok(())
-            });
-        }
+        all_good
     }
 }
