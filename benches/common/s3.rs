@@ -114,7 +114,7 @@ impl Client {
                         let Ok((i, buf)) = next else { return };
                         let url = self
                             .bucket
-                            .upload_part(Some(&self.creds), key, (i + 1) as u16, &upload_id)
+                            .upload_part(Some(&self.creds), key, (i + 1) as u16, upload_id)
                             .sign(SIGN_FOR);
                         let r = self.agent.put(url.as_str()).send(&buf[..]);
                         let _ = free_tx.send(buf);

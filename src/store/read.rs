@@ -193,58 +193,74 @@ impl Store {
         } else {
             (0, s)
         };
-        let mut pieces: Vec<Option<Vec<u8>>> = (0..width)
-            .map(|i| {
-                let mut b = vec![0u8; (hi - lo) as usize];
-                self.read_shard_range(row, i, lo, &mut b).ok().map(|_| b)
-            })
-            .collect();
-        let present: Vec<usize> = (0..width).filter(|i| pieces[*i].is_some()).collect();
-        if present.len() < k {
-            return Err(self.data_lost(row.id, present.len(), k));
-        }
+        // Pass 0 reads just the first k shards that answer (the usual case: the missing ones are on failed
+        // disks); pass 1 reads the rest only when those did not verify (bit rot in one of them).
+        let mut pieces: Vec<Option<Vec<u8>>> = vec![None; width];
+        let mut tried = vec![false; width];
         let erasure =
             crate::core::erasure::Erasure::new(crate::core::erasure::Geometry::new(row.k, row.m)?)?;
-        for subset in combinations(&present, k) {
-            let mut trial: Vec<Option<Vec<u8>>> = (0..width)
-                .map(|i| {
-                    if subset.contains(&i) {
-                        pieces[i].clone()
-                    } else {
-                        None
-                    }
-                })
-                .collect();
-            // Only the data shards are needed for the bytes; parity outside the subset stays unchecked.
-            if erasure.reconstruct_data(&mut trial).is_err() {
-                continue;
+        for pass in 0..2 {
+            let mut have = pieces.iter().filter(|p| p.is_some()).count();
+            for i in 0..width {
+                if pass == 0 && have >= k {
+                    break;
+                }
+                if tried[i] {
+                    continue;
+                }
+                tried[i] = true;
+                let mut b = vec![0u8; (hi - lo) as usize];
+                if self.read_shard_range(row, i, lo, &mut b).is_ok() {
+                    pieces[i] = Some(b);
+                    have += 1;
+                }
             }
-            let mut bytes = Vec::with_capacity((range.end - range.start) as usize);
-            let mut pos = range.start;
-            while pos < range.end {
-                let idx = (pos / s) as usize;
-                let within = pos % s;
-                let n = (s - within).min(range.end - pos);
-                let Some(shard) = &trial[idx] else { break };
-                let a = (within - lo) as usize;
-                bytes.extend_from_slice(&shard[a..a + n as usize]);
-                pos += n;
+            let present: Vec<usize> = (0..width).filter(|i| pieces[*i].is_some()).collect();
+            if present.len() < k {
+                break;
             }
-            if let Some(v) = accept(&bytes) {
-                let bad: Vec<usize> = (0..width)
-                    .filter(|i| match (&pieces[*i], &trial[*i]) {
-                        (Some(read), Some(good)) => read != good,
-                        (Some(_), None) => false, // a parity shard this read did not need
-                        (None, _) => true,
+            for subset in combinations(&present, k) {
+                let mut trial: Vec<Option<Vec<u8>>> = (0..width)
+                    .map(|i| {
+                        if subset.contains(&i) {
+                            pieces[i].clone()
+                        } else {
+                            None
+                        }
                     })
                     .collect();
-                for i in &bad {
-                    pieces[*i] = None;
+                // Only the data shards are needed for the bytes; parity outside the subset stays unchecked.
+                if erasure.reconstruct_data(&mut trial).is_err() {
+                    continue;
                 }
-                return Ok((v, bad));
+                let mut bytes = Vec::with_capacity((range.end - range.start) as usize);
+                let mut pos = range.start;
+                while pos < range.end {
+                    let idx = (pos / s) as usize;
+                    let within = pos % s;
+                    let n = (s - within).min(range.end - pos);
+                    let Some(shard) = &trial[idx] else { break };
+                    let a = (within - lo) as usize;
+                    bytes.extend_from_slice(&shard[a..a + n as usize]);
+                    pos += n;
+                }
+                if let Some(v) = accept(&bytes) {
+                    let bad: Vec<usize> = (0..width)
+                        .filter(|i| match (&pieces[*i], &trial[*i]) {
+                            (Some(read), Some(good)) => read != good,
+                            (Some(_), None) => false, // a parity shard this read did not need
+                            (None, _) => tried[*i],   // unreadable (not merely unread)
+                        })
+                        .collect();
+                    return Ok((v, bad));
+                }
+            }
+            if tried.iter().all(|t| *t) {
+                break;
             }
         }
-        Err(self.data_lost(row.id, present.len().saturating_sub(1), k))
+        let readable = pieces.iter().filter(|p| p.is_some()).count();
+        Err(self.data_lost(row.id, readable.min(k.saturating_sub(1)), k))
     }
 
     pub(crate) fn data_lost(&self, container: ContainerId, have: usize, need: usize) -> StoreError {

@@ -8,7 +8,12 @@ use super::catalog::{self, ContainerRow};
 use super::disk::shard_path;
 use super::error::Result;
 use super::jobs::Job;
-use super::repair::{REPAIR_THREADS, for_each_parallel};
+use super::repair::for_each_parallel;
+
+/// Containers scrubbed at once. Scrub is CPU-bound (every chunk is decompressed and hashed), and each
+/// container's shards are read one after another: six in flight keep both the disks and the cores busy,
+/// for about 6 x 20 MiB of buffers.
+const SCRUB_THREADS: usize = 6;
 use super::{Store, now_ms};
 use crate::core::ids::ContainerId;
 
@@ -51,7 +56,7 @@ impl Store {
             }
             let done = AtomicU64::new(bytes_done);
             let verified = std::sync::Mutex::new(Vec::with_capacity(batch.len()));
-            for_each_parallel(&batch, REPAIR_THREADS, job, |id| {
+            for_each_parallel(&batch, SCRUB_THREADS, job, |id| {
                 let Ok(Some(row)) = self
                     .catalog
                     .read(|c| catalog::get_container(c, ContainerId(*id)))
