@@ -23,6 +23,23 @@ use crate::core::shard::SHARD_HEADER_LEN;
 /// the shard reads of the window overlap. Bounds a reader's memory to this many chunks (max 96 KiB each).
 const READ_AHEAD: usize = 32;
 
+/// The threads that run read-ahead windows. Chunk reads block on the disk (a cold restore, and a degraded
+/// read waits on k shards per chunk), so the pool is larger than the core count: with one thread per core the
+/// cores sat a third idle in both, waiting for two reads at a time.
+/// None if the threads could not be created: reads then use the global pool.
+fn read_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads((cores * 4).clamp(8, 64))
+            .thread_name(|i| format!("cairn-read-{i}"))
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
+
 /// Chunks `first..` of segment `seg_no`, read ahead (each verified, or its error kept for when it is reached).
 struct Ahead {
     seg_no: u32,
@@ -394,10 +411,16 @@ impl ObjectReader {
                 let chunks = if ids.len() == 1 {
                     VecDeque::from([store.read_chunk(&id)])
                 } else {
-                    ids.par_iter()
-                        .map(|c| store.read_chunk(c))
-                        .collect::<Vec<_>>()
-                        .into()
+                    let window = || {
+                        ids.par_iter()
+                            .map(|c| store.read_chunk(c))
+                            .collect::<Vec<_>>()
+                            .into()
+                    };
+                    match read_pool() {
+                        Some(pool) => pool.install(window),
+                        None => window(),
+                    }
                 };
                 self.ahead = Some(Ahead {
                     seg_no: seg.segment_no,
