@@ -83,8 +83,9 @@ pub struct FileDisk {
     handles: Mutex<HashMap<PathBuf, Arc<File>>>,
 }
 
-/// Read handles kept open per disk (the map is emptied when it reaches this size).
-const OPEN_HANDLES: usize = 256;
+/// Read handles kept open per disk (the map is emptied when it reaches this size). Small, so that even a
+/// 24-disk box stays far below the default limit of 1024 open files: a read window touches a few containers.
+const OPEN_HANDLES: usize = 32;
 
 impl FileDisk {
     pub fn new(root: impl Into<PathBuf>) -> FileDisk {

@@ -30,8 +30,8 @@ pub const WAL_AUTOCHECKPOINT_PAGES: i64 = 16384;
 /// concurrent reads (the read pool, ingest threads), so theirs is small: with 64 MiB each, the server's RSS
 /// grew with the catalog (362 MiB after a 20 GB upload vs 260 after 2 GB) and could reach GiBs on a
 /// many-core host. Pages not cached here are a pread from the OS page cache away.
-const WRITER_CACHE_KIB: i64 = 32 * 1024;
-const READER_CACHE_KIB: i64 = 4 * 1024;
+const WRITER_CACHE_KIB: i64 = 16 * 1024;
+const READER_CACHE_KIB: i64 = 2 * 1024;
 
 fn configure(conn: &Connection, cache_kib: i64) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
