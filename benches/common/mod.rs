@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cairn::core::chunker::{ChunkerParams, chunk_ranges};
-use cairn::core::container::DEFAULT_ZSTD_LEVEL;
+use cairn::core::container::{DEFAULT_ZSTD_LEVEL, compress_chunk_reusing};
 use cairn::core::erasure::{Erasure, Geometry};
 use cairn::workload::TarTree;
 use md5::Digest;
@@ -45,19 +45,14 @@ pub fn blake3_chunks(data: &[u8], ranges: &[Range<usize>]) -> u8 {
         .fold(0u8, |a, r| a ^ blake3::hash(&data[r.clone()]).as_bytes()[0])
 }
 
-/// Compressed bytes of all chunks (the store's codec choice included).
-/// Compressed size of every chunk, with one reused context (as the store does: a fresh context per chunk
-/// would understate the machine's limit).
+/// Stored bytes of all chunks (the store's codec choice included), with the store's reused context: a fresh
+/// context per chunk would understate the machine's limit.
 pub fn zstd_chunks(data: &[u8], ranges: &[Range<usize>]) -> usize {
-    let mut c = zstd::bulk::Compressor::new(DEFAULT_ZSTD_LEVEL).expect("zstd context");
     ranges
         .iter()
         .map(|r| {
-            let raw = &data[r.clone()];
-            match c.compress(raw) {
-                Ok(z) if z.len() < raw.len() && (raw.len() - z.len()) * 32 >= raw.len() => z.len(),
-                _ => raw.len(),
-            }
+            compress_chunk_reusing(&data[r.clone()], DEFAULT_ZSTD_LEVEL)
+                .map_or(r.len(), |z| z.len())
         })
         .sum()
 }

@@ -15,7 +15,7 @@ use super::dedup::ChunkLocation;
 use super::error::Result;
 use super::{Store, now_ms};
 use crate::core::chunker::Chunker;
-use crate::core::container::{Codec, ContainerBuilder, EntryType};
+use crate::core::container::{Codec, ContainerBuilder, EntryType, compress_chunk_reusing};
 use crate::core::ids::{ChunkId, UploadId};
 use crate::core::records::{ObjectCommitRecord, SegmentRecord, SourceRef, encode_segment_entries};
 
@@ -161,7 +161,7 @@ impl Upload {
         let compressed: Vec<Option<Option<Vec<u8>>>> = chunks
             .par_iter()
             .zip(is_new.par_iter())
-            .map(|(c, &new)| new.then(|| compress_reusing(c, level)))
+            .map(|(c, &new)| new.then(|| compress_chunk_reusing(c, level)))
             .collect();
 
         for ((raw, id), comp) in chunks.iter().zip(ids.iter()).zip(compressed) {
@@ -366,55 +366,9 @@ impl Drop for Upload {
     }
 }
 
-thread_local! {
-    /// One zstd context per worker thread, reused across chunks.
-    static ZSTD: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { std::cell::RefCell::new(None) };
-}
-
-/// `core::container::compress_chunk` (same policy, same bytes: zstd is deterministic for a given level) with
-/// the thread's zstd context reused: creating a context per chunk, as `zstd::bulk::compress` does, cost ~5%
-/// of unique ingest in perf (ZSTD_createCCtx + its memset).
-/// Returns the zstd frame, or None where compression does not pay and the chunk is stored raw (the caller
-/// then stores the slice it already has: no copy).
-fn compress_reusing(raw: &[u8], level: i32) -> Option<Vec<u8>> {
-    let z = ZSTD.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-            *slot = zstd::bulk::Compressor::new(level).ok().map(|c| (level, c));
-        }
-        slot.as_mut().and_then(|(_, c)| c.compress(raw).ok())
-    })?;
-    (z.len() < raw.len() && (raw.len() - z.len()) * 32 >= raw.len()).then_some(z)
-}
-
 pub(crate) fn md5_bytes(h: Md5) -> [u8; 16] {
     let out = h.finalize();
     let mut a = [0u8; 16];
     a.copy_from_slice(&out);
     a
-}
-
-#[cfg(test)]
-mod tests {
-    use super::compress_reusing;
-    use crate::core::container::{Codec, compress_chunk};
-
-    #[test]
-    fn reused_context_gives_compress_chunk_bytes() {
-        let text: Vec<u8> = (0..100_000u32)
-            .map(|i| b"cairn backup "[(i % 13) as usize])
-            .collect();
-        let noise: Vec<u8> = (0..50_000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
-            .collect();
-        for level in [3, 1, 3] {
-            for raw in [&text[..], &noise[..], &text[..10], &text[..]] {
-                let expected = compress_chunk(raw, level);
-                match compress_reusing(raw, level) {
-                    Some(z) => assert_eq!((Codec::Zstd, z), expected),
-                    None => assert_eq!((Codec::Raw, raw.to_vec()), expected),
-                }
-            }
-        }
-    }
 }
