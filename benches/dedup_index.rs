@@ -16,7 +16,7 @@
 
 use std::time::Instant;
 
-use cairn::core::container::Codec;
+use cairn::core::container::{Codec, GroupSlot};
 use cairn::core::ids::{ChunkId, ContainerId};
 use cairn::store::dedup::{ChunkLocation, DedupIndex};
 use rusqlite::{Connection, params};
@@ -50,6 +50,11 @@ fn location(i: u64) -> ChunkLocation {
         stored_len: 40_000,
         raw_len: 65_536,
         codec: Codec::Zstd,
+        // Most chunks live in groups (storage-format.md §4.5): rows carry the two group columns.
+        group: Some(GroupSlot {
+            offset: (i % 40) as u32 * 26_000,
+            group_raw: 1_040_000,
+        }),
     }
 }
 

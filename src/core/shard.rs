@@ -298,7 +298,8 @@ mod golden_v1 {
         let raw: Vec<u8> = (0u16..300).map(|i| (i * 31 % 251) as u8).collect();
         let zstd = hex::decode(TEXT_ZSTD_HEX).unwrap();
         let upload = UploadId([0x11; 16]);
-        let mut b = ContainerBuilder::new(ContainerId(0x0123_4567_89ab), 1_700_000_000_000, 0);
+        let mut b =
+            ContainerBuilder::with_version(ContainerId(0x0123_4567_89ab), 1_700_000_000_000, 0, 1);
         b.push_chunk(&ChunkId::of(&raw), Codec::Raw, raw.len() as u32, &raw);
         b.push_chunk(&ChunkId::of(TEXT), Codec::Zstd, TEXT.len() as u32, &zstd);
         let seg = SegmentRecord {

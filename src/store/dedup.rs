@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use rusqlite::{Connection, Row};
 
-use crate::core::container::Codec;
+use crate::core::container::{Codec, GroupSlot};
 use crate::core::ids::{ChunkId, ContainerId};
 
 /// Where a chunk's payload is (storage-format.md §4, §7 `chunks`).
@@ -39,6 +39,8 @@ pub struct ChunkLocation {
     pub stored_len: u32,
     pub raw_len: u32,
     pub codec: Codec,
+    /// Set when the chunk is a member of a group (§4.5): `offset`/`stored_len` locate the group's frame.
+    pub group: Option<GroupSlot>,
 }
 
 /// Counters since creation (all lookups, whichever way they were answered).
@@ -221,6 +223,11 @@ pub struct DedupIndex {
     container_loads: AtomicU64,
 }
 
+/// The catalog's (group_offset, group_raw) pair: group_raw 0 means "not in a group" (§7).
+pub(crate) fn group_slot(offset: u32, group_raw: u32) -> Option<GroupSlot> {
+    (group_raw > 0).then_some(GroupSlot { offset, group_raw })
+}
+
 fn location(r: &Row<'_>, container: ContainerId, first: usize) -> rusqlite::Result<ChunkLocation> {
     let codec: u8 = r.get(first + 3)?;
     let codec = Codec::from_u8(codec).ok_or_else(|| {
@@ -236,6 +243,7 @@ fn location(r: &Row<'_>, container: ContainerId, first: usize) -> rusqlite::Resu
         stored_len: r.get(first + 1)?,
         raw_len: r.get(first + 2)?,
         codec,
+        group: group_slot(r.get(first + 4)?, r.get(first + 5)?),
     })
 }
 
@@ -327,7 +335,7 @@ impl DedupIndex {
         }
         self.db_lookups.fetch_add(1, Relaxed);
         let mut st = conn.prepare_cached(
-            "SELECT container_id, offset, stored_len, raw_len, codec FROM chunks WHERE id = ?1",
+            "SELECT container_id, offset, stored_len, raw_len, codec, group_offset, group_raw FROM chunks WHERE id = ?1",
         )?;
         let mut rows = st.query([&id.0[..]])?;
         let Some(r) = rows.next()? else {
@@ -349,7 +357,7 @@ impl DedupIndex {
         c: ContainerId,
     ) -> Result<Vec<(ChunkId, ChunkLocation)>, rusqlite::Error> {
         let mut st = conn.prepare_cached(
-            "SELECT id, offset, stored_len, raw_len, codec FROM chunks WHERE container_id = ?1",
+            "SELECT id, offset, stored_len, raw_len, codec, group_offset, group_raw FROM chunks WHERE container_id = ?1",
         )?;
         st.query_map([c.0 as i64], |r| Ok((chunk_id(r, 0)?, location(r, c, 1)?)))?
             .collect()
@@ -396,7 +404,8 @@ mod tests {
 
     const SCHEMA: &str = "CREATE TABLE chunks(id BLOB PRIMARY KEY, container_id INTEGER NOT NULL, \
         offset INTEGER NOT NULL, stored_len INTEGER NOT NULL, raw_len INTEGER NOT NULL, codec INTEGER NOT NULL, \
-        refs INTEGER NOT NULL) WITHOUT ROWID; CREATE INDEX chunks_by_container ON chunks(container_id);";
+        refs INTEGER NOT NULL, group_offset INTEGER NOT NULL DEFAULT 0, group_raw INTEGER NOT NULL DEFAULT 0) \
+        WITHOUT ROWID; CREATE INDEX chunks_by_container ON chunks(container_id);";
 
     fn id(i: u64) -> ChunkId {
         ChunkId::of(&i.to_le_bytes())
@@ -413,6 +422,10 @@ mod tests {
             } else {
                 Codec::Raw
             },
+            group: i.is_multiple_of(3).then_some(GroupSlot {
+                offset: 1000 * i as u32,
+                group_raw: 10_000,
+            }),
         }
     }
 
@@ -421,7 +434,7 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(SCHEMA).unwrap();
         let mut st = conn
-            .prepare("INSERT INTO chunks VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)")
+            .prepare("INSERT INTO chunks VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8)")
             .unwrap();
         for c in 1..=containers {
             for i in 0..10 {
@@ -432,7 +445,9 @@ mod tests {
                     l.offset as i64,
                     l.stored_len,
                     l.raw_len,
-                    l.codec as u8
+                    l.codec as u8,
+                    l.group.map_or(0, |g| g.offset),
+                    l.group.map_or(0, |g| g.group_raw)
                 ])
                 .unwrap();
             }
@@ -549,12 +564,12 @@ mod tests {
             conn.pragma_update(None, "journal_mode", "WAL").unwrap();
             conn.execute_batch(SCHEMA).unwrap();
             conn.execute(
-                "INSERT INTO chunks VALUES (?1, 7, 32, 10, 20, 9, 1)",
+                "INSERT INTO chunks VALUES (?1, 7, 32, 10, 20, 9, 1, 0, 0)",
                 [&id(1).0[..]],
             )
             .unwrap();
             conn.execute(
-                "INSERT INTO chunks VALUES (?1, 7, 80, 10, 20, 0, 1)",
+                "INSERT INTO chunks VALUES (?1, 7, 80, 10, 20, 0, 1, 0, 0)",
                 [&id(2).0[..]],
             )
             .unwrap();

@@ -15,7 +15,10 @@ use super::dedup::ChunkLocation;
 use super::error::Result;
 use super::{Store, now_ms};
 use crate::core::chunker::Chunker;
-use crate::core::container::{Codec, ContainerBuilder, EntryType, compress_chunk_reusing};
+use crate::core::container::{
+    Codec, ContainerBuilder, EntryType, GroupSlot, compress_chunk_reusing, compress_group,
+    plan_group_spans,
+};
 use crate::core::ids::{ChunkId, UploadId};
 use crate::core::records::{ObjectCommitRecord, SegmentRecord, SourceRef, encode_segment_entries};
 
@@ -24,6 +27,16 @@ const BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// A segment (and so the container carrying it) is sealed at this many entries even if the container holds
 /// few new chunks: keeps memory flat when a long stream is all duplicates.
 const MAX_SEGMENT_ENTRIES: usize = 64 * 1024;
+
+/// What one span of a batch stores (see `plan_group_spans`).
+enum SpanPayload {
+    /// Only duplicates.
+    Nothing,
+    /// One new chunk: its zstd frame, or None to store it raw.
+    Alone(Option<Vec<u8>>),
+    /// Several new chunks: the group's frame, or None to store them raw.
+    Group(Option<Vec<u8>>),
+}
 
 struct OpenContainer {
     builder: ContainerBuilder,
@@ -157,36 +170,80 @@ impl Upload {
             Ok(())
         })?;
 
+        // New chunks are compressed in groups (§4.5): the stream is cut into spans, each holding at most one
+        // group's worth of new chunks; spans compress in parallel and are then stored in stream order.
         let level = self.store.cfg.zstd_level;
-        let compressed: Vec<Option<Option<Vec<u8>>>> = chunks
+        let lens: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+        let spans = plan_group_spans(&lens, &is_new);
+        let stored: Vec<SpanPayload> = spans
             .par_iter()
-            .zip(is_new.par_iter())
-            .map(|(c, &new)| new.then(|| compress_chunk_reusing(c, level)))
+            .map(|span| {
+                let members: Vec<&[u8]> = span
+                    .clone()
+                    .filter(|&i| is_new[i])
+                    .map(|i| chunks[i])
+                    .collect();
+                match members.as_slice() {
+                    [] => SpanPayload::Nothing,
+                    [one] => SpanPayload::Alone(compress_chunk_reusing(one, level)),
+                    _ => SpanPayload::Group(compress_group(&members, level)),
+                }
+            })
             .collect();
 
-        for ((raw, id), comp) in chunks.iter().zip(ids.iter()).zip(compressed) {
-            let raw_len = raw.len() as u32;
-            if let Some(zstd) = comp {
-                let (codec, stored): (Codec, &[u8]) = match &zstd {
-                    Some(z) => (Codec::Zstd, z),
-                    None => (Codec::Raw, raw),
-                };
-                let open = self.open_container()?;
-                let offset = open.builder.push_chunk(id, codec, raw_len, stored);
-                open.new_chunks.push((
-                    *id,
-                    ChunkLocation {
-                        container: open.builder.id(),
-                        offset,
-                        stored_len: stored.len() as u32,
-                        raw_len,
-                        codec,
-                    },
-                ));
-                self.open_ids.insert(*id);
+        for (span, payload) in spans.into_iter().zip(stored) {
+            let new_in_span = span.clone().filter(|&i| is_new[i]);
+            match payload {
+                SpanPayload::Nothing => {}
+                SpanPayload::Alone(zstd) => {
+                    for i in new_in_span {
+                        let (codec, bytes): (Codec, &[u8]) = match &zstd {
+                            Some(z) => (Codec::Zstd, z),
+                            None => (Codec::Raw, chunks[i]),
+                        };
+                        self.push_alone(&ids[i], codec, chunks[i].len() as u32, bytes)?;
+                    }
+                }
+                // The group did not pay: its chunks are stored raw, one entry each.
+                SpanPayload::Group(None) => {
+                    for i in new_in_span {
+                        self.push_alone(&ids[i], Codec::Raw, chunks[i].len() as u32, chunks[i])?;
+                    }
+                }
+                SpanPayload::Group(Some(frame)) => {
+                    let members: Vec<(ChunkId, u32)> = new_in_span
+                        .map(|i| (ids[i], chunks[i].len() as u32))
+                        .collect();
+                    let open = self.open_container()?;
+                    let container = open.builder.id();
+                    let offset = open.builder.push_group(&members, &frame);
+                    let group_raw: u32 = members.iter().map(|(_, l)| l).sum();
+                    let mut at = 0u32;
+                    for (id, raw_len) in &members {
+                        open.new_chunks.push((
+                            *id,
+                            ChunkLocation {
+                                container,
+                                offset,
+                                stored_len: frame.len() as u32,
+                                raw_len: *raw_len,
+                                codec: Codec::Zstd,
+                                group: Some(GroupSlot {
+                                    offset: at,
+                                    group_raw,
+                                }),
+                            },
+                        ));
+                        at += raw_len;
+                    }
+                    self.open_ids.extend(members.iter().map(|(id, _)| *id));
+                }
             }
-            self.segment.push((*id, raw_len));
-            self.logical += raw_len as u64;
+            for i in span {
+                let raw_len = chunks[i].len() as u32;
+                self.segment.push((ids[i], raw_len));
+                self.logical += u64::from(raw_len);
+            }
             let full = self
                 .open
                 .as_ref()
@@ -195,6 +252,25 @@ impl Upload {
                 self.seal_current(None)?;
             }
         }
+        Ok(())
+    }
+
+    /// Stores one chunk in its own entry (§4.1) in the open container.
+    fn push_alone(&mut self, id: &ChunkId, codec: Codec, raw_len: u32, bytes: &[u8]) -> Result<()> {
+        let open = self.open_container()?;
+        let offset = open.builder.push_chunk(id, codec, raw_len, bytes);
+        open.new_chunks.push((
+            *id,
+            ChunkLocation {
+                container: open.builder.id(),
+                offset,
+                stored_len: bytes.len() as u32,
+                raw_len,
+                codec,
+                group: None,
+            },
+        ));
+        self.open_ids.insert(*id);
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 //! reconstructed from parity (degraded read) and the event recorded; with fewer than k good shards the reader
 //! fails with `DataLost`, naming the container and the objects it affects (storage-format.md §3 recovery rules).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -11,17 +11,20 @@ use rayon::prelude::*;
 
 use super::api::ObjectInfo;
 use super::catalog::{self, ContainerRow, SegmentRow};
+use super::dedup::ChunkLocation;
 use super::disk::shard_path;
 use super::diskset::DiskState;
 use super::error::{Result, StoreError};
 use super::{Store, now_ms};
-use crate::core::container::decode_chunk;
+use crate::core::container::{decode_chunk, decode_group, group_member};
 use crate::core::ids::{ChunkId, ContainerId, UploadId};
 use crate::core::shard::SHARD_HEADER_LEN;
 
-/// Chunks read ahead in parallel by a reader: decompression and BLAKE3 checks of a restore use every core, and
-/// the shard reads of the window overlap. Bounds a reader's memory to this many chunks (max 96 KiB each).
-const READ_AHEAD: usize = 32;
+/// Bytes read ahead in parallel by a reader: decompression and BLAKE3 checks of a restore use every core, and
+/// the shard reads of the window overlap. A window spans several chunk groups (§4.5, up to 1 MiB each) so
+/// their decompression runs in parallel; it bounds a reader's memory (plus one chunk past it).
+const READ_AHEAD_BYTES: u64 = 4 * 1024 * 1024;
+const READ_AHEAD_MAX_CHUNKS: usize = 512;
 
 /// The threads that run read-ahead windows. Chunk reads block on the disk (a cold restore, and a degraded
 /// read waits on k shards per chunk), so the pool is larger than the core count: with one thread per core the
@@ -39,6 +42,14 @@ fn read_pool() -> Option<&'static rayon::ThreadPool> {
     })
     .as_ref()
 }
+
+/// One stored frame to read for a window: its container, where it is, and the (window position, chunk) pairs
+/// it serves.
+type ReadUnit = (
+    ContainerRow,
+    ChunkLocation,
+    Vec<(usize, ChunkId, ChunkLocation)>,
+);
 
 /// Chunks `first..` of segment `seg_no`, read ahead (each verified, or its error kept for when it is reached).
 struct Ahead {
@@ -101,9 +112,9 @@ impl Store {
         Ok((row.info, reader))
     }
 
-    /// Reads and verifies one chunk, reconstructing from parity when needed.
-    pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let (loc, row) = self.catalog.read(|c| {
+    /// Where a chunk is, and its container.
+    fn locate(&self, id: &ChunkId) -> Result<(ChunkLocation, ContainerRow)> {
+        self.catalog.read(|c| {
             let loc = catalog::get_chunk(c, id)?.ok_or_else(|| StoreError::Corrupt {
                 container: ContainerId(0),
                 detail: format!("chunk {id} is not in the index"),
@@ -114,18 +125,118 @@ impl Store {
                     detail: "container is not in the catalog".into(),
                 })?;
             Ok((loc, row))
-        })?;
-        let range = loc.offset..loc.offset + loc.stored_len as u64;
-        if let Ok(stored) = self.read_container_range(&row, range.clone())
-            && let Ok(raw) = decode_chunk(loc.codec, loc.raw_len, &stored, id)
+        })
+    }
+
+    /// Reads and verifies one chunk, reconstructing from parity when needed.
+    pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let (loc, row) = self.locate(id)?;
+        let mut v = self.read_stored(&row, &loc, &[(*id, loc)])?;
+        v.pop().ok_or_else(|| StoreError::Corrupt {
+            container: row.id,
+            detail: "empty read".into(),
+        })
+    }
+
+    /// Reads the stored bytes at `at` (a chunk entry's payload or a group's frame) once and returns `chunks`,
+    /// all located there, each verified; reconstructs from parity when the healthy read does not verify.
+    fn read_stored(
+        &self,
+        row: &ContainerRow,
+        at: &ChunkLocation,
+        chunks: &[(ChunkId, ChunkLocation)],
+    ) -> Result<Vec<Vec<u8>>> {
+        let decode = |stored: &[u8]| -> Option<Vec<Vec<u8>>> {
+            match at.group {
+                None => chunks
+                    .iter()
+                    .map(|(id, l)| decode_chunk(l.codec, l.raw_len, stored, id).ok())
+                    .collect(),
+                Some(g) => {
+                    let raw = decode_group(stored, g.group_raw).ok()?;
+                    chunks
+                        .iter()
+                        .map(|(id, l)| group_member(&raw, l.group?, l.raw_len, id).ok())
+                        .collect()
+                }
+            }
+        };
+        let range = at.offset..at.offset + at.stored_len as u64;
+        if let Ok(stored) = self.read_container_range(row, range.clone())
+            && let Some(v) = decode(&stored)
         {
-            return Ok(raw);
+            return Ok(v);
         }
-        let (raw, bad) = self.degraded_read(&row, range, &|stored| {
-            decode_chunk(loc.codec, loc.raw_len, stored, id).ok()
-        })?;
+        let (v, bad) = self.degraded_read(row, range, &decode)?;
         self.note_degraded(row.id, &bad);
-        Ok(raw)
+        Ok(v)
+    }
+
+    /// Reads and verifies a window of chunks: the members of one group are read and decompressed once; the
+    /// reads run in parallel on the read pool.
+    fn read_window(&self, ids: &[ChunkId]) -> VecDeque<Result<Vec<u8>>> {
+        let mut out: Vec<Option<Result<Vec<u8>>>> = (0..ids.len()).map(|_| None).collect();
+        // Units of work: one per stored frame (container, offset), holding the window positions it serves.
+        let mut units: Vec<ReadUnit> = Vec::new();
+        let mut unit_of: HashMap<(ContainerId, u64), usize> = HashMap::new();
+        for (i, id) in ids.iter().enumerate() {
+            match self.locate(id) {
+                Err(e) => out[i] = Some(Err(e)),
+                Ok((loc, row)) => {
+                    let key = (loc.container, loc.offset);
+                    match unit_of.get(&key) {
+                        Some(&u) if loc.group.is_some() => units[u].2.push((i, *id, loc)),
+                        _ => {
+                            unit_of.insert(key, units.len());
+                            units.push((row, loc, vec![(i, *id, loc)]));
+                        }
+                    }
+                }
+            }
+        }
+        let read = |(row, at, members): &ReadUnit| {
+            let chunks: Vec<(ChunkId, ChunkLocation)> =
+                members.iter().map(|(_, id, l)| (*id, *l)).collect();
+            self.read_stored(row, at, &chunks)
+        };
+        let results: Vec<Result<Vec<Vec<u8>>>> = if units.len() == 1 {
+            units.iter().map(read).collect()
+        } else {
+            let all = || units.par_iter().map(read).collect();
+            match read_pool() {
+                Some(pool) => pool.install(all),
+                None => all(),
+            }
+        };
+        for ((_, _, members), result) in units.iter().zip(results) {
+            match result {
+                Ok(chunks) => {
+                    for ((i, _, _), raw) in members.iter().zip(chunks) {
+                        out[*i] = Some(Ok(raw));
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    let mut first = Some(e);
+                    for (i, _, l) in members {
+                        out[*i] = Some(Err(first.take().unwrap_or_else(|| StoreError::Corrupt {
+                            container: l.container,
+                            detail: msg.clone(),
+                        })));
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(StoreError::Corrupt {
+                        container: ContainerId(0),
+                        detail: "read window lost a chunk".into(),
+                    })
+                })
+            })
+            .collect()
     }
 
     fn shard_source(
@@ -397,31 +508,19 @@ impl ObjectReader {
                 // The window: entries from here that start before the end of the requested range.
                 let end_in_src = self.end - self.src_base;
                 let mut start = self.entry_start;
+                let mut window = 0u64;
                 let ids: Vec<ChunkId> = seg.entries[self.entry_idx..]
                     .iter()
                     .take_while(|(_, l)| {
-                        let take = start < end_in_src;
+                        let take = start < end_in_src && (window < READ_AHEAD_BYTES);
                         start += u64::from(*l);
+                        window += u64::from(*l);
                         take
                     })
-                    .take(READ_AHEAD)
+                    .take(READ_AHEAD_MAX_CHUNKS)
                     .map(|(c, _)| *c)
                     .collect();
-                let store = &self.store;
-                let chunks = if ids.len() == 1 {
-                    VecDeque::from([store.read_chunk(&id)])
-                } else {
-                    let window = || {
-                        ids.par_iter()
-                            .map(|c| store.read_chunk(c))
-                            .collect::<Vec<_>>()
-                            .into()
-                    };
-                    match read_pool() {
-                        Some(pool) => pool.install(window),
-                        None => window(),
-                    }
-                };
+                let chunks = self.store.read_window(&ids);
                 self.ahead = Some(Ahead {
                     seg_no: seg.segment_no,
                     first: self.entry_idx,

@@ -12,7 +12,7 @@ use super::disk::{Disk, FileDisk, MARKER_FILE, parse_shard_name};
 use super::diskset::DiskMarker;
 use super::error::{Result, StoreError};
 use super::{StoreConfig, lock_data_dir, now_ms};
-use crate::core::container::{Codec, EntryType, parse_container};
+use crate::core::container::{Codec, EntryType, parse_container, parse_group};
 use crate::core::erasure::{Erasure, Geometry};
 use crate::core::ids::{ChunkId, ContainerId, DiskId, UploadId};
 use crate::core::records::{
@@ -167,9 +167,26 @@ pub fn rebuild_catalog(cfg: &StoreConfig, progress: Progress<'_>) -> Result<Rebu
                             stored_len: e.header.stored_len,
                             raw_len: e.header.raw_len,
                             codec: e.header.codec,
+                            group: None,
                         };
                         if catalog::insert_chunk(tx, &ChunkId(e.header.id), &loc)? {
                             report.chunks += 1;
+                        }
+                    }
+                    EntryType::Group => {
+                        let g = parse_group(e.payload, e.header.raw_len)?;
+                        for (id, raw_len, slot) in &g.members {
+                            let loc = ChunkLocation {
+                                container,
+                                offset: e.payload_offset + g.frame_start as u64,
+                                stored_len: g.frame.len() as u32,
+                                raw_len: *raw_len,
+                                codec: e.header.codec,
+                                group: Some(*slot),
+                            };
+                            if catalog::insert_chunk(tx, id, &loc)? {
+                                report.chunks += 1;
+                            }
                         }
                     }
                     EntryType::Segment => {

@@ -19,7 +19,9 @@ use super::diskset::{DiskState, MarkerCheck, check_marker};
 use super::error::{Result, StoreError};
 use super::jobs::{Job, JobKind};
 use super::{Store, now_ms};
-use crate::core::container::{EntryType, decode_chunk, parse_container};
+use crate::core::container::{
+    EntryType, decode_chunk, decode_group, parse_container, parse_group, verify_member,
+};
 use crate::core::erasure::{Erasure, Geometry};
 use crate::core::ids::{ChunkId, ContainerId, DiskId};
 use crate::core::shard::{SHARD_HEADER_LEN, ShardHeader, encode_trailer, verify_shard_file};
@@ -285,20 +287,33 @@ impl Store {
             container: row.id,
             detail: format!("container does not parse: {e}"),
         })?;
-        for e in entries
-            .iter()
-            .filter(|e| check_chunks && e.header.ty == EntryType::Chunk)
-        {
-            decode_chunk(
-                e.header.codec,
-                e.header.raw_len,
-                e.payload,
-                &ChunkId(e.header.id),
-            )
-            .map_err(|err| StoreError::Corrupt {
+        if !check_chunks {
+            return Ok(());
+        }
+        for e in &entries {
+            let corrupt = |err: crate::core::error::CoreError| StoreError::Corrupt {
                 container: row.id,
                 detail: format!("chunk at {}: {err}", e.payload_offset),
-            })?;
+            };
+            match e.header.ty {
+                EntryType::Chunk => {
+                    decode_chunk(
+                        e.header.codec,
+                        e.header.raw_len,
+                        e.payload,
+                        &ChunkId(e.header.id),
+                    )
+                    .map_err(corrupt)?;
+                }
+                EntryType::Group => {
+                    let g = parse_group(e.payload, e.header.raw_len).map_err(corrupt)?;
+                    let raw = decode_group(g.frame, e.header.raw_len).map_err(corrupt)?;
+                    for (id, len, slot) in &g.members {
+                        verify_member(&raw, *slot, *len, id).map_err(corrupt)?;
+                    }
+                }
+                _ => {}
+            }
         }
         Ok(())
     }

@@ -127,7 +127,10 @@ impl Store {
                 Ok(())
             })?;
             c.query_row(
-                "SELECT COALESCE(SUM(raw_len), 0), COALESCE(SUM(stored_len), 0) FROM chunks WHERE refs > 0",
+                // A group member (§4.5) is charged its share of the group's frame, by raw size.
+                "SELECT COALESCE(SUM(raw_len), 0),
+                        COALESCE(SUM(CASE WHEN group_raw > 0 THEN stored_len * raw_len / group_raw ELSE stored_len END), 0)
+                 FROM chunks WHERE refs > 0",
                 [],
                 |r| {
                     data.unique_bytes = r.get::<_, i64>(0)? as u64;

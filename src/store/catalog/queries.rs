@@ -177,8 +177,8 @@ pub fn add_event(
 /// the row was inserted.
 pub fn insert_chunk(c: &Connection, id: &ChunkId, loc: &ChunkLocation) -> Result<bool> {
     let mut st = c.prepare_cached(
-        "INSERT OR IGNORE INTO chunks(id, container_id, offset, stored_len, raw_len, codec, refs)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
+        "INSERT OR IGNORE INTO chunks(id, container_id, offset, stored_len, raw_len, codec, group_offset, group_raw, refs)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0)",
     )?;
     let n = st.execute(params![
         &id.0[..],
@@ -186,14 +186,16 @@ pub fn insert_chunk(c: &Connection, id: &ChunkId, loc: &ChunkLocation) -> Result
         loc.offset as i64,
         loc.stored_len,
         loc.raw_len,
-        loc.codec as u8
+        loc.codec as u8,
+        loc.group.map_or(0, |g| g.offset),
+        loc.group.map_or(0, |g| g.group_raw)
     ])?;
     Ok(n == 1)
 }
 
 pub fn get_chunk(c: &Connection, id: &ChunkId) -> Result<Option<ChunkLocation>> {
     let mut st = c.prepare_cached(
-        "SELECT container_id, offset, stored_len, raw_len, codec FROM chunks WHERE id = ?1",
+        "SELECT container_id, offset, stored_len, raw_len, codec, group_offset, group_raw FROM chunks WHERE id = ?1",
     )?;
     let row = st
         .query_row([&id.0[..]], |r| {
@@ -203,10 +205,11 @@ pub fn get_chunk(c: &Connection, id: &ChunkId) -> Result<Option<ChunkLocation>> 
                 r.get::<_, u32>(2)?,
                 r.get::<_, u32>(3)?,
                 r.get::<_, u8>(4)?,
+                crate::store::dedup::group_slot(r.get(5)?, r.get(6)?),
             ))
         })
         .optional()?;
-    let Some((cid, off, stored, raw, codec)) = row else {
+    let Some((cid, off, stored, raw, codec, group)) = row else {
         return Ok(None);
     };
     let codec = Codec::from_u8(codec).ok_or_else(|| {
@@ -218,6 +221,7 @@ pub fn get_chunk(c: &Connection, id: &ChunkId) -> Result<Option<ChunkLocation>> 
         stored_len: stored,
         raw_len: raw,
         codec,
+        group,
     }))
 }
 

@@ -1,6 +1,18 @@
-//! Catalog schema, version 1 (storage-format.md §7). Migrations key off `PRAGMA user_version`.
+//! Catalog schema (storage-format.md §7). Migrations key off `PRAGMA user_version`: a new catalog runs
+//! every step from version 1, an older one the steps it lacks, so both end with identical tables.
 
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Steps from version `i + 1` to `i + 2`.
+pub const MIGRATIONS: &[&str] = &[MIGRATE_V1_TO_V2];
+
+/// Version 2: chunks inside a group (storage-format.md §4.5). `offset`/`stored_len` then locate the group's
+/// zstd frame, `group_offset` is the chunk's offset in the decompressed group and `group_raw` the group's
+/// decompressed size; 0/0 for a chunk stored in its own entry.
+pub const MIGRATE_V1_TO_V2: &str = r#"
+ALTER TABLE chunks ADD COLUMN group_offset INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE chunks ADD COLUMN group_raw INTEGER NOT NULL DEFAULT 0;
+"#;
 
 pub const SCHEMA_V1: &str = r#"
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
