@@ -1,6 +1,7 @@
-//! Format version 1, forever: `tests/fixtures/v1-store/` holds the disks of a small store written by the
-//! first format version (no catalog). Every future Cairn must rebuild a catalog from it and read every object
-//! back with the recorded BLAKE3. Never regenerate the fixture; add a new one for a new format version.
+//! Every format version, forever: `tests/fixtures/v1-store/` holds the disks of a small store written by the
+//! first format version (no catalog), `v2-store/` the same objects written by container format 2 (chunk
+//! groups, storage-format.md §4.5). Every future Cairn must rebuild a catalog from each and read every object
+//! back with the recorded BLAKE3. Never regenerate a fixture; add a new one for a new format version.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -9,8 +10,8 @@ use cairn::core::chunker::ChunkerParams;
 use cairn::store::recover::rebuild_catalog;
 use cairn::store::{ObjectMeta, PutCondition, Store, StoreConfig};
 
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1-store")
+fn fixture_dir(version: u32) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/v{version}-store"))
 }
 
 fn config(data: &Path) -> StoreConfig {
@@ -66,18 +67,21 @@ fn objects() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-/// Writes the fixture. Run once, by hand, when format version 1 was created:
-/// `CAIRN_WRITE_V1_FIXTURE=1 cargo test --test format_v1_fixture -- --ignored`
+/// Writes the fixture of the current format version. Run once, by hand, when a format version is created
+/// (version 1 and 2 were): `CAIRN_WRITE_FIXTURE=2 cargo test --test format_v1_fixture -- --ignored`
 #[test]
 #[ignore]
-fn write_v1_fixture() {
-    if std::env::var("CAIRN_WRITE_V1_FIXTURE").is_err() {
+fn write_fixture() {
+    let Some(version) = std::env::var("CAIRN_WRITE_FIXTURE")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    else {
         return;
-    }
-    let out = fixture_dir();
+    };
+    let out = fixture_dir(version);
     assert!(
         !out.exists(),
-        "the v1 fixture exists and must never be rewritten"
+        "the v{version} fixture exists and must never be rewritten"
     );
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(config(tmp.path())).unwrap();
@@ -140,14 +144,36 @@ fn write_v1_fixture() {
 
 #[test]
 fn format_v1_store_rebuilds_and_reads_forever() {
+    rebuilds_and_reads(1);
+}
+
+#[test]
+fn format_v2_store_rebuilds_and_reads_forever() {
+    rebuilds_and_reads(2);
+}
+
+fn rebuilds_and_reads(version: u32) {
     let tmp = tempfile::tempdir().unwrap();
-    copy_dir(&fixture_dir().join("disks"), &tmp.path().join("disks"));
+    copy_dir(
+        &fixture_dir(version).join("disks"),
+        &tmp.path().join("disks"),
+    );
     let cfg = config(tmp.path());
     let report = rebuild_catalog(&cfg, &|_, _| {}).unwrap();
     assert!(
         report.containers_unreadable.is_empty() && report.objects_damaged.is_empty(),
         "{report:?}"
     );
+    if version >= 2 {
+        // Version 2 is the one with chunk groups: the fixture must hold some, or it pins nothing new.
+        let conn = rusqlite::Connection::open(cfg.catalog_path()).unwrap();
+        let grouped: i64 = conn
+            .query_row("SELECT COUNT(*) FROM chunks WHERE group_raw > 0", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert!(grouped >= 10, "{grouped} grouped chunks");
+    }
     let store = Store::open(cfg).unwrap();
     let names: Vec<String> = store
         .list_buckets()
@@ -156,7 +182,7 @@ fn format_v1_store_rebuilds_and_reads_forever() {
         .map(|b| b.name)
         .collect();
     assert_eq!(names, vec!["fixture"]);
-    let expected = std::fs::read_to_string(fixture_dir().join("expected.txt")).unwrap();
+    let expected = std::fs::read_to_string(fixture_dir(version).join("expected.txt")).unwrap();
     let mut n = 0;
     for line in expected.lines() {
         let mut f = line.split(' ');
