@@ -23,7 +23,8 @@ use rusqlite::{Connection, params};
 
 const SCHEMA: &str = "CREATE TABLE chunks(id BLOB PRIMARY KEY, container_id INTEGER NOT NULL, \
     offset INTEGER NOT NULL, stored_len INTEGER NOT NULL, raw_len INTEGER NOT NULL, codec INTEGER NOT NULL, \
-    refs INTEGER NOT NULL) WITHOUT ROWID; CREATE INDEX chunks_by_container ON chunks(container_id);";
+    refs INTEGER NOT NULL, group_offset INTEGER NOT NULL DEFAULT 0, group_raw INTEGER NOT NULL DEFAULT 0) \
+    WITHOUT ROWID; CREATE INDEX chunks_by_container ON chunks(container_id);";
 const PER_CONTAINER: u64 = 100;
 const PER_TXN: u64 = 1000;
 const CACHE_CONTAINERS: usize = 64;
@@ -90,8 +91,8 @@ fn insert(conn: &mut Connection, index: &DedupIndex, from: u64, to: u64) {
         {
             let mut st = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO chunks(id, container_id, offset, stored_len, raw_len, codec, refs) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)",
+                    "INSERT OR IGNORE INTO chunks(id, container_id, offset, stored_len, raw_len, codec, refs, \
+                     group_offset, group_raw) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8)",
                 )
                 .unwrap();
             for (cid, l) in &rows {
@@ -101,7 +102,9 @@ fn insert(conn: &mut Connection, index: &DedupIndex, from: u64, to: u64) {
                     l.offset as i64,
                     l.stored_len,
                     l.raw_len,
-                    l.codec as u8
+                    l.codec as u8,
+                    l.group.map_or(0, |g| g.offset),
+                    l.group.map_or(0, |g| g.group_raw)
                 ])
                 .unwrap();
             }

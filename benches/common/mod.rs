@@ -1,7 +1,7 @@
 //! Stage kernels shared by `benches/stages.rs` (criterion) and `benches/e2e.rs` (live limits in one run).
 //!
 //! Every kernel does what the store does per byte, with the store's own parameters: the store's `Chunker`
-//! (default 6/24/96 KiB), BLAKE3 per chunk, `compress_chunk` at `DEFAULT_ZSTD_LEVEL`, the store's 4+2
+//! (default 6/24/96 KiB), BLAKE3 per chunk, zstd at `DEFAULT_ZSTD_LEVEL` on the store's chunk groups (§4.5), the store's 4+2
 //! `Erasure` on 8 MiB containers. The sample is the start of a `TarTree` full (text-like and incompressible
 //! files), so zstd sees what a real backup stream gives it.
 #![allow(dead_code)]
@@ -13,7 +13,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cairn::core::chunker::{ChunkerParams, chunk_ranges};
-use cairn::core::container::{DEFAULT_ZSTD_LEVEL, compress_chunk_reusing};
+use cairn::core::container::{
+    DEFAULT_ZSTD_LEVEL, compress_chunk_reusing, compress_group, plan_group_spans,
+};
 use cairn::core::erasure::{Erasure, Geometry};
 use cairn::workload::TarTree;
 use md5::Digest;
@@ -45,30 +47,53 @@ pub fn blake3_chunks(data: &[u8], ranges: &[Range<usize>]) -> u8 {
         .fold(0u8, |a, r| a ^ blake3::hash(&data[r.clone()]).as_bytes()[0])
 }
 
-/// Stored bytes of all chunks (the store's codec choice included), with the store's reused context: a fresh
-/// context per chunk would understate the machine's limit.
-pub fn zstd_chunks(data: &[u8], ranges: &[Range<usize>]) -> usize {
-    ranges
-        .iter()
-        .map(|r| {
-            compress_chunk_reusing(&data[r.clone()], DEFAULT_ZSTD_LEVEL)
-                .map_or(r.len(), |z| z.len())
+/// The stored form of a stream whose chunks are all new, as the store's ingest makes it (storage-format.md
+/// §4.5): spans from `plan_group_spans`, each one zstd frame (a group, or a chunk alone), or None where
+/// compression does not pay. Returns (raw byte range, frame) per span.
+pub fn store_frames(data: &[u8], ranges: &[Range<usize>]) -> Vec<(Range<usize>, Option<Vec<u8>>)> {
+    let lens: Vec<usize> = ranges.iter().map(|r| r.len()).collect();
+    let is_new = vec![true; ranges.len()];
+    plan_group_spans(&lens, &is_new)
+        .into_iter()
+        .map(|span| {
+            let raws: Vec<&[u8]> = ranges[span.clone()]
+                .iter()
+                .map(|r| &data[r.clone()])
+                .collect();
+            let frame = match raws.as_slice() {
+                [one] => compress_chunk_reusing(one, DEFAULT_ZSTD_LEVEL),
+                _ => compress_group(&raws, DEFAULT_ZSTD_LEVEL),
+            };
+            let whole = ranges[span.start].start..ranges[span.end - 1].end;
+            (whole, frame)
         })
-        .sum()
-}
-
-pub fn compressed_chunks(data: &[u8], ranges: &[Range<usize>]) -> Vec<Vec<u8>> {
-    ranges
-        .iter()
-        .map(|r| zstd::bulk::compress(&data[r.clone()], DEFAULT_ZSTD_LEVEL).expect("zstd"))
         .collect()
 }
 
-pub fn unzstd_chunks(comp: &[Vec<u8>], ranges: &[Range<usize>]) -> usize {
+/// Stored bytes of all chunks (the store's grouping and codec choice included), with the store's reused
+/// context: a fresh context per frame would understate the machine's limit.
+pub fn zstd_chunks(data: &[u8], ranges: &[Range<usize>]) -> usize {
+    store_frames(data, ranges)
+        .iter()
+        .map(|(raw, frame)| frame.as_ref().map_or(raw.len(), Vec::len))
+        .sum()
+}
+
+pub fn compressed_chunks(
+    data: &[u8],
+    ranges: &[Range<usize>],
+) -> Vec<(Range<usize>, Option<Vec<u8>>)> {
+    store_frames(data, ranges)
+}
+
+/// Decompresses every frame `compressed_chunks` made (what a restore does per byte); raw bytes out.
+pub fn unzstd_chunks(comp: &[(Range<usize>, Option<Vec<u8>>)], _ranges: &[Range<usize>]) -> usize {
     let mut d = zstd::bulk::Decompressor::new().expect("zstd context");
     comp.iter()
-        .zip(ranges)
-        .map(|(c, r)| d.decompress(c, r.len()).expect("unzstd").len())
+        .map(|(raw, frame)| match frame {
+            Some(f) => d.decompress(f, raw.len()).expect("unzstd").len(),
+            None => raw.len(),
+        })
         .sum()
 }
 
