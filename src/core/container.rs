@@ -570,15 +570,21 @@ pub fn compress_group(raws: &[&[u8]], level: i32) -> Option<Vec<u8>> {
         for r in raws {
             buf.extend_from_slice(r);
         }
-        let z = GROUP_COMPRESSOR.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-                *slot = group_compressor(level).map(|c| (level, c));
-            }
-            slot.as_mut().and_then(|(_, c)| c.compress(&buf).ok())
-        })?;
-        pays(&buf, z)
+        compress_group_bytes(&buf, level)
     })
+}
+
+/// [`compress_group`] of members already back to back in memory (the usual case: a run of new chunks).
+pub fn compress_group_bytes(concatenated: &[u8], level: i32) -> Option<Vec<u8>> {
+    let z = GROUP_COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = group_compressor(level).map(|c| (level, c));
+        }
+        slot.as_mut()
+            .and_then(|(_, c)| c.compress(concatenated).ok())
+    })?;
+    pays(concatenated, z)
 }
 
 fn group_compressor(level: i32) -> Option<zstd::bulk::Compressor<'static>> {

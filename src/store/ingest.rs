@@ -17,7 +17,7 @@ use super::{Store, now_ms};
 use crate::core::chunker::Chunker;
 use crate::core::container::{
     Codec, ContainerBuilder, EntryType, GroupSlot, compress_chunk_reusing, compress_group,
-    plan_group_spans,
+    compress_group_bytes, plan_group_spans,
 };
 use crate::core::ids::{ChunkId, UploadId};
 use crate::core::records::{ObjectCommitRecord, SegmentRecord, SourceRef, encode_segment_entries};
@@ -105,6 +105,13 @@ impl Upload {
     }
 
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        if self.pending.capacity() == 0 {
+            // The whole batch at once: growing by doubling copied ~4 MiB per upload (realloc), 0.6% of the
+            // server's CPU in unique ingest. Pages are touched only as data arrives.
+            let max_chunk = self.store.cfg.chunker.max as usize;
+            self.pending
+                .reserve(BATCH_BYTES + data.len().min(BATCH_BYTES) + max_chunk);
+        }
         self.md5.update(data);
         self.size += data.len() as u64;
         let (pending, ends) = (&mut self.pending, &mut self.pending_ends);
@@ -186,6 +193,12 @@ impl Upload {
                 match members.as_slice() {
                     [] => SpanPayload::Nothing,
                     [one] => SpanPayload::Alone(compress_chunk_reusing(one, level)),
+                    // All of the span is new: its chunks lie back to back in the batch buffer already.
+                    _ if members.len() == span.len() => {
+                        let from = span.start.checked_sub(1).map_or(0, |i| ends[i]);
+                        let to = ends[span.end - 1];
+                        SpanPayload::Group(compress_group_bytes(&buffer[from..to], level))
+                    }
                     _ => SpanPayload::Group(compress_group(&members, level)),
                 }
             })
