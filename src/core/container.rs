@@ -103,6 +103,24 @@ impl ContainerBuilder {
         Self::with_version(id, created_unix_ms, capacity, CONTAINER_VERSION)
     }
 
+    /// Builds into `buf` (cleared first; its capacity is reused, see the store's buffer pool).
+    pub fn with_buffer(
+        id: ContainerId,
+        created_unix_ms: u64,
+        mut buf: Vec<u8>,
+    ) -> ContainerBuilder {
+        buf.clear();
+        let mut b = Self::with_version(id, created_unix_ms, 0, CONTAINER_VERSION);
+        buf.extend_from_slice(&b.buf);
+        b.buf = buf;
+        b
+    }
+
+    /// The buffer back, for reuse, when the container is abandoned.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
+
     /// A container of an older `version` (golden tests pin the bytes of every version; a version 1
     /// container must not get group entries).
     pub fn with_version(

@@ -10,6 +10,7 @@
 //! - Reads use reader connections and never block writers (SQLite WAL).
 
 pub mod api;
+mod buffers;
 pub mod catalog;
 pub mod dedup;
 pub mod disk;
@@ -87,6 +88,14 @@ impl StoreConfig {
 
 /// 8 MiB containers: 2 MiB shards at 4+2, big enough for sequential I/O, small enough that 16 parallel
 /// uploads stay well under 1 GiB of buffers.
+/// A container's build buffer: the target plus one chunk past it and its records.
+fn container_capacity(cfg: &StoreConfig) -> usize {
+    cfg.container_target + cfg.chunker.max as usize + 4096
+}
+
+/// Big buffers of each kind kept for reuse: as many as uploads commonly run at once (aws cli: 10 parts).
+const BUFFERS_KEPT: usize = 12;
+
 pub const DEFAULT_CONTAINER_TARGET: usize = 8 * 1024 * 1024;
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 /// Container ids are reserved in the catalog in blocks, so an id is never reused after a crash.
@@ -103,6 +112,9 @@ pub struct Store {
     container_ids: Mutex<(u64, u64)>,
     last_seq: AtomicU64,
     commit_lock: Mutex<()>,
+    /// Uploads' batch buffers and containers' build buffers, reused (see buffers.rs).
+    batch_buffers: buffers::BufferPool,
+    container_buffers: buffers::BufferPool,
     jobs: jobs::Jobs,
     _lock: File,
 }
@@ -273,6 +285,11 @@ impl Store {
             )? as u64)
         })?;
 
+        let batch_buffers = buffers::BufferPool::new(
+            BUFFERS_KEPT,
+            ingest::batch_capacity(cfg.chunker.max as usize),
+        );
+        let container_buffers = buffers::BufferPool::new(BUFFERS_KEPT, container_capacity(&cfg));
         let store = Store {
             erasure: Erasure::new(geometry)?,
             cfg,
@@ -283,6 +300,8 @@ impl Store {
             container_ids: Mutex::new((next_container, next_container)),
             last_seq: AtomicU64::new(last_seq),
             commit_lock: Mutex::new(()),
+            batch_buffers,
+            container_buffers,
             jobs: jobs::Jobs::default(),
             _lock: lock,
         };

@@ -366,7 +366,9 @@ pub fn check_catalog(c: &Connection) -> Result<Vec<String>> {
         }
     }
     {
-        let mut st = c.prepare("SELECT id, refs, container_id, codec FROM chunks")?;
+        let mut st = c.prepare(
+            "SELECT id, refs, container_id, codec, raw_len, group_offset, group_raw FROM chunks",
+        )?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
             let id = ChunkId::from_slice(&r.get::<_, Vec<u8>>(0)?).unwrap_or(ChunkId([0; 32]));
@@ -377,8 +379,17 @@ pub fn check_catalog(c: &Connection) -> Result<Vec<String>> {
                     "chunk {id}: refs {refs}, segments reference it {want} times"
                 ));
             }
-            if Codec::from_u8(r.get(3)?).is_none() {
+            let codec = Codec::from_u8(r.get(3)?);
+            if codec.is_none() {
                 problems.push(format!("chunk {id}: unknown codec"));
+            }
+            // A group member (§4.5) lies inside its zstd group.
+            let (raw_len, group_offset, group_raw): (i64, i64, i64) =
+                (r.get(4)?, r.get(5)?, r.get(6)?);
+            if group_raw > 0 && (codec != Some(Codec::Zstd) || group_offset + raw_len > group_raw) {
+                problems.push(format!(
+                    "chunk {id}: group slot {group_offset}+{raw_len} outside its group of {group_raw} bytes"
+                ));
             }
             let cid: i64 = r.get(2)?;
             if catalog::get_container(c, ContainerId(cid as u64))?.is_none() {

@@ -108,7 +108,7 @@ impl Store {
 
         // The shard images are on disk: free them before the catalog commit waits on its fsync.
         drop(shards);
-        drop(bytes);
+        self.container_buffers.give(bytes);
         let row = ContainerRow {
             id,
             k: geometry.k,

@@ -1,0 +1,82 @@
+//! Reused big buffers: an upload's batch buffer (4 MiB and a bit) and a container's build buffer (8 MiB and a
+//! bit). Allocating them per upload and per container made the kernel zero fresh pages for every one
+//! (`clear_page`, page faults), and glibc's sliding mmap threshold moved such sizes into its heap, where they
+//! fragmented: the server's RSS after a 20 GB upload was 1.27x that after a 2 GB one on the same server.
+//! A pool keeps at most `max` buffers, so what it holds is bounded by `max` x the buffer size.
+
+use std::sync::Mutex;
+
+pub struct BufferPool {
+    free: Mutex<Vec<Vec<u8>>>,
+    /// Buffers kept at most.
+    max: usize,
+    /// Capacity handed out (and the largest kept: a buffer that grew past twice this is dropped).
+    size: usize,
+}
+
+impl BufferPool {
+    pub fn new(max: usize, size: usize) -> BufferPool {
+        BufferPool {
+            free: Mutex::new(Vec::new()),
+            max,
+            size,
+        }
+    }
+
+    /// An empty buffer with at least the pool's capacity.
+    pub fn take(&self) -> Vec<u8> {
+        let reused = self.free.lock().ok().and_then(|mut f| f.pop());
+        match reused {
+            Some(mut b) => {
+                b.clear();
+                b
+            }
+            None => Vec::with_capacity(self.size),
+        }
+    }
+
+    /// Returns a buffer for reuse; dropped if the pool is full or the buffer is not of the pool's kind.
+    pub fn give(&self, buf: Vec<u8>) {
+        if buf.capacity() < self.size || buf.capacity() > 2 * self.size {
+            return;
+        }
+        if let Ok(mut f) = self.free.lock()
+            && f.len() < self.max
+        {
+            f.push(buf);
+        }
+    }
+
+    /// Buffers held now.
+    #[cfg(test)]
+    pub fn held(&self) -> usize {
+        self.free.lock().map_or(0, |f| f.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuses_bounded_and_only_its_own_kind() {
+        let pool = BufferPool::new(2, 1000);
+        let mut a = pool.take();
+        assert!(a.capacity() >= 1000 && a.is_empty());
+        a.extend_from_slice(b"data");
+        let ptr = a.as_ptr();
+        pool.give(a);
+        let b = pool.take();
+        assert_eq!(b.as_ptr(), ptr, "the same allocation comes back");
+        assert!(b.is_empty(), "cleared");
+        pool.give(b);
+        pool.give(pool.take());
+        pool.give(Vec::with_capacity(1000));
+        pool.give(Vec::with_capacity(1000));
+        assert_eq!(pool.held(), 2, "at most max");
+        let small = BufferPool::new(4, 1000);
+        small.give(Vec::with_capacity(10));
+        small.give(Vec::with_capacity(5000));
+        assert_eq!(small.held(), 0, "foreign sizes are dropped");
+    }
+}
