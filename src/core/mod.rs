@@ -5,6 +5,7 @@ pub mod container;
 pub mod erasure;
 pub mod error;
 pub mod ids;
+pub mod md5x;
 pub mod placement;
 pub mod plan;
 pub mod records;

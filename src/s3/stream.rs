@@ -37,12 +37,23 @@ impl Ingested {
     /// in headers or aws-chunked `trailers`. On a mismatch the upload is aborted and the S3 error returned;
     /// otherwise the verified checksums to store come back with the upload.
     pub fn verified(
-        self,
+        mut self,
         content_length: Option<i64>,
         content_md5: Option<&[u8; 16]>,
         wanted: &Wanted,
         trailers: Option<&hyper::HeaderMap>,
     ) -> S3Result<(Ingested, BTreeMap<String, String>)> {
+        // The MD5 needs the stream's end flushed through the chunker; only asked for when a header promised one.
+        let md5 = match content_md5 {
+            Some(_) => match self.upload.md5() {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    discard(self.upload);
+                    return Err(store_error(e));
+                }
+            },
+            None => None,
+        };
         let check = || {
             if let Some(len) = content_length
                 && u64::try_from(len).ok() != Some(self.size)
@@ -52,7 +63,9 @@ impl Ingested {
                     "You did not provide the number of bytes specified by the Content-Length HTTP header."
                 ));
             }
-            check_content_md5(content_md5, &self.upload.md5())?;
+            if let (Some(want), Some(got)) = (content_md5, &md5) {
+                check_content_md5(Some(want), got)?;
+            }
             wanted.verify(&self.checksums, trailers)
         };
         match check() {

@@ -18,6 +18,7 @@ pub mod diskset;
 pub mod error;
 mod ingest;
 pub mod jobs;
+mod md5_lanes;
 mod objects;
 mod read;
 pub mod rebuild;
@@ -285,8 +286,9 @@ impl Store {
             )? as u64)
         })?;
 
+        // Two per upload: one being filled, one with the MD5 lane service (md5_lanes.rs).
         let batch_buffers = buffers::BufferPool::new(
-            BUFFERS_KEPT,
+            2 * BUFFERS_KEPT,
             ingest::batch_capacity(cfg.chunker.max as usize),
         );
         let container_buffers = buffers::BufferPool::new(BUFFERS_KEPT, container_capacity(&cfg));
