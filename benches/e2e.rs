@@ -204,8 +204,8 @@ fn limits(s: &Stages) -> Limits {
     let c = s.ratio;
     let width = f64::from(K + M) / f64::from(K);
     // Seconds per MB on one core; RS works on compressed container bytes. Client payloads are unsigned
-    // (UNSIGNED-PAYLOAD), so no SHA-256 on the server; MD5 (the ETag) always runs, in the lanes of the MD5
-    // service as the bench keeps 8 uploads in flight.
+    // (UNSIGNED-PAYLOAD), so no SHA-256 on the server; MD5 (the ETag) always runs, in SIMD lanes as the
+    // bench keeps 8 uploads in flight.
     let unique =
         1.0 / s.cdc + 1.0 / s.blake3 + 1.0 / s.zstd + 1.0 / s.md5_lanes + c / s.rs_erasure_enc;
     let hash = 1.0 / s.cdc + 1.0 / s.blake3;

@@ -103,7 +103,7 @@ pub fn md5(data: &[u8]) -> u8 {
 }
 
 /// MD5 as the store runs it with 8 uploads in flight: `data` cut into 8 streams hashed together in the SIMD
-/// lanes of one core (`core::md5x`, the MD5 lane service).
+/// lanes of one core (`core::md5x`, as the store's MD5 lanes do).
 pub fn md5_lanes(data: &[u8]) -> u8 {
     let part = data.len().div_ceil(LANES).max(1);
     let pieces: Vec<&[u8]> = data.chunks(part).collect();

@@ -59,7 +59,7 @@ pub struct Upload {
     id: UploadId,
     chunker: Chunker,
     /// MD5 of the batches processed so far (the bytes still in the chunker and `pending` are not in it yet).
-    /// While a batch is with the MD5 lane service, its state travels with it and this is a placeholder.
+    /// While a batch is with the MD5 lanes, its state travels with it and this is a placeholder.
     md5: Md5State,
     md5_job: Option<PendingMd5>,
     /// The chunker was flushed: the stream has ended.
@@ -156,7 +156,8 @@ impl Upload {
         Ok(self.md5.clone().finalize())
     }
 
-    /// Takes back the MD5 state of the batch with the lane service (waiting for it) and recycles its buffer.
+    /// Takes back the MD5 state of the batch handed to the MD5 lanes (hashing it now if nobody has) and
+    /// recycles its buffer.
     fn collect_md5(&mut self) -> Result<()> {
         if let Some(job) = self.md5_job.take() {
             let (state, buffer) = job
@@ -170,30 +171,20 @@ impl Upload {
         Ok(())
     }
 
-    /// Processes the chunks in `pending`. A full batch's MD5 goes to the lane service (see md5_lanes.rs) while
+    /// Processes the chunks in `pending`. A full batch's MD5 is handed to the MD5 lanes (see md5_lanes.rs) while
     /// this thread chunks and compresses it; the last, short one is hashed here.
     fn process_batch(&mut self) -> Result<()> {
         self.collect_md5()?;
         let buffer = std::mem::take(&mut self.pending);
         let ends = std::mem::take(&mut self.pending_ends);
         let result = if buffer.len() >= BATCH_BYTES {
-            match md5_lanes::submit(std::mem::take(&mut self.md5), Arc::new(buffer)) {
-                Ok(job) => {
-                    let shared = job.data();
-                    self.md5_job = Some(job);
-                    let r = self.process_chunks(&shared, &ends);
-                    // The service holds the batch until hashed: the next one goes into another buffer.
-                    self.pending = self.store.batch_buffers.take();
-                    r
-                }
-                Err((state, buffer)) => {
-                    self.md5 = state;
-                    self.md5.update(&buffer);
-                    let r = self.process_chunks(&buffer, &ends);
-                    self.pending = Arc::try_unwrap(buffer).unwrap_or_default();
-                    r
-                }
-            }
+            let job = md5_lanes::submit(std::mem::take(&mut self.md5), Arc::new(buffer));
+            let shared = job.data();
+            self.md5_job = Some(job);
+            let r = self.process_chunks(&shared, &ends);
+            // The batch stays with the MD5 lanes until hashed: the next one goes into another buffer.
+            self.pending = self.store.batch_buffers.take();
+            r
         } else {
             self.md5.update(&buffer);
             let r = self.process_chunks(&buffer, &ends);
