@@ -6,18 +6,15 @@ use clap::Parser;
 
 mod cli;
 
-/// glibc's malloc, tuned so the server's RSS stays flat in object size: two arenas (one per thread let RSS
-/// grow with the thread count; deploy/cairn.service also sets MALLOC_ARENA_MAX=2 for older builds), and a fixed
-/// mmap threshold of 2 MiB. By default glibc raises the threshold up to 32 MiB as big blocks are freed, after
-/// which multi-MiB temporaries came from the heap and fragmented it: RSS after a 20 GB upload was 1.37x that
-/// after a 2 GB one on the same server; with 2 MiB, 1.17x. 256 KiB was flatter still (1.14x) but every zstd
-/// group frame then cost fresh pages: page faults took 8% of the server's CPU in unique ingest.
+/// glibc's malloc with two arenas instead of eight per core: one per thread let RSS grow with the thread
+/// count (deploy/cairn.service also sets MALLOC_ARENA_MAX=2). A fixed mmap threshold was tried for RSS
+/// flatness (20 GB vs 2 GB upload: 1.37x -> 1.17x at 2 MiB) and dropped: every shard-sized buffer then cost
+/// fresh pages, +8-40% CPU in ingest, rebuild and scrub (README, Performance).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_malloc() {
     // SAFETY: mallopt only sets allocator parameters; called first thing, before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 2 * 1024 * 1024);
     }
 }
 
