@@ -524,7 +524,7 @@ fn main() {
         ),
         ("MD5, one stream", s.md5),
         (
-            "MD5, 8 streams in AVX2 lanes (the store's MD5 lane service)",
+            "MD5, 8 streams in AVX2 lanes (the store's MD5 lanes)",
             s.md5_lanes,
         ),
         ("SHA-256", s.sha256),

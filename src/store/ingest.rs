@@ -160,9 +160,11 @@ impl Upload {
     /// recycles its buffer.
     fn collect_md5(&mut self) -> Result<()> {
         if let Some(job) = self.md5_job.take() {
-            let (state, buffer) = job
-                .wait()
-                .ok_or_else(|| super::StoreError::Config("the MD5 lane service stopped".into()))?;
+            let (state, buffer) = job.wait().ok_or_else(|| {
+                super::StoreError::Config(
+                    "the thread hashing this upload's MD5 never delivered".into(),
+                )
+            })?;
             self.md5 = state;
             if let Ok(b) = Arc::try_unwrap(buffer) {
                 self.store.batch_buffers.give(b);

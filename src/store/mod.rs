@@ -286,7 +286,7 @@ impl Store {
             )? as u64)
         })?;
 
-        // Two per upload: one being filled, one with the MD5 lane service (md5_lanes.rs).
+        // Two per upload: one being filled, one with the MD5 lanes (md5_lanes.rs).
         let batch_buffers = buffers::BufferPool::new(
             2 * BUFFERS_KEPT,
             ingest::batch_capacity(cfg.chunker.max as usize),
