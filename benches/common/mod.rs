@@ -80,15 +80,8 @@ pub fn zstd_chunks(data: &[u8], ranges: &[Range<usize>]) -> usize {
         .sum()
 }
 
-pub fn compressed_chunks(
-    data: &[u8],
-    ranges: &[Range<usize>],
-) -> Vec<(Range<usize>, Option<Vec<u8>>)> {
-    store_frames(data, ranges)
-}
-
-/// Decompresses every frame `compressed_chunks` made (what a restore does per byte); raw bytes out.
-pub fn unzstd_chunks(comp: &[(Range<usize>, Option<Vec<u8>>)], _ranges: &[Range<usize>]) -> usize {
+/// Decompresses every frame `store_frames` made (what a restore does per byte); raw bytes out.
+pub fn unzstd_chunks(comp: &[(Range<usize>, Option<Vec<u8>>)]) -> usize {
     let mut d = zstd::bulk::Decompressor::new().expect("zstd context");
     comp.iter()
         .map(|(raw, frame)| match frame {

@@ -104,16 +104,8 @@ impl ContainerBuilder {
     }
 
     /// Builds into `buf` (cleared first; its capacity is reused, see the store's buffer pool).
-    pub fn with_buffer(
-        id: ContainerId,
-        created_unix_ms: u64,
-        mut buf: Vec<u8>,
-    ) -> ContainerBuilder {
-        buf.clear();
-        let mut b = Self::with_version(id, created_unix_ms, 0, CONTAINER_VERSION);
-        buf.extend_from_slice(&b.buf);
-        b.buf = buf;
-        b
+    pub fn with_buffer(id: ContainerId, created_unix_ms: u64, buf: Vec<u8>) -> ContainerBuilder {
+        Self::start(id, created_unix_ms, buf, CONTAINER_VERSION)
     }
 
     /// The buffer back, for reuse, when the container is abandoned.
@@ -129,7 +121,18 @@ impl ContainerBuilder {
         capacity: usize,
         version: u16,
     ) -> ContainerBuilder {
-        let mut buf = Vec::with_capacity(capacity.max(CONTAINER_HEADER_LEN + FOOTER_LEN));
+        let buf = Vec::with_capacity(capacity.max(CONTAINER_HEADER_LEN + FOOTER_LEN));
+        Self::start(id, created_unix_ms, buf, version)
+    }
+
+    /// Writes the header into `buf` (cleared first).
+    fn start(
+        id: ContainerId,
+        created_unix_ms: u64,
+        mut buf: Vec<u8>,
+        version: u16,
+    ) -> ContainerBuilder {
+        buf.clear();
         buf.extend_from_slice(&CONTAINER_MAGIC);
         buf.extend_from_slice(&version.to_le_bytes());
         buf.extend_from_slice(&[0u8; 6]); // reserved
@@ -683,21 +686,6 @@ pub fn verify_member(
     member_bytes(group, slot, raw_len, id).map(|_| ())
 }
 
-/// A chunk from its stored bytes as the catalog locates it: a chunk entry's payload, or (with `group`) the
-/// frame of the group holding it. Verified against `id` either way.
-pub fn decode_located(
-    codec: Codec,
-    raw_len: u32,
-    group: Option<GroupSlot>,
-    stored: &[u8],
-    id: &ChunkId,
-) -> Result<Vec<u8>, CoreError> {
-    match group {
-        None => decode_chunk(codec, raw_len, stored, id),
-        Some(slot) => group_member(&decode_group(stored, slot.group_raw)?, slot, raw_len, id),
-    }
-}
-
 thread_local! {
     /// The concatenation a group is compressed from, reused per thread.
     static GROUP_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -803,6 +791,21 @@ mod tests {
         );
         b.push_record(EntryType::Bucket, br#"{"v":1}"#);
         b.seal()
+    }
+
+    /// A chunk from its stored bytes as the catalog locates it: a chunk entry's payload, or (with `group`) the
+    /// frame of the group holding it. Verified against `id` either way.
+    fn decode_located(
+        codec: Codec,
+        raw_len: u32,
+        group: Option<GroupSlot>,
+        stored: &[u8],
+        id: &ChunkId,
+    ) -> Result<Vec<u8>, CoreError> {
+        match group {
+            None => decode_chunk(codec, raw_len, stored, id),
+            Some(slot) => group_member(&decode_group(stored, slot.group_raw)?, slot, raw_len, id),
+        }
     }
 
     /// Decodes every chunk a parsed container holds, as scrub and catalog rebuild see them.
