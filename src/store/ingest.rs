@@ -8,8 +8,7 @@ use std::sync::Arc;
 
 use md5::{Digest, Md5};
 
-use super::md5_lanes::{self, PendingMd5};
-use crate::core::md5x::Md5State;
+use super::md5_lanes::Md5Stream;
 use rayon::prelude::*;
 
 use super::api::{ObjectInfo, ObjectMeta, PutCondition, SealedUpload};
@@ -58,10 +57,11 @@ pub struct Upload {
     store: Arc<Store>,
     id: UploadId,
     chunker: Chunker,
-    /// MD5 of the batches processed so far (the bytes still in the chunker and `pending` are not in it yet).
-    /// While a batch is with the MD5 lanes, its state travels with it and this is a placeholder.
-    md5: Md5State,
-    md5_job: Option<PendingMd5>,
+    /// MD5 of the batches processed so far (the bytes still in the chunker and `pending` are not in it yet),
+    /// hashed in the MD5 lanes together with other uploads' batches.
+    md5: Md5Stream,
+    /// The MD5 of the whole stream, once drained.
+    md5_digest: Option<[u8; 16]>,
     /// The chunker was flushed: the stream has ended.
     drained: bool,
     size: u64,
@@ -98,8 +98,8 @@ impl Store {
             store: self.clone(),
             id: UploadId::random(),
             chunker: Chunker::new(self.cfg.chunker),
-            md5: Md5State::new(),
-            md5_job: None,
+            md5: Md5Stream::new(),
+            md5_digest: None,
             drained: false,
             size: 0,
             pending: Vec::new(),
@@ -153,56 +153,45 @@ impl Upload {
     /// last write.
     pub fn md5(&mut self) -> Result<[u8; 16]> {
         self.drain()?;
-        Ok(self.md5.clone().finalize())
+        Ok(self.digest())
     }
 
-    /// Takes back the MD5 state of the batch handed to the MD5 lanes (hashing it now if nobody has) and
-    /// recycles its buffer.
-    fn collect_md5(&mut self) -> Result<()> {
-        if let Some(job) = self.md5_job.take() {
-            let (state, buffer) = job.wait().ok_or_else(|| {
-                super::StoreError::Config(
-                    "the thread hashing this upload's MD5 never delivered".into(),
-                )
-            })?;
-            self.md5 = state;
-            if let Ok(b) = Arc::try_unwrap(buffer) {
-                self.store.batch_buffers.give(b);
-            }
-        }
-        Ok(())
+    /// The stream's MD5 once drained; only read after `drain` (intermediate seals do not use it).
+    fn digest(&self) -> [u8; 16] {
+        self.md5_digest.unwrap_or_default()
     }
 
-    /// Processes the chunks in `pending`. A full batch's MD5 is handed to the MD5 lanes (see md5_lanes.rs) while
-    /// this thread chunks and compresses it; the last, short one is hashed here.
+    /// Processes the chunks in `pending`. The batch is handed to the MD5 lanes (see md5_lanes.rs) and stays
+    /// there, shared, while this thread chunks and compresses it; buffers come back once hashed.
     fn process_batch(&mut self) -> Result<()> {
-        self.collect_md5()?;
         let buffer = std::mem::take(&mut self.pending);
         let ends = std::mem::take(&mut self.pending_ends);
-        let result = if buffer.len() >= BATCH_BYTES {
-            let job = md5_lanes::submit(std::mem::take(&mut self.md5), Arc::new(buffer));
-            let shared = job.data();
-            self.md5_job = Some(job);
-            let r = self.process_chunks(&shared, &ends);
-            // The batch stays with the MD5 lanes until hashed: the next one goes into another buffer.
-            self.pending = self.store.batch_buffers.take();
-            r
-        } else {
-            self.md5.update(&buffer);
-            let r = self.process_chunks(&buffer, &ends);
+        let result = if buffer.is_empty() {
             self.pending = buffer;
-            r
+            Ok(())
+        } else {
+            let shared = Arc::new(buffer);
+            let ids = self.process_chunks(&shared, &ends)?;
+            // Chunk ids first: the MD5 lanes skip what they remember by its chunk ids (md5_lanes.rs).
+            self.md5
+                .feed(shared.clone(), &ends, &ids)
+                .map_err(md5_lost)?;
+            drop(shared);
+            for b in self.md5.reclaim() {
+                self.store.batch_buffers.give(b);
+            }
+            // The next batch (if any) goes into another buffer, taken at its first write.
+            Ok(())
         };
-        // Hand the buffers back for the next batch (cleared, capacity kept).
-        self.pending.clear();
         self.pending_ends = ends;
         self.pending_ends.clear();
         result
     }
 
-    fn process_chunks(&mut self, buffer: &[u8], ends: &[usize]) -> Result<()> {
+    /// Stores the batch's chunks; returns their ids.
+    fn process_chunks(&mut self, buffer: &[u8], ends: &[usize]) -> Result<Vec<ChunkId>> {
         if ends.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let chunks: Vec<&[u8]> = ends
             .iter()
@@ -318,7 +307,7 @@ impl Upload {
                 self.seal_current(None)?;
             }
         }
-        Ok(())
+        Ok(ids)
     }
 
     /// Stores one chunk in its own entry (§4.1) in the open container.
@@ -380,7 +369,7 @@ impl Upload {
         }
         let container = open.builder.id();
         let upload = self.id;
-        let (size, md5) = (self.size, self.md5.clone().finalize());
+        let (size, md5) = (self.size, self.digest());
         let store = self.store.clone();
         store.seal_container(open.builder, &open.new_chunks, |tx| {
             catalog::upsert_upload_open(tx, &upload, now_ms())?;
@@ -423,8 +412,19 @@ impl Upload {
                 ends.push(pending.len());
             });
             self.process_batch()?;
+            let state = self.md5.state().map_err(md5_lost)?;
+            tracing::debug!(
+                upload = %self.id.to_hex(),
+                bytes = self.size,
+                md5_remembered = self.md5.remembered(),
+                "upload drained"
+            );
+            self.md5_digest = Some(state.finalize());
+            for b in self.md5.reclaim() {
+                self.store.batch_buffers.give(b);
+            }
         }
-        self.collect_md5()
+        Ok(())
     }
 
     fn source_ref(&self) -> SourceRef {
@@ -446,7 +446,7 @@ impl Upload {
         self.store.require_bucket(bucket)?;
         self.drain()?;
         if meta.etag.is_none() {
-            meta.etag = Some(format!("\"{}\"", hex::encode(self.md5.clone().finalize())));
+            meta.etag = Some(format!("\"{}\"", hex::encode(self.digest())));
         }
         let seq = self.store.next_seq();
         let created = now_ms();
@@ -493,7 +493,7 @@ impl Upload {
         Ok(SealedUpload {
             upload_id: self.id,
             size: self.size,
-            md5: self.md5.clone().finalize(),
+            md5: self.digest(),
         })
     }
 }
@@ -519,6 +519,10 @@ impl Drop for Upload {
             }
         }
     }
+}
+
+fn md5_lost(e: super::md5_lanes::Md5LaneError) -> super::StoreError {
+    super::StoreError::Config(e.to_string())
 }
 
 pub(crate) fn md5_bytes(h: Md5) -> [u8; 16] {

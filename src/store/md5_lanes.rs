@@ -1,147 +1,518 @@
-//! MD5 lanes: the batches of concurrent uploads are hashed together, up to eight at a time in the SIMD lanes
-//! of one core (`core::md5x`). An upload hands its batch over (with its MD5 state) and goes on chunking and
-//! compressing that batch; when it needs the state back (at its next batch, or at the end) and its batch is
-//! still waiting, its own thread hashes every waiting batch at once and hands the others their results
-//! ("flat combining"). Batches so wait in the queue exactly as long as their uploads do not need them, which
-//! is what fills the lanes; no extra thread, and every upload thread takes its share of the work.
-//! A single hashing thread was tried first and measured worse: it serialised MD5 onto one core whenever the
-//! lanes were not full (duplicate ingest 505 -> 442 MB/s).
+//! MD5 lanes: the batches of concurrent uploads are hashed together, up to eight streams at a time in the SIMD
+//! lanes of one core (`core::md5x`).
+//!
+//! An upload hands each batch over to its [`Md5Stream`] and goes on chunking and compressing it; the MD5 of
+//! a stream is needed only at its end (the ETag), so batches are allowed to wait. Whoever has a reason to
+//! hash (eight streams have batches waiting, an upload has `MAX_OUTSTANDING` batches unhashed, or an upload
+//! ended) takes every waiting batch at once and hashes them in rounds, one batch per stream per round, with
+//! the streams side by side in the lanes ("flat combining"): no extra thread, and every upload thread takes
+//! its share of the work.
+//!
+//! A second full backup sends the same bytes again; their MD5 is already known. At content-defined
+//! checkpoints (after a chunk whose id starts with six zero bits, ~every 64 chunks, and at a stream's end) the
+//! state is remembered under a fingerprint of the stream's chunk ids so far (a BLAKE3 chain: equal
+//! fingerprints mean equal bytes, the same assumption as dedup itself). A stream that reaches a remembered
+//! fingerprint takes that state and drops its batches still waiting: duplicate data is not MD5-hashed again.
+//! The memory is a bounded in-memory table (`MEMO_ENTRIES`); after a restart it fills again.
+//!
+//! Measured (README, issue 5): handing the MD5 state over with each batch and taking it back at the next one
+//! left ~2 of 8 lanes busy in duplicate ingest (and a scalar pass whenever one batch waited alone), MD5 45% of
+//! the server's CPU. A single hashing thread was tried before that and serialised MD5 onto one core.
 
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use crate::core::md5x::{LANES, Md5State, update_many};
+use crate::core::ids::ChunkId;
+use crate::core::md5x::{LANES, Md5State, update_many_pieces};
 
-/// At most this many batches are hashed by one combiner at once: two rounds of lanes.
-const MAX_COMBINE: usize = 2 * LANES;
+/// Pieces (parts of batches between checkpoints) of one stream that may wait unhashed; its next hand-over
+/// first waits for the oldest. Bounds the memory an upload holds (2-3 pooled batch buffers).
+const MAX_OUTSTANDING: usize = 8;
+/// Remembered checkpoint states (~200 B each with the table's overhead): ~13 MiB, covering the last ~150 GB
+/// of streams at one checkpoint per ~2.3 MB.
+const MEMO_ENTRIES: usize = 1 << 16;
+/// A chunk whose id has these bits of its first byte clear ends a checkpoint (1 in 64).
+const CHECKPOINT_MASK: u8 = 0b0011_1111;
+/// At most this many batches are taken by one combiner (besides all of the stream it works for).
+const MAX_COMBINE: usize = 3 * LANES;
 /// A waiter whose batch another thread is hashing gives up after this long (that thread died).
 const STALL_LIMIT: Duration = Duration::from_secs(120);
 
-type Hashed = (Md5State, Arc<Vec<u8>>);
+/// Why a stream's MD5 is not available.
+#[derive(Debug, thiserror::Error)]
+pub enum Md5LaneError {
+    #[error("the thread hashing this upload's MD5 stopped before delivering it")]
+    Lost,
+}
 
-/// Where a batch's result is delivered.
-#[derive(Default)]
-struct Slot {
-    result: Mutex<Option<Hashed>>,
-    ready: Condvar,
+struct StreamInner {
+    state: Md5State,
+    /// Batches hashed into `state` so far.
+    hashed: u64,
+    /// A combiner holds this stream's state and some of its batches.
+    busy: bool,
+    /// A combiner failed while holding the stream: its MD5 is lost.
+    broken: bool,
+}
+
+struct Stream {
+    inner: Mutex<StreamInner>,
+    changed: Condvar,
 }
 
 struct Job {
-    state: Md5State,
+    stream: Arc<Stream>,
     data: Arc<Vec<u8>>,
-    slot: Arc<Slot>,
+    range: Range<usize>,
+    /// The fingerprint of the stream up to this piece's end, if that is a checkpoint.
+    checkpoint: Option<[u8; 32]>,
 }
 
-fn queue() -> &'static Mutex<Vec<Job>> {
-    static QUEUE: OnceLock<Mutex<Vec<Job>>> = OnceLock::new();
-    QUEUE.get_or_init(|| Mutex::new(Vec::new()))
+/// A piece to hash: bytes of a batch buffer, and the fingerprint if it ends at a checkpoint.
+type Piece = (Arc<Vec<u8>>, Range<usize>, Option<[u8; 32]>);
+
+/// Fingerprint of a stream's chunk-id sequence so far -> the MD5 state after those bytes.
+#[derive(Default)]
+struct Memo {
+    states: HashMap<[u8; 32], Md5State>,
+    order: VecDeque<[u8; 32]>,
 }
+
+impl Memo {
+    fn remember(&mut self, key: [u8; 32], state: &Md5State) {
+        if self.states.contains_key(&key) {
+            return;
+        }
+        if self.order.len() >= MEMO_ENTRIES
+            && let Some(old) = self.order.pop_front()
+        {
+            self.states.remove(&old);
+        }
+        self.order.push_back(key);
+        self.states.insert(key, state.clone());
+    }
+}
+
+fn memo() -> &'static Mutex<Memo> {
+    static MEMO: OnceLock<Mutex<Memo>> = OnceLock::new();
+    MEMO.get_or_init(|| Mutex::new(Memo::default()))
+}
+
+/// The fingerprint chain's start (versioned, so a change of the rule can never match old entries).
+fn fingerprint_start() -> [u8; 32] {
+    *blake3::hash(b"cairn md5 memo v1").as_bytes()
+}
+
+/// The fingerprint after one more chunk.
+fn fingerprint_next(prev: &[u8; 32], id: &ChunkId) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(prev);
+    h.update(id.as_bytes());
+    *h.finalize().as_bytes()
+}
+
+fn is_checkpoint(id: &ChunkId) -> bool {
+    id.as_bytes()[0] & CHECKPOINT_MASK == 0
+}
+
+fn queue() -> &'static Mutex<VecDeque<Job>> {
+    static QUEUE: OnceLock<Mutex<VecDeque<Job>>> = OnceLock::new();
+    QUEUE.get_or_init(|| Mutex::new(VecDeque::new()))
+}
+
+/// Streams that may still hand batches over (created and not yet ended).
+static OPEN_STREAMS: AtomicUsize = AtomicUsize::new(0);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The data behind these locks stays consistent at every step, so a panic elsewhere does not poison it.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A handed-over batch.
-pub struct PendingMd5 {
-    slot: Arc<Slot>,
-    data: Arc<Vec<u8>>,
-    collected: bool,
+/// The MD5 of one upload, fed batch by batch through the shared lanes.
+pub struct Md5Stream {
+    shared: Arc<Stream>,
+    /// Pieces handed over and not yet given back, oldest first (their batch buffers).
+    outstanding: VecDeque<Arc<Vec<u8>>>,
+    /// Pieces handed over in all.
+    submitted: u64,
+    /// Fingerprint of the chunk ids fed so far.
+    fingerprint: [u8; 32],
+    /// Bytes fed.
+    fed: u64,
+    /// The bytes after the last checkpoint, held back until the next checkpoint (or the end) shows whether
+    /// the memo knows them.
+    carry: Option<(Arc<Vec<u8>>, Range<usize>)>,
+    /// Bytes whose MD5 came from the memo instead of being hashed (for tests and figures).
+    remembered: u64,
+    /// Counted in OPEN_STREAMS.
+    open: bool,
 }
 
-/// Hands `data` over to be hashed into `state`.
-pub fn submit(state: Md5State, data: Arc<Vec<u8>>) -> PendingMd5 {
-    let slot = Arc::new(Slot::default());
-    lock(queue()).push(Job {
-        state,
-        data: data.clone(),
-        slot: slot.clone(),
-    });
-    PendingMd5 {
-        slot,
-        data,
-        collected: false,
+impl Default for Md5Stream {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
-impl PendingMd5 {
-    /// The batch being hashed (shared, read-only until it comes back).
-    pub fn data(&self) -> Arc<Vec<u8>> {
-        self.data.clone()
+impl Md5Stream {
+    pub fn new() -> Md5Stream {
+        Md5Stream {
+            shared: Arc::new(Stream {
+                inner: Mutex::new(StreamInner {
+                    state: Md5State::new(),
+                    hashed: 0,
+                    busy: false,
+                    broken: false,
+                }),
+                changed: Condvar::new(),
+            }),
+            outstanding: VecDeque::new(),
+            submitted: 0,
+            fingerprint: fingerprint_start(),
+            remembered: 0,
+            fed: 0,
+            carry: None,
+            open: {
+                OPEN_STREAMS.fetch_add(1, Ordering::Relaxed);
+                true
+            },
+        }
     }
 
-    /// The state with the batch hashed in, and the batch (for reuse). Hashes it here, with every other
-    /// waiting batch, unless another thread already took it; None if that thread never delivered.
-    pub fn wait(mut self) -> Option<Hashed> {
-        self.collected = true;
-        let mine = {
-            let mut q = lock(queue());
-            match q.iter().position(|j| Arc::ptr_eq(&j.slot, &self.slot)) {
-                Some(at) => {
-                    let me = q.swap_remove(at);
-                    let n = q.len().min(MAX_COMBINE - 1);
-                    let others: Vec<Job> = q.drain(..n).collect();
-                    Some((me, others))
+    /// Feeds one batch: `data` holds whole chunks ending at `ends`, with ids `ids`. Pieces up to a remembered checkpoint are not hashed (the memo's state is taken); the others
+    /// are handed over to be hashed after the pieces before them, while the caller may keep reading `data`.
+    pub fn feed(
+        &mut self,
+        data: Arc<Vec<u8>>,
+        ends: &[usize],
+        ids: &[ChunkId],
+    ) -> Result<(), Md5LaneError> {
+        let mut pieces: Vec<Piece> = Vec::new();
+        if let Some((buf, range)) = self.carry.take() {
+            pieces.push((buf, range, None));
+        }
+        let mut start = 0usize;
+        let mut resume: Option<Md5State> = None;
+        for (id, &end) in ids.iter().zip(ends) {
+            self.fingerprint = fingerprint_next(&self.fingerprint, id);
+            self.fed += (end - start) as u64;
+            if !is_checkpoint(id) {
+                continue;
+            }
+            let known = lock(memo()).states.get(&self.fingerprint).cloned();
+            match known {
+                Some(state) => {
+                    self.remembered += (end - start) as u64;
+                    self.remembered += pieces
+                        .drain(..)
+                        .map(|(_, r, _)| r.len() as u64)
+                        .sum::<u64>();
+                    resume = Some(state);
                 }
-                None => None,
+                None => pieces.push((data.clone(), start..end, Some(self.fingerprint))),
             }
+            start = end;
+        }
+        if start < data.len() {
+            self.carry = Some((data.clone(), start..data.len()));
+        }
+        if let Some(state) = resume {
+            self.resume_at(state)?;
+        }
+        for (buf, range, checkpoint) in pieces {
+            self.submit(buf, range, checkpoint)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes whose MD5 state came from the memo.
+    pub fn remembered(&self) -> u64 {
+        self.remembered
+    }
+
+    /// Everything fed so far is known to hash to `state`: pieces still waiting are dropped unhashed.
+    fn resume_at(&mut self, state: Md5State) -> Result<(), Md5LaneError> {
+        let waiting: Vec<Job> = {
+            let mut q = lock(queue());
+            let (mine, others): (VecDeque<Job>, VecDeque<Job>) = std::mem::take(&mut *q)
+                .into_iter()
+                .partition(|j| Arc::ptr_eq(&j.stream, &self.shared));
+            *q = others;
+            mine.into()
         };
-        if let Some((me, others)) = mine {
-            let mut jobs = others;
-            jobs.push(me);
-            let mut results = hash(jobs);
-            // Ours is last; the others are delivered to their waiters.
-            let own = results.pop().map(|(_, r)| r);
-            for (slot, r) in results {
-                *lock(&slot.result) = Some(r);
-                slot.ready.notify_all();
-            }
-            return own;
-        }
-        let mut result = lock(&self.slot.result);
-        loop {
-            if let Some(r) = result.take() {
-                return Some(r);
-            }
+        let dropped: u64 = waiting.iter().map(|j| j.range.len() as u64).sum();
+        drop(waiting);
+        let mut g = lock(&self.shared.inner);
+        // A combiner may be hashing earlier pieces: let it finish (its result is overwritten).
+        while g.busy {
             let (guard, timeout) = self
-                .slot
-                .ready
-                .wait_timeout(result, STALL_LIMIT)
+                .shared
+                .changed
+                .wait_timeout(g, STALL_LIMIT)
                 .unwrap_or_else(|e| e.into_inner());
-            result = guard;
-            if timeout.timed_out() && result.is_none() {
-                return None;
+            g = guard;
+            if timeout.timed_out() && g.busy {
+                return Err(Md5LaneError::Lost);
+            }
+        }
+        if g.broken {
+            return Err(Md5LaneError::Lost);
+        }
+        g.state = state;
+        g.hashed = self.submitted;
+        self.remembered += dropped;
+        Ok(())
+    }
+
+    /// Hands `data[range]` over to be hashed after the pieces before it. Waits (hashing, usually) if this
+    /// stream already has `MAX_OUTSTANDING` pieces unhashed.
+    fn submit(
+        &mut self,
+        data: Arc<Vec<u8>>,
+        range: Range<usize>,
+        checkpoint: Option<[u8; 32]>,
+    ) -> Result<(), Md5LaneError> {
+        let hashed = lock(&self.shared.inner).hashed;
+        if self.submitted - hashed >= MAX_OUTSTANDING as u64 {
+            self.wait_hashed(self.submitted + 1 - MAX_OUTSTANDING as u64)?;
+        }
+        self.outstanding.push_back(data.clone());
+        self.submitted += 1;
+        let full = {
+            let mut q = lock(queue());
+            q.push_back(Job {
+                stream: self.shared.clone(),
+                data,
+                range,
+                checkpoint,
+            });
+            // Lanes are as full as they can get once every open stream (up to 8) has a piece waiting. One
+            // stream alone waits for its cap or its end (a remembered checkpoint may still spare the work).
+            let open = OPEN_STREAMS.load(Ordering::Relaxed).min(LANES);
+            open >= 2 && distinct_streams(&q) >= open
+        };
+        if full {
+            combine(None);
+        }
+        Ok(())
+    }
+
+    /// Batches already hashed, handed back for reuse (those nobody else still shares).
+    pub fn reclaim(&mut self) -> Vec<Vec<u8>> {
+        let hashed = lock(&self.shared.inner).hashed;
+        let given_back = self.submitted - self.outstanding.len() as u64;
+        let mut out = Vec::new();
+        for _ in given_back..hashed {
+            if let Some(b) = self.outstanding.pop_front()
+                && let Ok(v) = Arc::try_unwrap(b)
+            {
+                out.push(v);
+            }
+        }
+        out
+    }
+
+    /// The state with every handed-over batch hashed in (hashing what is still waiting, with the batches of
+    /// other streams).
+    /// The stream's end is a checkpoint too.
+    pub fn state(&mut self) -> Result<Md5State, Md5LaneError> {
+        self.close();
+        if self.fed == 0 {
+            return Ok(Md5State::new());
+        }
+        let known = lock(memo()).states.get(&self.fingerprint).cloned();
+        let carry = self.carry.take();
+        match known {
+            Some(state) => {
+                self.remembered += carry.map_or(0, |(_, r)| r.len() as u64);
+                self.resume_at(state)?;
+            }
+            None => {
+                if let Some((buf, range)) = carry {
+                    self.submit(buf, range, None)?;
+                }
+            }
+        }
+        self.wait_hashed(self.submitted)?;
+        let state = lock(&self.shared.inner).state.clone();
+        lock(memo()).remember(self.fingerprint, &state);
+        Ok(state)
+    }
+
+    /// No more batches will come: others stop waiting for this stream to fill the lanes.
+    fn close(&mut self) {
+        if std::mem::take(&mut self.open) {
+            OPEN_STREAMS.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Returns once the first `n` batches are hashed.
+    fn wait_hashed(&self, n: u64) -> Result<(), Md5LaneError> {
+        loop {
+            {
+                let mut g = lock(&self.shared.inner);
+                loop {
+                    if g.broken {
+                        return Err(Md5LaneError::Lost);
+                    }
+                    if g.hashed >= n {
+                        return Ok(());
+                    }
+                    if !g.busy {
+                        break;
+                    }
+                    let (guard, timeout) = self
+                        .shared
+                        .changed
+                        .wait_timeout(g, STALL_LIMIT)
+                        .unwrap_or_else(|e| e.into_inner());
+                    g = guard;
+                    if timeout.timed_out() && g.busy {
+                        return Err(Md5LaneError::Lost);
+                    }
+                }
+            }
+            // Not done and nobody at it: our batches are in the queue (or were just taken, then we wait).
+            combine(Some(&self.shared));
+        }
+    }
+}
+
+impl Drop for Md5Stream {
+    /// An abandoned upload takes its batches out of the queue (no one would hash them for nothing).
+    fn drop(&mut self) {
+        self.close();
+        lock(queue()).retain(|j| !Arc::ptr_eq(&j.stream, &self.shared));
+    }
+}
+
+fn distinct_streams(q: &VecDeque<Job>) -> usize {
+    let mut seen: Vec<&Arc<Stream>> = Vec::with_capacity(LANES);
+    for j in q {
+        if !seen.iter().any(|s| Arc::ptr_eq(s, &j.stream)) {
+            seen.push(&j.stream);
+            if seen.len() >= LANES {
+                break;
             }
         }
     }
+    seen.len()
 }
 
-impl Drop for PendingMd5 {
-    /// An abandoned upload takes its batch out of the queue (no one would hash it for nothing).
+/// Streams a combiner holds; released (and marked broken) if hashing panics.
+struct Held {
+    streams: Vec<(Arc<Stream>, Vec<Job>)>,
+    published: bool,
+}
+
+impl Drop for Held {
     fn drop(&mut self) {
-        if !self.collected {
-            lock(queue()).retain(|j| !Arc::ptr_eq(&j.slot, &self.slot));
+        if self.published {
+            return;
+        }
+        for (s, _) in &self.streams {
+            let mut g = lock(&s.inner);
+            g.busy = false;
+            g.broken = true;
+            s.changed.notify_all();
         }
     }
 }
 
-fn hash(jobs: Vec<Job>) -> Vec<(Arc<Slot>, Hashed)> {
-    let mut states: Vec<Md5State> = Vec::with_capacity(jobs.len());
-    let mut rest = Vec::with_capacity(jobs.len());
-    for j in jobs {
-        states.push(j.state);
-        rest.push((j.slot, j.data));
+/// Takes waiting batches (all of `own`'s, and others up to `MAX_COMBINE`) of streams nobody else is hashing,
+/// and hashes them. Batches of one stream stay in order: a stream is taken whole by one combiner at a time.
+fn combine(own: Option<&Arc<Stream>>) {
+    let mut held = Held {
+        streams: Vec::new(),
+        published: false,
+    };
+    {
+        let mut q = lock(queue());
+        let mut taken = 0usize;
+        let mut skipped: Vec<Arc<Stream>> = Vec::new();
+        let waiting = std::mem::take(&mut *q);
+        for job in waiting {
+            let is_own = own.is_some_and(|o| Arc::ptr_eq(o, &job.stream));
+            let slot = held
+                .streams
+                .iter()
+                .position(|(s, _)| Arc::ptr_eq(s, &job.stream));
+            let take = match slot {
+                Some(_) => is_own || taken < MAX_COMBINE,
+                None if (!is_own && taken >= MAX_COMBINE)
+                    || skipped.iter().any(|s| Arc::ptr_eq(s, &job.stream)) =>
+                {
+                    false
+                }
+                None => {
+                    let mut g = lock(&job.stream.inner);
+                    if g.busy {
+                        false
+                    } else {
+                        g.busy = true;
+                        true
+                    }
+                }
+            };
+            if !take {
+                // Once a stream's batch stays behind, its later ones must too (order).
+                if !skipped.iter().any(|s| Arc::ptr_eq(s, &job.stream)) {
+                    skipped.push(job.stream.clone());
+                }
+                q.push_back(job);
+                continue;
+            }
+            taken += 1;
+            match slot {
+                Some(i) => held.streams[i].1.push(job),
+                None => {
+                    let stream = job.stream.clone();
+                    held.streams.push((stream, vec![job]));
+                }
+            }
+        }
     }
+    if held.streams.is_empty() {
+        return;
+    }
+    let mut states: Vec<Md5State> = held
+        .streams
+        .iter()
+        .map(|(s, _)| lock(&s.inner).state.clone())
+        .collect();
     {
         let mut refs: Vec<&mut Md5State> = states.iter_mut().collect();
-        let slices: Vec<&[u8]> = rest.iter().map(|(_, d)| d.as_slice()).collect();
-        update_many(&mut refs, &slices);
+        let pieces: Vec<Vec<&[u8]>> = held
+            .streams
+            .iter()
+            .map(|(_, jobs)| jobs.iter().map(|j| &j.data[j.range.clone()]).collect())
+            .collect();
+        let pieces: Vec<&[&[u8]]> = pieces.iter().map(|p| &p[..]).collect();
+        let mut remembered: Vec<([u8; 32], Md5State)> = Vec::new();
+        update_many_pieces(&mut refs, &pieces, |i, j, state| {
+            if let Some(key) = held.streams[i].1[j].checkpoint {
+                remembered.push((key, state.clone()));
+            }
+        });
+        let mut m = lock(memo());
+        for (key, state) in &remembered {
+            m.remember(*key, state);
+        }
     }
-    states
-        .into_iter()
-        .zip(rest)
-        .map(|(state, (slot, data))| (slot, (state, data)))
-        .collect()
+    held.published = true;
+    for ((stream, batches), state) in std::mem::take(&mut held.streams).into_iter().zip(states) {
+        let n = batches.len() as u64;
+        // Our references go before the owner learns the batches are hashed, so it can reuse the buffers.
+        drop(batches);
+        let mut g = lock(&stream.inner);
+        g.state = state;
+        g.hashed += n;
+        g.busy = false;
+        stream.changed.notify_all();
+    }
 }
 
 #[cfg(test)]
@@ -149,39 +520,107 @@ mod tests {
     use super::*;
     use md5::Digest;
 
-    #[test]
-    fn concurrent_streams_get_their_own_digests() {
-        let streams: Vec<Vec<u8>> = (0..10u32)
+    fn streams() -> Vec<Vec<u8>> {
+        (0..10u32)
             .map(|s| {
                 (0..(300_000 + s * 7_777))
                     .map(|i| (i.wrapping_mul(2_654_435_761) >> (s % 5 + 8)) as u8)
                     .collect()
             })
-            .collect();
+            .collect()
+    }
+
+    /// Feeds `data` cut into "chunks" of `chunk` bytes, in batches of whole chunks of at least `batch` bytes
+    /// (as ingest does: chunk boundaries depend on the content only, batch boundaries on network reads).
+    fn feed_all(md5: &mut Md5Stream, data: &[u8], batch: usize, chunk: usize) -> [u8; 16] {
+        let mut from = 0;
+        while from < data.len() {
+            let to = (from + batch.div_ceil(chunk) * chunk).min(data.len());
+            let b = &data[from..to];
+            let ends: Vec<usize> = (1..=b.len().div_ceil(chunk))
+                .map(|i| (i * chunk).min(b.len()))
+                .collect();
+            let ids: Vec<ChunkId> = b.chunks(chunk).map(ChunkId::of).collect();
+            md5.feed(Arc::new(b.to_vec()), &ends, &ids).expect("feed");
+            md5.reclaim();
+            assert!(
+                md5.outstanding.len() <= MAX_OUTSTANDING,
+                "memory stays bounded"
+            );
+            // Something else to do meanwhile, so pieces of other threads queue up.
+            std::thread::yield_now();
+            from = to;
+        }
+        md5.state().expect("hashed").finalize()
+    }
+
+    #[test]
+    fn concurrent_streams_get_their_own_digests() {
+        let streams = streams();
         std::thread::scope(|scope| {
-            for s in &streams {
+            for (n, s) in streams.iter().enumerate() {
                 scope.spawn(move || {
-                    let mut state = Md5State::new();
-                    for piece in s.chunks(65_537) {
-                        let job = submit(state, Arc::new(piece.to_vec()));
-                        // Something else to do meanwhile, so batches of other threads queue up.
-                        std::thread::yield_now();
-                        let (st, back) = job.wait().expect("hashed");
-                        assert_eq!(&back[..], piece);
-                        state = st;
-                    }
+                    let mut md5 = Md5Stream::new();
+                    // Salted chunk sizes: these streams share no fingerprints with other tests'.
+                    let got = feed_all(&mut md5, s, 65_537, 997 + n);
                     let want: [u8; 16] = md5::Md5::digest(s).into();
-                    assert_eq!(state.finalize(), want);
+                    assert_eq!(got, want);
+                    md5.reclaim();
+                    assert!(md5.outstanding.is_empty(), "every piece handed back");
                 });
             }
         });
     }
 
     #[test]
-    fn an_abandoned_batch_leaves_the_queue() {
-        let job = submit(Md5State::new(), Arc::new(vec![7u8; 1000]));
-        let slot = job.slot.clone();
-        drop(job);
-        assert!(!lock(queue()).iter().any(|j| Arc::ptr_eq(&j.slot, &slot)));
+    fn one_stream_alone_is_hashed_in_order() {
+        let s = &streams()[3];
+        let mut md5 = Md5Stream::new();
+        let want: [u8; 16] = md5::Md5::digest(s).into();
+        assert_eq!(feed_all(&mut md5, s, 10_000, 1_009), want);
+    }
+
+    #[test]
+    fn the_same_bytes_again_are_not_hashed_again() {
+        let mut data = streams()[5].clone();
+        data.extend_from_slice(&streams()[6]);
+        let want: [u8; 16] = md5::Md5::digest(&data).into();
+        let mut first = Md5Stream::new();
+        assert_eq!(feed_all(&mut first, &data, 50_000, 211), want);
+        // The same content in other batch sizes (network reads differ): same chunks, all of it remembered.
+        let mut again = Md5Stream::new();
+        assert_eq!(feed_all(&mut again, &data, 30_011, 211), want);
+        assert_eq!(again.remembered(), data.len() as u64);
+        // A stream sharing only a prefix: the prefix up to its last checkpoint is remembered, the rest hashed.
+        let mut changed = data.clone();
+        let at = changed.len() / 2;
+        changed[at] ^= 1;
+        let mut third = Md5Stream::new();
+        let want_changed: [u8; 16] = md5::Md5::digest(&changed).into();
+        assert_eq!(feed_all(&mut third, &changed, 50_000, 211), want_changed);
+        assert!(
+            third.remembered() > 0 && third.remembered() <= at as u64,
+            "remembered {} of a {at}-byte shared prefix",
+            third.remembered()
+        );
+    }
+
+    #[test]
+    fn an_abandoned_stream_leaves_the_queue() {
+        let mut md5 = Md5Stream::new();
+        let data = vec![7u8; 1000];
+        md5.feed(
+            Arc::new(data.clone()),
+            &[1000],
+            &[ChunkId::of(b"abandoned")],
+        )
+        .expect("feed");
+        let shared = md5.shared.clone();
+        drop(md5);
+        assert!(
+            !lock(queue())
+                .iter()
+                .any(|j| Arc::ptr_eq(&j.stream, &shared))
+        );
     }
 }
