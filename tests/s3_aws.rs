@@ -245,3 +245,70 @@ fn assert_trees_equal(a: &std::path::Path, b: &std::path::Path) {
     });
     assert_ok(&out, "diff -r of synced trees");
 }
+
+/// The same bytes uploaded again (a second full backup) get their MD5 from the server's memo of earlier
+/// streams instead of being hashed again (store::md5_lanes): the ETags must still be exactly the MD5 (single
+/// PUT) and the md5-of-md5s (multipart) of what was sent, also for a copy that differs in one byte.
+#[test]
+fn repeated_uploads_keep_exact_etags() {
+    use md5::{Digest, Md5};
+    let s = Server::start();
+    s.aws_ok(&["s3", "mb", "s3://fulls"]);
+    let dir = s.scratch("fulls");
+    let original = pseudo_random(40 << 20, 77);
+    let mut changed = original.clone();
+    changed[(20 << 20) + 12_345] ^= 0x5a;
+    let single_etag = |body: &[u8]| hex::encode(Md5::digest(body));
+    let multipart_etag = |body: &[u8]| {
+        // aws cli: 8 MiB parts.
+        let parts: Vec<&[u8]> = body.chunks(8 << 20).collect();
+        let mut all = Md5::new();
+        for p in &parts {
+            all.update(Md5::digest(p));
+        }
+        format!("{}-{}", hex::encode(all.finalize()), parts.len())
+    };
+    let etag_of = |key: &str| {
+        let head = s.aws_ok(&["s3api", "head-object", "--bucket", "fulls", "--key", key]);
+        let v: serde_json::Value = serde_json::from_str(&head).expect("head-object JSON");
+        v["ETag"].as_str().unwrap_or_default().trim_matches('"').to_string()
+    };
+    for (name, body) in [
+        ("night-1", &original),
+        ("night-2", &original),
+        ("night-3", &changed),
+        ("night-4", &original),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, body).unwrap();
+        // Single PUT (put-object does not split) and multipart (cp splits at 8 MiB).
+        s.aws_ok(&[
+            "s3api",
+            "put-object",
+            "--bucket",
+            "fulls",
+            "--key",
+            &format!("{name}.single"),
+            "--body",
+            path.to_str().unwrap(),
+        ]);
+        s.aws_ok(&[
+            "s3",
+            "cp",
+            "--no-progress",
+            path.to_str().unwrap(),
+            &format!("s3://fulls/{name}.multi"),
+        ]);
+        assert_eq!(etag_of(&format!("{name}.single")), single_etag(body), "{name} single PUT");
+        assert_eq!(etag_of(&format!("{name}.multi")), multipart_etag(body), "{name} multipart");
+        let back = dir.join(format!("{name}.back"));
+        s.aws_ok(&[
+            "s3",
+            "cp",
+            "--no-progress",
+            &format!("s3://fulls/{name}.multi"),
+            back.to_str().unwrap(),
+        ]);
+        assert!(std::fs::read(&back).unwrap() == *body, "{name} reads back");
+    }
+}

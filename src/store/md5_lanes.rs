@@ -289,10 +289,14 @@ impl Md5Stream {
                 range,
                 checkpoint,
             });
-            // Lanes are as full as they can get once every open stream (up to 8) has a piece waiting. One
-            // stream alone waits for its cap or its end (a remembered checkpoint may still spare the work).
+            // Lanes are as full as they can get once every open stream (up to 8) has a piece waiting. But a
+            // stream's own backlog is hashed one piece after another (in one lane), so it is not left to
+            // grow: with two pieces waiting it goes with whatever other streams have waiting. One stream
+            // alone waits for its cap or its end (a remembered checkpoint may still spare the work).
             let open = OPEN_STREAMS.load(Ordering::Relaxed).min(LANES);
-            open >= 2 && distinct_streams(&q) >= open
+            let distinct = distinct_streams(&q);
+            let backlog = self.submitted - hashed;
+            (open >= 2 && distinct >= open) || (backlog >= 2 && distinct >= 2)
         };
         if full {
             combine(None);
