@@ -271,7 +271,11 @@ fn repeated_uploads_keep_exact_etags() {
     let etag_of = |key: &str| {
         let head = s.aws_ok(&["s3api", "head-object", "--bucket", "fulls", "--key", key]);
         let v: serde_json::Value = serde_json::from_str(&head).expect("head-object JSON");
-        v["ETag"].as_str().unwrap_or_default().trim_matches('"').to_string()
+        v["ETag"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_matches('"')
+            .to_string()
     };
     for (name, body) in [
         ("night-1", &original),
@@ -299,8 +303,16 @@ fn repeated_uploads_keep_exact_etags() {
             path.to_str().unwrap(),
             &format!("s3://fulls/{name}.multi"),
         ]);
-        assert_eq!(etag_of(&format!("{name}.single")), single_etag(body), "{name} single PUT");
-        assert_eq!(etag_of(&format!("{name}.multi")), multipart_etag(body), "{name} multipart");
+        assert_eq!(
+            etag_of(&format!("{name}.single")),
+            single_etag(body),
+            "{name} single PUT"
+        );
+        assert_eq!(
+            etag_of(&format!("{name}.multi")),
+            multipart_etag(body),
+            "{name} multipart"
+        );
         let back = dir.join(format!("{name}.back"));
         s.aws_ok(&[
             "s3",

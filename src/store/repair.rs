@@ -226,7 +226,7 @@ impl Store {
             if !disk.state().healthy() {
                 continue; // the rebuild's business, not a scrub finding
             }
-            let bytes = match disk.disk.read_all(&shard_path(row.id, idx)) {
+            let (bytes, at) = match disk.disk.read_once(&shard_path(row.id, idx)) {
                 Ok(b) => b,
                 Err(e) => {
                     if e.kind() != std::io::ErrorKind::NotFound {
@@ -236,7 +236,7 @@ impl Store {
                     continue;
                 }
             };
-            match verify_shard_file(&bytes) {
+            match verify_shard_file(&bytes[at.clone()]) {
                 Ok(h)
                     if h.container == row.id
                         && h.index as usize == idx
@@ -248,7 +248,8 @@ impl Store {
                     // The payload moved to the front of the buffer it was read into: no second allocation.
                     let mut payload = bytes;
                     let len = row.shard_len as usize;
-                    payload.copy_within(SHARD_HEADER_LEN..SHARD_HEADER_LEN + len, 0);
+                    let from = at.start + SHARD_HEADER_LEN;
+                    payload.copy_within(from..from + len, 0);
                     payload.truncate(len);
                     *slot = Some(payload);
                     good += 1;
