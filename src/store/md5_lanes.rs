@@ -123,7 +123,7 @@ fn queue() -> &'static Mutex<VecDeque<Job>> {
     QUEUE.get_or_init(|| Mutex::new(VecDeque::new()))
 }
 
-/// Streams that may still hand batches over (created and not yet ended).
+/// Streams that have handed pieces over and not ended yet.
 static OPEN_STREAMS: AtomicUsize = AtomicUsize::new(0);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -147,8 +147,11 @@ pub struct Md5Stream {
     carry: Option<(Arc<Vec<u8>>, Range<usize>)>,
     /// Bytes whose MD5 came from the memo instead of being hashed (for tests and figures).
     remembered: u64,
-    /// Counted in OPEN_STREAMS.
+    /// Counted in OPEN_STREAMS: from its first piece handed over to its end. (A stream that has not
+    /// produced a piece yet, a new part still filling its first batch, is not waited for.)
     open: bool,
+    /// Ended: `state` was called.
+    closed: bool,
 }
 
 impl Default for Md5Stream {
@@ -175,10 +178,8 @@ impl Md5Stream {
             remembered: 0,
             fed: 0,
             carry: None,
-            open: {
-                OPEN_STREAMS.fetch_add(1, Ordering::Relaxed);
-                true
-            },
+            closed: false,
+            open: false,
         }
     }
 
@@ -281,6 +282,10 @@ impl Md5Stream {
         }
         self.outstanding.push_back(data.clone());
         self.submitted += 1;
+        if !self.open && !self.closed {
+            self.open = true;
+            OPEN_STREAMS.fetch_add(1, Ordering::Relaxed);
+        }
         let full = {
             let mut q = lock(queue());
             q.push_back(Job {
@@ -291,12 +296,14 @@ impl Md5Stream {
             });
             // Lanes are as full as they can get once every open stream (up to 8) has a piece waiting. But a
             // stream's own backlog is hashed one piece after another (in one lane), so it is not left to
-            // grow: with two pieces waiting it goes with whatever other streams have waiting. One stream
-            // alone waits for its cap or its end (a remembered checkpoint may still spare the work).
+            // grow: with half its cap waiting it goes with whatever other streams have waiting, if that
+            // fills half the lanes. One stream alone waits for its cap or its end (a remembered checkpoint
+            // may still spare the work).
             let open = OPEN_STREAMS.load(Ordering::Relaxed).min(LANES);
             let distinct = distinct_streams(&q);
             let backlog = self.submitted - hashed;
-            (open >= 2 && distinct >= open) || (backlog >= 2 && distinct >= 2)
+            (open >= 2 && distinct >= open)
+                || (backlog as usize >= MAX_OUTSTANDING / 2 && distinct >= LANES / 2)
         };
         if full {
             combine(None);
@@ -348,6 +355,7 @@ impl Md5Stream {
 
     /// No more batches will come: others stop waiting for this stream to fill the lanes.
     fn close(&mut self) {
+        self.closed = true;
         if std::mem::take(&mut self.open) {
             OPEN_STREAMS.fetch_sub(1, Ordering::Relaxed);
         }
