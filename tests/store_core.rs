@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use cairn::core::chunker::ChunkerParams;
 use cairn::store::recover::{check_catalog, rebuild_catalog};
-use cairn::store::{ObjectMeta, PutCondition, Store, StoreConfig, StoreError};
+use cairn::store::{ObjectMeta, PartRecord, PutCondition, Store, StoreConfig, StoreError};
 
 fn config(dir: &Path) -> StoreConfig {
     let mut cfg = StoreConfig::embedded(dir.join("data"));
@@ -522,4 +522,66 @@ fn grouped_chunks_serve_any_range_and_survive_rot_inside_a_frame() {
     let store = Store::open(config(dir.path())).unwrap();
     assert_eq!(get(&store, "bkt", "text", None).unwrap(), text);
     assert_eq!(get(&store, "bkt", "second", None).unwrap(), second);
+}
+
+/// A part is sealed and recorded in one transaction (`Upload::finish_part`): a part uploaded again replaces
+/// the first, a part for an aborted upload is refused with NoSuchUpload and leaves no reference behind.
+#[test]
+fn parts_recorded_with_their_seal_replace_and_refuse_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    store.create_bucket("bkt").unwrap();
+    let id = store
+        .create_multipart("bkt", "mp", ObjectMeta::default())
+        .unwrap();
+    let first = data(31, 6 * 1024 * 1024);
+    let second = data(32, 6 * 1024 * 1024);
+    let tail = data(33, 1000);
+    for (n, body) in [(1u32, &first), (1, &second), (2, &tail)] {
+        let mut up = store.begin_upload().unwrap();
+        up.write(body).unwrap();
+        let part = up
+            .finish_part(PartRecord::new(&id, n, Default::default()).unwrap())
+            .unwrap();
+        assert_eq!(part.size, body.len() as u64);
+        assert_eq!(
+            part.etag,
+            format!(
+                "\"{}\"",
+                hex::encode(<md5::Md5 as md5::Digest>::digest(body))
+            )
+        );
+    }
+    let list: Vec<(u32, String)> = store
+        .list_parts(&id, 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.part_number, p.etag))
+        .collect();
+    assert_eq!(list.len(), 2, "part 1 was replaced, not added");
+    store
+        .complete_multipart(&id, &list, Default::default(), PutCondition::None)
+        .unwrap();
+    let mut want = second.clone();
+    want.extend_from_slice(&tail);
+    assert_eq!(get(&store, "bkt", "mp", None).unwrap(), want);
+    assert!(store.catalog().read(check_catalog).unwrap().is_empty());
+
+    // A part for an upload aborted meanwhile: refused, and nothing of it stays referenced.
+    let gone = store
+        .create_multipart("bkt", "gone", ObjectMeta::default())
+        .unwrap();
+    store.abort_multipart(&gone).unwrap();
+    let mut up = store.begin_upload().unwrap();
+    up.write(&data(34, 3 * 1024 * 1024)).unwrap();
+    let refused = up.finish_part(PartRecord::new(&gone, 1, Default::default()).unwrap());
+    assert!(
+        matches!(refused, Err(StoreError::NoSuchUpload(_))),
+        "{refused:?}"
+    );
+    assert!(store.catalog().read(check_catalog).unwrap().is_empty());
+    assert!(matches!(
+        PartRecord::new(&id, 0, Default::default()),
+        Err(StoreError::InvalidArgument(_))
+    ));
 }

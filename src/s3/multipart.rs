@@ -12,7 +12,7 @@ use super::checksum::{Algo, Wanted, composite, parse_content_md5};
 use super::objects::ChecksumFields;
 use super::stream::ingest;
 use super::util::*;
-use crate::store::{MultipartUploadInfo, PartInfo, StoreError};
+use crate::store::{MultipartUploadInfo, PartInfo, PartRecord, StoreError};
 
 const MAX_PART_NUMBER: i32 = 10_000;
 
@@ -124,15 +124,10 @@ impl CairnS3 {
         let (ing, checksums) = ing.verified(i.content_length, md5.as_ref(), &wanted, t.as_ref())?;
         let upload = ing.upload;
         let id = i.upload_id;
+        // Sealed and recorded in one catalog transaction; on failure nothing of the part is recorded and the
+        // dropped upload releases what an intermediate seal registered.
         let part = self
-            .run(move |s| {
-                let sealed = upload.finish_sealed()?;
-                s.put_part(&id, n, sealed, checksums).inspect_err(|_| {
-                    if let Err(e) = s.release_upload(sealed) {
-                        tracing::warn!("releasing an unrecorded part: {e}");
-                    }
-                })
-            })
+            .run(move |_| upload.finish_part(PartRecord::new(&id, n, checksums)?))
             .await?;
         let c = ChecksumFields::from(&part.checksums);
         Ok(S3Response::new(UploadPartOutput {

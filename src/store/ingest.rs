@@ -11,10 +11,11 @@ use md5::{Digest, Md5};
 use super::md5_lanes::Md5Stream;
 use rayon::prelude::*;
 
-use super::api::{ObjectInfo, ObjectMeta, PutCondition, SealedUpload};
+use super::api::{ObjectInfo, ObjectMeta, PartInfo, PutCondition, SealedUpload};
 use super::catalog;
 use super::dedup::ChunkLocation;
 use super::error::Result;
+use super::objects::PartRecord;
 use super::{Store, now_ms};
 use crate::core::chunker::Chunker;
 use crate::core::container::{
@@ -85,6 +86,7 @@ pub struct Upload {
 #[allow(clippy::large_enum_variant)]
 enum Finish<'a> {
     Sealed,
+    Part(&'a PartRecord<'a>),
     Object {
         record: ObjectCommitRecord,
         info: ObjectInfo,
@@ -387,6 +389,17 @@ impl Upload {
             match &finish {
                 None => Ok(()),
                 Some(Finish::Sealed) => catalog::seal_upload(tx, &upload, size, &md5, 0),
+                Some(Finish::Part(part)) => {
+                    catalog::seal_upload(tx, &upload, size, &md5, 0)?;
+                    part.record(
+                        tx,
+                        &SealedUpload {
+                            upload_id: upload,
+                            size,
+                            md5,
+                        },
+                    )
+                }
                 Some(Finish::Object { record, info, cond }) => {
                     catalog::seal_upload(tx, &upload, size, &md5, 0)?;
                     store.commit_in_tx(tx, info, &record.sources, cond)
@@ -486,6 +499,19 @@ impl Upload {
     }
 
     /// Seals the stream without making it an object (multipart parts, conditional PUTs).
+    /// Ends the stream and records it as part `part.part_number` of a multipart upload, in the transaction
+    /// that seals it.
+    pub fn finish_part(mut self, part: PartRecord<'_>) -> Result<PartInfo> {
+        self.drain()?;
+        self.seal_current(Some(Finish::Part(&part)))?;
+        self.done = true;
+        Ok(part.info(&SealedUpload {
+            upload_id: self.id,
+            size: self.size,
+            md5: self.digest(),
+        }))
+    }
+
     pub fn finish_sealed(mut self) -> Result<SealedUpload> {
         self.drain()?;
         self.seal_current(Some(Finish::Sealed))?;

@@ -29,8 +29,9 @@ use crate::core::ids::ChunkId;
 use crate::core::md5x::{LANES, Md5State, update_many_pieces};
 
 /// Pieces (parts of batches between checkpoints) of one stream that may wait unhashed; its next hand-over
-/// first waits for the oldest. Bounds the memory an upload holds (2-3 pooled batch buffers).
-const MAX_OUTSTANDING: usize = 8;
+/// first waits for the oldest. With the carry copied out, an upload normally holds its batch being filled and
+/// the last one (whose pieces the lanes take within about a batch's time).
+const MAX_OUTSTANDING: usize = 4;
 /// Remembered checkpoint states (~200 B each with the table's overhead): ~13 MiB, covering the last ~150 GB
 /// of streams at one checkpoint per ~2.3 MB.
 const MEMO_ENTRIES: usize = 1 << 16;
@@ -218,7 +219,10 @@ impl Md5Stream {
             start = end;
         }
         if start < data.len() {
-            self.carry = Some((data.clone(), start..data.len()));
+            // A copy (on average half a checkpoint interval), so that this batch's buffer can go back.
+            let rest = data[start..].to_vec();
+            let n = rest.len();
+            self.carry = Some((Arc::new(rest), 0..n));
         }
         if let Some(state) = resume {
             self.resume_at(state)?;

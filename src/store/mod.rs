@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex};
 pub use api::*;
 pub use error::{Result, StoreError};
 pub use ingest::Upload;
+pub use objects::PartRecord;
 pub use read::ObjectReader;
 
 use crate::core::chunker::ChunkerParams;

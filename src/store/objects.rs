@@ -463,41 +463,9 @@ impl Store {
         sealed: SealedUpload,
         checksums: BTreeMap<String, String>,
     ) -> Result<PartInfo> {
-        if !(1..=MAX_PARTS).contains(&part_number) {
-            return Err(StoreError::InvalidArgument(format!(
-                "part number must be 1..={MAX_PARTS}"
-            )));
-        }
-        let now = now_ms();
-        let cks =
-            serde_json::to_string(&checksums).map_err(|e| StoreError::Config(e.to_string()))?;
-        self.catalog.write(|tx| {
-            mpu_exists(tx, upload_id)?;
-            let old: Option<Vec<u8>> = tx
-                .query_row(
-                    "SELECT upload_id FROM parts WHERE mpu_id = ?1 AND part_number = ?2",
-                    params![upload_id, part_number],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            catalog::add_upload_refs(tx, &sealed.upload_id, 1)?;
-            tx.execute(
-                "INSERT OR REPLACE INTO parts(mpu_id, part_number, upload_id, size, md5, checksums_json, modified_unix_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![upload_id, part_number, &sealed.upload_id.0[..], sealed.size as i64, &sealed.md5[..], cks, now as i64],
-            )?;
-            if let Some(old) = old.and_then(|o| o.try_into().ok()).map(UploadId) {
-                catalog::add_upload_refs(tx, &old, -1)?;
-            }
-            Ok(())
-        })?;
-        Ok(PartInfo {
-            part_number,
-            etag: format!("\"{}\"", hex::encode(sealed.md5)),
-            size: sealed.size,
-            last_modified_unix_ms: now,
-            checksums,
-        })
+        let part = PartRecord::new(upload_id, part_number, checksums)?;
+        self.catalog.write(|tx| part.record(tx, &sealed))?;
+        Ok(part.info(&sealed))
     }
 
     pub fn get_multipart(&self, upload_id: &str) -> Result<MultipartUploadInfo> {
@@ -749,4 +717,77 @@ fn drop_multipart(tx: &rusqlite::Connection, id: &str) -> Result<()> {
     tx.execute("DELETE FROM parts WHERE mpu_id = ?1", [id])?;
     tx.execute("DELETE FROM multipart WHERE id = ?1", [id])?;
     Ok(())
+}
+
+/// A part to be recorded for a multipart upload: in its own transaction (`put_part`) or in the one that seals
+/// the part's upload (`Upload::finish_part`, one catalog commit per part instead of two).
+pub struct PartRecord<'a> {
+    mpu_id: &'a str,
+    part_number: u32,
+    checksums: BTreeMap<String, String>,
+    checksums_json: String,
+    now: u64,
+}
+
+impl<'a> PartRecord<'a> {
+    pub fn new(
+        mpu_id: &'a str,
+        part_number: u32,
+        checksums: BTreeMap<String, String>,
+    ) -> Result<PartRecord<'a>> {
+        if !(1..=MAX_PARTS).contains(&part_number) {
+            return Err(StoreError::InvalidArgument(format!(
+                "part number must be 1..={MAX_PARTS}"
+            )));
+        }
+        let checksums_json =
+            serde_json::to_string(&checksums).map_err(|e| StoreError::Config(e.to_string()))?;
+        Ok(PartRecord {
+            mpu_id,
+            part_number,
+            checksums,
+            checksums_json,
+            now: now_ms(),
+        })
+    }
+
+    /// Records the part (replacing an earlier upload of the same number, whose reference it drops).
+    pub(crate) fn record(&self, tx: &Transaction<'_>, sealed: &SealedUpload) -> Result<()> {
+        mpu_exists(tx, self.mpu_id)?;
+        let old: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT upload_id FROM parts WHERE mpu_id = ?1 AND part_number = ?2",
+                params![self.mpu_id, self.part_number],
+                |r| r.get(0),
+            )
+            .optional()?;
+        catalog::add_upload_refs(tx, &sealed.upload_id, 1)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO parts(mpu_id, part_number, upload_id, size, md5, checksums_json, modified_unix_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                self.mpu_id,
+                self.part_number,
+                &sealed.upload_id.0[..],
+                sealed.size as i64,
+                &sealed.md5[..],
+                self.checksums_json,
+                self.now as i64
+            ],
+        )?;
+        if let Some(old) = old.and_then(|o| o.try_into().ok()).map(UploadId) {
+            catalog::add_upload_refs(tx, &old, -1)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn info(self, sealed: &SealedUpload) -> PartInfo {
+        PartInfo {
+            part_number: self.part_number,
+            etag: format!("\"{}\"", hex::encode(sealed.md5)),
+            size: sealed.size,
+            last_modified_unix_ms: self.now,
+            checksums: self.checksums,
+        }
+    }
 }
