@@ -524,7 +524,7 @@ fn main() {
         ),
         ("MD5, one stream", s.md5),
         (
-            "MD5, 8 streams in AVX2 lanes (the store's MD5 lanes)",
+            "MD5, 8 streams in SIMD lanes (AVX-512VL, else AVX2: the store's MD5 lanes)",
             s.md5_lanes,
         ),
         ("SHA-256", s.sha256),

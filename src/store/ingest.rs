@@ -100,7 +100,11 @@ impl Store {
             store: self.clone(),
             id: UploadId::random(),
             chunker: Chunker::new(self.cfg.chunker),
-            md5: Md5Stream::new(),
+            md5: {
+                // Batch buffers go back to the pool as soon as their MD5 is done, from whichever thread.
+                let store = self.clone();
+                Md5Stream::new(Some(Box::new(move |b| store.batch_buffers.give(b))))
+            },
             md5_digest: None,
             drained: false,
             size: 0,
@@ -178,8 +182,8 @@ impl Upload {
             self.md5
                 .feed(shared.clone(), &ends, &ids)
                 .map_err(md5_lost)?;
-            drop(shared);
-            for b in self.md5.reclaim() {
+            // Back to the pool now unless pieces of it still wait for the MD5 lanes (they give it back).
+            if let Ok(b) = Arc::try_unwrap(shared) {
                 self.store.batch_buffers.give(b);
             }
             // The next batch (if any) goes into another buffer, taken at its first write.
@@ -433,9 +437,6 @@ impl Upload {
                 "upload drained"
             );
             self.md5_digest = Some(state.finalize());
-            for b in self.md5.reclaim() {
-                self.store.batch_buffers.give(b);
-            }
         }
         Ok(())
     }
