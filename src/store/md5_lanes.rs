@@ -1,18 +1,19 @@
 //! MD5 lanes: the batches of concurrent uploads are hashed together, up to eight streams at a time in the SIMD
 //! lanes of one core (`core::md5x`).
 //!
-//! An upload hands each batch over to its [`Md5Stream`] and goes on chunking and compressing it; the MD5 of
-//! a stream is needed only at its end (the ETag), so batches are allowed to wait. Whoever has a reason to
-//! hash (eight streams have batches waiting, an upload has `MAX_OUTSTANDING` batches unhashed, or an upload
-//! ended) takes every waiting batch at once and hashes them in rounds, one batch per stream per round, with
-//! the streams side by side in the lanes ("flat combining"): no extra thread, and every upload thread takes
-//! its share of the work.
+//! An upload feeds each batch (after chunking and compressing it) to its [`Md5Stream`] as pieces; the MD5 of
+//! a stream is needed only at its end (the ETag), so pieces are allowed to wait. Whoever has a reason to hash
+//! (every open stream, or half the lanes' worth of streams, has a piece waiting; an upload has
+//! `MAX_OUTSTANDING` pieces unhashed; an upload ended) takes the waiting pieces at once and hashes them with
+//! the streams side by side in the lanes, a lane moving on to its stream's next piece as one ends ("flat
+//! combining"): no extra thread, and every upload thread takes its share of the work. The last holder of a
+//! batch buffer hands it back to the store's pool.
 //!
 //! A second full backup sends the same bytes again; their MD5 is already known. At content-defined
 //! checkpoints (after a chunk whose id starts with six zero bits, ~every 64 chunks, and at a stream's end) the
 //! state is remembered under a fingerprint of the stream's chunk ids so far (a BLAKE3 chain: equal
 //! fingerprints mean equal bytes, the same assumption as dedup itself). A stream that reaches a remembered
-//! fingerprint takes that state and drops its batches still waiting: duplicate data is not MD5-hashed again.
+//! fingerprint takes that state and drops its pieces still waiting: duplicate data is not MD5-hashed again.
 //! The memory is a bounded in-memory table (`MEMO_ENTRIES`); after a restart it fills again.
 //!
 //! Measured (README, issue 5): handing the MD5 state over with each batch and taking it back at the next one
@@ -37,7 +38,7 @@ const MAX_OUTSTANDING: usize = 2;
 const MEMO_ENTRIES: usize = 1 << 16;
 /// A chunk whose id has these bits of its first byte clear ends a checkpoint (1 in 64).
 const CHECKPOINT_MASK: u8 = 0b0011_1111;
-/// At most this many batches are taken by one combiner (besides all of the stream it works for).
+/// At most this many pieces are taken by one combiner (besides all of the stream it works for).
 const MAX_COMBINE: usize = 3 * LANES;
 /// A waiter whose batch another thread is hashing gives up after this long (that thread died).
 const STALL_LIMIT: Duration = Duration::from_secs(120);
@@ -51,9 +52,9 @@ pub enum Md5LaneError {
 
 struct StreamInner {
     state: Md5State,
-    /// Batches hashed into `state` so far.
+    /// Pieces hashed into `state` so far.
     hashed: u64,
-    /// A combiner holds this stream's state and some of its batches.
+    /// A combiner holds this stream's state and some of its pieces.
     busy: bool,
     /// A combiner failed while holding the stream: its MD5 is lost.
     broken: bool,
@@ -197,8 +198,9 @@ impl Md5Stream {
         }
     }
 
-    /// Feeds one batch: `data` holds whole chunks ending at `ends`, with ids `ids`. Pieces up to a remembered checkpoint are not hashed (the memo's state is taken); the others
-    /// are handed over to be hashed after the pieces before them, while the caller may keep reading `data`.
+    /// Feeds one batch: `data` holds whole chunks ending at `ends`, with ids `ids`. Pieces up to a remembered
+    /// checkpoint are not hashed (the memo's state is taken); the others are handed over to be hashed after
+    /// the pieces before them.
     pub fn feed(
         &mut self,
         data: Arc<Vec<u8>>,
@@ -213,7 +215,6 @@ impl Md5Stream {
         let mut resume: Option<Md5State> = None;
         for (id, &end) in ids.iter().zip(ends) {
             self.fingerprint = fingerprint_next(&self.fingerprint, id);
-            self.fed += (end - start) as u64;
             if !is_checkpoint(id) {
                 continue;
             }
@@ -231,6 +232,7 @@ impl Md5Stream {
             }
             start = end;
         }
+        self.fed += data.len() as u64;
         if start < data.len() {
             // A copy (on average half a checkpoint interval), so that this batch's buffer can go back. Its
             // capacity is rounded up to whole MiB: freed carries are then reused by later ones instead of
@@ -335,7 +337,7 @@ impl Md5Stream {
         self.submitted - lock(&self.shared.inner).hashed
     }
 
-    /// The state with every handed-over batch hashed in (hashing what is still waiting, with the batches of
+    /// The state with every handed-over piece hashed in (hashing what is still waiting, with the pieces of
     /// other streams).
     /// The stream's end is a checkpoint too.
     pub fn state(&mut self) -> Result<Md5State, Md5LaneError> {
@@ -362,7 +364,7 @@ impl Md5Stream {
         Ok(state)
     }
 
-    /// No more batches will come: others stop waiting for this stream to fill the lanes.
+    /// No more pieces will come: others stop waiting for this stream to fill the lanes.
     fn close(&mut self) {
         self.closed = true;
         if std::mem::take(&mut self.open) {
@@ -370,7 +372,7 @@ impl Md5Stream {
         }
     }
 
-    /// Returns once the first `n` batches are hashed.
+    /// Returns once the first `n` pieces are hashed.
     fn wait_hashed(&self, n: u64) -> Result<(), Md5LaneError> {
         loop {
             {
@@ -396,14 +398,14 @@ impl Md5Stream {
                     }
                 }
             }
-            // Not done and nobody at it: our batches are in the queue (or were just taken, then we wait).
+            // Not done and nobody at it: our pieces are in the queue (or were just taken, then we wait).
             combine(Some(&self.shared));
         }
     }
 }
 
 impl Drop for Md5Stream {
-    /// An abandoned upload takes its batches out of the queue (no one would hash them for nothing).
+    /// An abandoned upload takes its pieces out of the queue (no one would hash them for nothing).
     fn drop(&mut self) {
         self.close();
         lock(queue()).retain(|j| !Arc::ptr_eq(&j.stream, &self.shared));
@@ -443,8 +445,8 @@ impl Drop for Held {
     }
 }
 
-/// Takes waiting batches (all of `own`'s, and others up to `MAX_COMBINE`) of streams nobody else is hashing,
-/// and hashes them. Batches of one stream stay in order: a stream is taken whole by one combiner at a time.
+/// Takes waiting pieces (all of `own`'s, and others up to `MAX_COMBINE`) of streams nobody else is hashing,
+/// and hashes them. Pieces of one stream stay in order: a stream is taken whole by one combiner at a time.
 fn combine(own: Option<&Arc<Stream>>) {
     let mut held = Held {
         streams: Vec::new(),
@@ -524,9 +526,9 @@ fn combine(own: Option<&Arc<Stream>>) {
         }
     }
     held.published = true;
-    for ((stream, batches), state) in std::mem::take(&mut held.streams).into_iter().zip(states) {
-        let n = batches.len() as u64;
-        for j in batches {
+    for ((stream, jobs), state) in std::mem::take(&mut held.streams).into_iter().zip(states) {
+        let n = jobs.len() as u64;
+        for j in jobs {
             stream.release(j.data);
         }
         let mut g = lock(&stream.inner);
