@@ -572,6 +572,7 @@ fn parts_recorded_with_their_seal_replace_and_refuse_cleanly() {
         .create_multipart("bkt", "gone", ObjectMeta::default())
         .unwrap();
     store.abort_multipart(&gone).unwrap();
+    let before = stored_bytes(dir.path());
     let mut up = store.begin_upload().unwrap();
     up.write(&data(34, 3 * 1024 * 1024)).unwrap();
     let refused = up.finish_part(PartRecord::new(&gone, 1, Default::default()).unwrap());
@@ -579,6 +580,7 @@ fn parts_recorded_with_their_seal_replace_and_refuse_cleanly() {
         matches!(refused, Err(StoreError::NoSuchUpload(_))),
         "{refused:?}"
     );
+    assert_eq!(stored_bytes(dir.path()), before, "no shard written for it");
     assert!(store.catalog().read(check_catalog).unwrap().is_empty());
     assert!(matches!(
         PartRecord::new(&id, 0, Default::default()),

@@ -503,6 +503,9 @@ impl Upload {
     /// Ends the stream and records it as part `part.part_number` of a multipart upload, in the transaction
     /// that seals it.
     pub fn finish_part(mut self, part: PartRecord<'_>) -> Result<PartInfo> {
+        // Refused before any shard is written if the upload is gone (aborted while the part streamed): the
+        // transaction below would refuse it too, but after writing shard files nothing then refers to.
+        self.store.get_multipart(part.mpu_id())?;
         self.drain()?;
         self.seal_current(Some(Finish::Part(&part)))?;
         self.done = true;

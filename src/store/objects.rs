@@ -751,6 +751,10 @@ impl<'a> PartRecord<'a> {
         })
     }
 
+    pub(crate) fn mpu_id(&self) -> &str {
+        self.mpu_id
+    }
+
     /// Records the part (replacing an earlier upload of the same number, whose reference it drops).
     pub(crate) fn record(&self, tx: &Transaction<'_>, sealed: &SealedUpload) -> Result<()> {
         mpu_exists(tx, self.mpu_id)?;
