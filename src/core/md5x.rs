@@ -309,7 +309,7 @@ mod avx2 {
     /// Lane `l` of word `w` of block `b` of every lane, as one vector.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn load_word(input: &[&[[u8; 64]]; LANES], b: usize, w: usize) -> __m256i {
+    pub(super) fn load_word(input: &[&[[u8; 64]]; LANES], b: usize, w: usize) -> __m256i {
         let word = |l: usize| {
             let o = w * 4;
             i32::from_le_bytes([
@@ -331,6 +331,32 @@ mod avx2 {
         )
     }
 
+    /// Word `j` of every lane's state, as one vector per word.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn load_state(h: &[[u32; 4]; LANES]) -> [__m256i; 4] {
+        std::array::from_fn(|j| {
+            let v = |l: usize| h[l][j] as i32;
+            _mm256_set_epi32(v(7), v(6), v(5), v(4), v(3), v(2), v(1), v(0))
+        })
+    }
+
+    /// The inverse of `load_state`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn store_state(h: &mut [[u32; 4]; LANES], words: [__m256i; 4]) {
+        let mut out = [[0i32; LANES]; 4];
+        for (o, v) in out.iter_mut().zip(words) {
+            // SAFETY: `o` is 8 i32s = 32 bytes, the size of one __m256i; unaligned store.
+            unsafe { _mm256_storeu_si256(o.as_mut_ptr().cast(), v) };
+        }
+        for (l, state) in h.iter_mut().enumerate() {
+            for (j, word) in state.iter_mut().enumerate() {
+                *word = out[j][l] as u32;
+            }
+        }
+    }
+
     #[inline]
     #[target_feature(enable = "avx2")]
     fn rotl(x: __m256i, s: i32) -> __m256i {
@@ -342,12 +368,7 @@ mod avx2 {
 
     #[target_feature(enable = "avx2")]
     pub(super) fn compress8(h: &mut [[u32; 4]; LANES], input: &[&[[u8; 64]]; LANES]) {
-        let lane_word = |j: usize| {
-            let v = |l: usize| h[l][j] as i32;
-            _mm256_set_epi32(v(7), v(6), v(5), v(4), v(3), v(2), v(1), v(0))
-        };
-        let (mut a0, mut b0, mut c0, mut d0) =
-            (lane_word(0), lane_word(1), lane_word(2), lane_word(3));
+        let [mut a0, mut b0, mut c0, mut d0] = load_state(h);
         let ones = _mm256_set1_epi32(-1);
         let blocks = input[0].len();
         for b in 0..blocks {
@@ -381,16 +402,7 @@ mod avx2 {
             c0 = _mm256_add_epi32(c0, c);
             d0 = _mm256_add_epi32(d0, d);
         }
-        let mut out = [[0i32; LANES]; 4];
-        for (o, v) in out.iter_mut().zip([a0, b0, c0, d0]) {
-            // SAFETY: `o` is 8 i32s = 32 bytes, the size of one __m256i; unaligned store.
-            unsafe { _mm256_storeu_si256(o.as_mut_ptr().cast(), v) };
-        }
-        for (l, state) in h.iter_mut().enumerate() {
-            for (j, word) in state.iter_mut().enumerate() {
-                *word = out[j][l] as u32;
-            }
-        }
+        store_state(h, [a0, b0, c0, d0]);
     }
 }
 
@@ -401,32 +413,8 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
+    use super::avx2::{load_state, load_word, store_state};
     use super::{K, LANES, SCHEDULE};
-
-    /// Lane `l` of word `w` of block `b` of every lane, as one vector.
-    #[inline]
-    #[target_feature(enable = "avx2,avx512f,avx512vl")]
-    fn load_word(input: &[&[[u8; 64]]; LANES], b: usize, w: usize) -> __m256i {
-        let word = |l: usize| {
-            let o = w * 4;
-            i32::from_le_bytes([
-                input[l][b][o],
-                input[l][b][o + 1],
-                input[l][b][o + 2],
-                input[l][b][o + 3],
-            ])
-        };
-        _mm256_set_epi32(
-            word(7),
-            word(6),
-            word(5),
-            word(4),
-            word(3),
-            word(2),
-            word(1),
-            word(0),
-        )
-    }
 
     #[inline]
     #[target_feature(enable = "avx2,avx512f,avx512vl")]
@@ -436,12 +424,7 @@ mod avx512 {
 
     #[target_feature(enable = "avx2,avx512f,avx512vl")]
     pub(super) fn compress8_vl(h: &mut [[u32; 4]; LANES], input: &[&[[u8; 64]]; LANES]) {
-        let lane_word = |j: usize| {
-            let v = |l: usize| h[l][j] as i32;
-            _mm256_set_epi32(v(7), v(6), v(5), v(4), v(3), v(2), v(1), v(0))
-        };
-        let (mut a0, mut b0, mut c0, mut d0) =
-            (lane_word(0), lane_word(1), lane_word(2), lane_word(3));
+        let [mut a0, mut b0, mut c0, mut d0] = load_state(h);
         let blocks = input[0].len();
         for b in 0..blocks {
             let mut m = [_mm256_setzero_si256(); 16];
@@ -474,16 +457,7 @@ mod avx512 {
             c0 = _mm256_add_epi32(c0, c);
             d0 = _mm256_add_epi32(d0, d);
         }
-        let mut out = [[0i32; LANES]; 4];
-        for (o, v) in out.iter_mut().zip([a0, b0, c0, d0]) {
-            // SAFETY: `o` is 8 i32s = 32 bytes, the size of one __m256i; unaligned store.
-            unsafe { _mm256_storeu_si256(o.as_mut_ptr().cast(), v) };
-        }
-        for (l, state) in h.iter_mut().enumerate() {
-            for (j, word) in state.iter_mut().enumerate() {
-                *word = out[j][l] as u32;
-            }
-        }
+        store_state(h, [a0, b0, c0, d0]);
     }
 }
 

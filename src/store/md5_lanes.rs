@@ -70,6 +70,27 @@ struct Stream {
 }
 
 impl Stream {
+    /// Waits while a combiner holds this stream; Lost if it never lets go or failed.
+    fn wait_idle<'a>(
+        &'a self,
+        mut g: MutexGuard<'a, StreamInner>,
+    ) -> Result<MutexGuard<'a, StreamInner>, Md5LaneError> {
+        while g.busy {
+            let (guard, timeout) = self
+                .changed
+                .wait_timeout(g, STALL_LIMIT)
+                .unwrap_or_else(|e| e.into_inner());
+            g = guard;
+            if timeout.timed_out() && g.busy {
+                return Err(Md5LaneError::Lost);
+            }
+        }
+        if g.broken {
+            return Err(Md5LaneError::Lost);
+        }
+        Ok(g)
+    }
+
     /// Drops a piece's hold on its buffer; the last holder recycles it.
     fn release(&self, data: Arc<Vec<u8>>) {
         if let (Ok(buffer), Some(recycle)) = (Arc::try_unwrap(data), &self.recycle) {
@@ -270,22 +291,8 @@ impl Md5Stream {
         for j in waiting {
             self.shared.release(j.data);
         }
-        let mut g = lock(&self.shared.inner);
         // A combiner may be hashing earlier pieces: let it finish (its result is overwritten).
-        while g.busy {
-            let (guard, timeout) = self
-                .shared
-                .changed
-                .wait_timeout(g, STALL_LIMIT)
-                .unwrap_or_else(|e| e.into_inner());
-            g = guard;
-            if timeout.timed_out() && g.busy {
-                return Err(Md5LaneError::Lost);
-            }
-        }
-        if g.broken {
-            return Err(Md5LaneError::Lost);
-        }
+        let mut g = self.shared.wait_idle(lock(&self.shared.inner))?;
         g.state = state;
         g.hashed = self.submitted;
         self.remembered += dropped;
@@ -376,26 +383,12 @@ impl Md5Stream {
     fn wait_hashed(&self, n: u64) -> Result<(), Md5LaneError> {
         loop {
             {
-                let mut g = lock(&self.shared.inner);
-                loop {
-                    if g.broken {
-                        return Err(Md5LaneError::Lost);
-                    }
-                    if g.hashed >= n {
-                        return Ok(());
-                    }
-                    if !g.busy {
-                        break;
-                    }
-                    let (guard, timeout) = self
-                        .shared
-                        .changed
-                        .wait_timeout(g, STALL_LIMIT)
-                        .unwrap_or_else(|e| e.into_inner());
-                    g = guard;
-                    if timeout.timed_out() && g.busy {
-                        return Err(Md5LaneError::Lost);
-                    }
+                let g = lock(&self.shared.inner);
+                if g.hashed >= n && !g.broken {
+                    return Ok(());
+                }
+                if self.shared.wait_idle(g)?.hashed >= n {
+                    return Ok(());
                 }
             }
             // Not done and nobody at it: our pieces are in the queue (or were just taken, then we wait).
