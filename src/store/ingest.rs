@@ -167,8 +167,8 @@ impl Upload {
         self.md5_digest.unwrap_or_default()
     }
 
-    /// Processes the chunks in `pending`. The batch is handed to the MD5 lanes (see md5_lanes.rs) and stays
-    /// there, shared, while this thread chunks and compresses it; buffers come back once hashed.
+    /// Processes the chunks in `pending`, then feeds the batch to the MD5 lanes (see md5_lanes.rs), which
+    /// skip what they remember by chunk ids and hand the buffer back to the pool once its pieces are hashed.
     fn process_batch(&mut self) -> Result<()> {
         let buffer = std::mem::take(&mut self.pending);
         let ends = std::mem::take(&mut self.pending_ends);
