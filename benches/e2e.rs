@@ -18,6 +18,7 @@
 //!   CAIRN_BENCH_PART_MB=16      multipart part size; CAIRN_BENCH_PARALLEL=8 parts in flight (aws cli: 8 MiB, 10)
 //!   CAIRN_BENCH_SKIP=restic,rss,nightly   sections to skip
 //!   CAIRN_BENCH_DIR             where the data, the store and the restic repos go (default: $TMPDIR)
+//!   CAIRN_BENCH_BIN             the `cairn` binary to run (default: this build), to compare two builds
 
 use std::fs::File;
 use std::io::{Read, Write};

@@ -20,7 +20,10 @@ impl Server {
     pub fn start(data: &Path) -> Server {
         let config = data.with_extension("toml");
         std::fs::write(&config, "[maintenance]\nauto_rebuild = false\n").expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        // CAIRN_BENCH_BIN runs another build (A/B comparisons of two binaries on the same machine).
+        let bin = std::env::var_os("CAIRN_BENCH_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_cairn").into());
+        let mut child = Command::new(bin)
             .arg("serve")
             .arg("--config")
             .arg(&config)
