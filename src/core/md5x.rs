@@ -736,7 +736,7 @@ mod tests {
                         let done: u64 = pieces[i].iter().map(|p| p.len() as u64).sum::<u64>()
                             - rest.iter().map(|p| p.len() as u64).sum::<u64>();
                         prop_assert_eq!(states[i].len(), done);
-                        prop_assert!(stop.offset == 0 || done % 64 == 0, "mid-piece only on a block boundary");
+                        prop_assert!(stop.offset == 0 || done.is_multiple_of(64), "mid-piece only on a block boundary");
                         next[i] = rest;
                     }
                 }
