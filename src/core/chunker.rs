@@ -81,6 +81,7 @@ impl ChunkerParams {
 pub struct Chunker {
     params: ChunkerParams,
     buf: Vec<u8>,
+    ends: Vec<usize>,
 }
 
 impl Chunker {
@@ -90,6 +91,7 @@ impl Chunker {
         Chunker {
             params,
             buf: Vec::with_capacity(2 * params.max as usize),
+            ends: Vec::new(),
         }
     }
 
@@ -121,18 +123,34 @@ impl Chunker {
     }
 
     fn scan(&mut self, at_end: bool, emit: &mut dyn FnMut(&[u8])) {
-        let len = self.buf.len();
-        let mut consumed = 0;
-        for c in self.params.cdc(&self.buf) {
-            let end = c.offset + c.length;
-            if !at_end && end >= len {
-                break; // may still grow with more input
-            }
-            emit(&self.buf[c.offset..end]);
-            consumed = end;
+        self.ends.clear();
+        let consumed = final_cuts(self.params, &self.buf, at_end, &mut self.ends);
+        let mut start = 0;
+        for &end in &self.ends {
+            emit(&self.buf[start..end]);
+            start = end;
         }
         self.buf.drain(..consumed);
     }
+}
+
+/// Chunks `buf`, which starts at a cut, and appends the ends of its final chunks to `ends`; returns the end of
+/// the last one. Without `at_end` the last chunk found is not final when it reaches the end of `buf` (more
+/// input may extend it): the caller keeps those bytes and puts them in front of the next input. Cutting a
+/// stream piece by piece this way gives exactly [`chunk_ranges`] of the whole (see [`Chunker`] for why).
+/// Ingest cuts its batch buffers in place with it; [`Chunker`] is the same over a buffer of its own.
+pub fn final_cuts(params: ChunkerParams, buf: &[u8], at_end: bool, ends: &mut Vec<usize>) -> usize {
+    debug_assert!(params.validate().is_ok(), "invalid {params:?}");
+    let mut consumed = 0;
+    for c in params.cdc(buf) {
+        let end = c.offset + c.length;
+        if !at_end && end >= buf.len() {
+            break; // may still grow with more input
+        }
+        ends.push(end);
+        consumed = end;
+    }
+    consumed
 }
 
 /// One-shot: chunk boundaries of a whole buffer (ranges cover the input exactly).
@@ -178,6 +196,41 @@ mod tests {
         }
         c.push(&data[pos..], &mut |ch| out.push(ch.to_vec()));
         c.finish(&mut |ch| out.push(ch.to_vec()));
+        out
+    }
+
+    /// Ingest's way: input appended to a buffer that starts with the carried unfinished chunk, cut once the
+    /// buffer holds `batch` bytes, the unfinished chunk carried into the next buffer.
+    fn in_batches(
+        data: &[u8],
+        splits: &[usize],
+        batch: usize,
+        params: ChunkerParams,
+    ) -> Vec<Range<usize>> {
+        let mut cuts: Vec<usize> = splits.iter().map(|s| s % (data.len() + 1)).collect();
+        cuts.sort_unstable();
+        cuts.push(data.len());
+        let (mut out, mut buf, mut ends) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut pos, mut buf_start) = (0, 0);
+        let mut cut_buf = |buf: &mut Vec<u8>, buf_start: &mut usize, at_end: bool| {
+            ends.clear();
+            let consumed = final_cuts(params, buf, at_end, &mut ends);
+            let mut start = 0;
+            for &end in &ends {
+                out.push(*buf_start + start..*buf_start + end);
+                start = end;
+            }
+            buf.drain(..consumed);
+            *buf_start += consumed;
+        };
+        for cut in cuts {
+            buf.extend_from_slice(&data[pos..cut]);
+            pos = cut;
+            if buf.len() >= batch {
+                cut_buf(&mut buf, &mut buf_start, false);
+            }
+        }
+        cut_buf(&mut buf, &mut buf_start, true);
         out
     }
 
@@ -264,6 +317,20 @@ mod tests {
             prop_assert_eq!(streamed, whole);
         }
 
+        #[test]
+        fn cutting_batches_in_place_matches_one_shot(
+            seed: u64,
+            len in 0usize..300_000,
+            splits in proptest::collection::vec(any::<usize>(), 0..20),
+            batch in 1usize..100_000,
+            low_entropy: bool,
+        ) {
+            let mut data = random_bytes(seed, len);
+            if low_entropy {
+                data.iter_mut().enumerate().for_each(|(i, b)| if (i / 20_000) % 2 == 0 { *b = 0 });
+            }
+            prop_assert_eq!(in_batches(&data, &splits, batch, SMALL), chunk_ranges(&data, SMALL));
+        }
     }
 
     proptest! {

@@ -17,7 +17,7 @@ use super::dedup::ChunkLocation;
 use super::error::Result;
 use super::objects::PartRecord;
 use super::{Store, now_ms};
-use crate::core::chunker::Chunker;
+use crate::core::chunker::final_cuts;
 use crate::core::container::{
     Codec, ContainerBuilder, EntryType, GroupSlot, compress_chunk_reusing, compress_group,
     compress_group_bytes, plan_group_spans,
@@ -27,9 +27,9 @@ use crate::core::records::{ObjectCommitRecord, SegmentRecord, SourceRef, encode_
 
 /// Chunks are hashed and compressed in parallel batches of about this many bytes.
 const BATCH_BYTES: usize = 4 * 1024 * 1024;
-/// Capacity of a batch buffer: a batch is processed once it reaches BATCH_BYTES, after the write that crossed
-/// it; writes come in pieces of network reads (well under 1 MiB), and the chunker adds at most one chunk. A
-/// buffer that had to grow past this is not kept for reuse.
+/// Capacity of a batch buffer: it starts with the previous batch's unfinished chunk (at most `max_chunk`), is
+/// cut once it holds BATCH_BYTES, and writes (network reads, well under 1 MiB) are split so that it never
+/// holds more than this. Beyond `max_chunk` bytes a buffer always has a final chunk to cut.
 pub(super) fn batch_capacity(max_chunk: usize) -> usize {
     BATCH_BYTES + (1 << 20) + max_chunk
 }
@@ -57,8 +57,7 @@ struct OpenContainer {
 pub struct Upload {
     store: Arc<Store>,
     id: UploadId,
-    chunker: Chunker,
-    /// MD5 of the batches processed so far (the bytes still in the chunker and `pending` are not in it yet),
+    /// MD5 of the batches processed so far (the bytes still in `pending` are not in it yet),
     /// hashed in the MD5 lanes together with other uploads' batches.
     md5: Md5Stream,
     /// The MD5 of the whole stream, once drained.
@@ -66,9 +65,12 @@ pub struct Upload {
     /// The chunker was flushed: the stream has ended.
     drained: bool,
     size: u64,
-    /// Chunks waiting for the next batch: their bytes back to back in `pending`, their ends in `pending_ends`.
-    /// One buffer reused for every batch instead of a Vec per chunk (allocations, page faults).
+    /// The batch buffer (from the store's pool): body bytes as they arrive, chunked in place once it holds
+    /// BATCH_BYTES (no copy into a chunker's buffer and out again). It starts with the previous batch's last
+    /// chunk, which was not final yet. `pending_ends` holds the ends of its final chunks while it is processed.
     pending: Vec<u8>,
+    /// The last chunk of the batch just processed, not final yet: the front of the next batch buffer.
+    unfinished: Vec<u8>,
     pending_ends: Vec<usize>,
     open: Option<OpenContainer>,
     /// Chunk ids stored in the open container, so repeats within it dedup.
@@ -99,7 +101,6 @@ impl Store {
         Ok(Upload {
             store: self.clone(),
             id: UploadId::random(),
-            chunker: Chunker::new(self.cfg.chunker),
             md5: {
                 // Batch buffers go back to the pool as soon as their MD5 is done, from whichever thread.
                 let store = self.clone();
@@ -109,6 +110,7 @@ impl Store {
             drained: false,
             size: 0,
             pending: Vec::new(),
+            unfinished: Vec::new(),
             pending_ends: Vec::new(),
             open: None,
             open_ids: HashSet::new(),
@@ -127,27 +129,58 @@ impl Upload {
         self.id
     }
 
-    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+    pub fn write(&mut self, mut data: &[u8]) -> Result<()> {
         if self.drained {
             return Err(super::StoreError::Config(
                 "write after the upload's end".into(),
             ));
         }
-        if self.pending.capacity() == 0 {
-            // The whole batch at once, from the store's pool: growing by doubling copied ~4 MiB per upload
-            // (realloc), 0.6% of the server's CPU in unique ingest, and fresh pages cost page faults.
-            self.pending = self.store.batch_buffers.take();
-        }
         self.size += data.len() as u64;
-        let (pending, ends) = (&mut self.pending, &mut self.pending_ends);
-        self.chunker.push(data, &mut |c| {
-            pending.extend_from_slice(c);
-            ends.push(pending.len());
-        });
-        if self.pending.len() >= BATCH_BYTES {
-            self.process_batch()?;
+        let capacity = batch_capacity(self.store.cfg.chunker.max as usize);
+        while !data.is_empty() {
+            self.fill_batch_buffer();
+            // Never 0: a buffer is cut at BATCH_BYTES, and past `max` bytes it always has a final chunk.
+            let room = capacity.saturating_sub(self.pending.len());
+            let (now, later) = data.split_at(room.min(data.len()));
+            self.pending.extend_from_slice(now);
+            data = later;
+            if self.pending.len() >= BATCH_BYTES {
+                self.cut_batch(false)?;
+            }
         }
         Ok(())
+    }
+
+    /// Makes `pending` a batch buffer to fill: after a cut, one from the store's pool with the unfinished
+    /// chunk in front. (The whole batch at once: growing by doubling copied ~4 MiB per upload (realloc), 0.6%
+    /// of the server's CPU in unique ingest, and fresh pages cost page faults.)
+    fn fill_batch_buffer(&mut self) {
+        if self.pending.capacity() == 0 {
+            self.pending = self.store.batch_buffers.take();
+            self.pending.extend_from_slice(&self.unfinished);
+            self.unfinished.clear();
+        }
+    }
+
+    /// Cuts the batch buffer's final chunks (all of them `at_end`) and processes them. The last chunk, which
+    /// more input may still extend, is kept for the next batch buffer: only those bytes (at most `max`) are
+    /// copied, where pushing the body through a chunker of its own copied every byte twice.
+    fn cut_batch(&mut self, at_end: bool) -> Result<()> {
+        self.fill_batch_buffer();
+        self.pending_ends.clear();
+        let consumed = final_cuts(
+            self.store.cfg.chunker,
+            &self.pending,
+            at_end,
+            &mut self.pending_ends,
+        );
+        if consumed == 0 {
+            // No final chunk yet (only when `max` exceeds BATCH_BYTES): keep filling.
+            return Ok(());
+        }
+        self.unfinished.extend_from_slice(&self.pending[consumed..]);
+        self.pending.truncate(consumed);
+        self.process_batch()
     }
 
     /// Bytes written so far.
@@ -423,12 +456,7 @@ impl Upload {
     fn drain(&mut self) -> Result<()> {
         if !self.drained {
             self.drained = true;
-            let (pending, ends) = (&mut self.pending, &mut self.pending_ends);
-            self.chunker.finish(&mut |c| {
-                pending.extend_from_slice(c);
-                ends.push(pending.len());
-            });
-            self.process_batch()?;
+            self.cut_batch(true)?;
             let state = self.md5.state().map_err(md5_lost)?;
             tracing::debug!(
                 upload = %self.id.to_hex(),
