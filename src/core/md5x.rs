@@ -599,6 +599,19 @@ mod tests {
         }
     }
 
+    /// `data` cut into pieces at `cuts` (each taken modulo the length + 1, in order).
+    fn split_at_cuts<'a>(data: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+        at.sort_unstable();
+        let mut out = Vec::new();
+        let mut from = 0;
+        for c in at.into_iter().chain([data.len()]) {
+            out.push(&data[from..c]);
+            from = c;
+        }
+        out
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -610,20 +623,8 @@ mod tests {
             ),
         ) {
             // Each stream is split at its cut points; round r feeds every stream's r-th piece together.
-            let pieces: Vec<Vec<&[u8]>> = streams
-                .iter()
-                .map(|(data, cuts)| {
-                    let mut at: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
-                    at.sort_unstable();
-                    let mut out = Vec::new();
-                    let mut from = 0;
-                    for c in at.into_iter().chain([data.len()]) {
-                        out.push(&data[from..c]);
-                        from = c;
-                    }
-                    out
-                })
-                .collect();
+            let pieces: Vec<Vec<&[u8]>> =
+                streams.iter().map(|(data, cuts)| split_at_cuts(data, cuts)).collect();
             let mut states: Vec<Md5State> = streams.iter().map(|_| Md5State::new()).collect();
             for round in 0..5 {
                 let mut refs: Vec<&mut Md5State> = states.iter_mut().collect();
@@ -644,20 +645,8 @@ mod tests {
             ),
         ) {
             // Each stream's pieces all at once: lanes refill from the next piece as a stream's blocks run out.
-            let pieces: Vec<Vec<&[u8]>> = streams
-                .iter()
-                .map(|(data, cuts)| {
-                    let mut at: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
-                    at.sort_unstable();
-                    let mut out = Vec::new();
-                    let mut from = 0;
-                    for c in at.into_iter().chain([data.len()]) {
-                        out.push(&data[from..c]);
-                        from = c;
-                    }
-                    out
-                })
-                .collect();
+            let pieces: Vec<Vec<&[u8]>> =
+                streams.iter().map(|(data, cuts)| split_at_cuts(data, cuts)).collect();
             let mut states: Vec<Md5State> = streams.iter().map(|_| Md5State::new()).collect();
             let mut refs: Vec<&mut Md5State> = states.iter_mut().collect();
             let feed: Vec<&[&[u8]]> = pieces.iter().map(|p| &p[..]).collect();
@@ -695,20 +684,8 @@ mod tests {
         ) {
             // Streams stop, once their needed pieces are hashed, when they would go on alone; their rest (the
             // stopped piece from its offset, then the later pieces) is fed again until every stream is done.
-            let pieces: Vec<Vec<&[u8]>> = streams
-                .iter()
-                .map(|(data, cuts, _)| {
-                    let mut at: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
-                    at.sort_unstable();
-                    let mut out = Vec::new();
-                    let mut from = 0;
-                    for c in at.into_iter().chain([data.len()]) {
-                        out.push(&data[from..c]);
-                        from = c;
-                    }
-                    out
-                })
-                .collect();
+            let pieces: Vec<Vec<&[u8]>> =
+                streams.iter().map(|(data, cuts, _)| split_at_cuts(data, cuts)).collect();
             let mut states: Vec<Md5State> = streams.iter().map(|_| Md5State::new()).collect();
             let mut left: Vec<Vec<&[u8]>> = pieces.clone();
             let mut first_round = true;
