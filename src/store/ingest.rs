@@ -62,7 +62,7 @@ pub struct Upload {
     md5: Md5Stream,
     /// The MD5 of the whole stream, once drained.
     md5_digest: Option<[u8; 16]>,
-    /// The chunker was flushed: the stream has ended.
+    /// The stream has ended: its last chunks are cut and processed.
     drained: bool,
     size: u64,
     /// The batch buffer (from the store's pool): body bytes as they arrive, chunked in place once it holds
