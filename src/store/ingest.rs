@@ -166,6 +166,10 @@ impl Upload {
     /// more input may still extend, is kept for the next batch buffer: only those bytes (at most `max`) are
     /// copied, where pushing the body through a chunker of its own copied every byte twice.
     fn cut_batch(&mut self, at_end: bool) -> Result<()> {
+        if self.pending.is_empty() && self.unfinished.is_empty() {
+            // Nothing to cut (an empty stream, or one that ended right after a cut): no buffer is taken.
+            return Ok(());
+        }
         self.fill_batch_buffer();
         self.pending_ends.clear();
         let consumed = final_cuts(
