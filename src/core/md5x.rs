@@ -158,10 +158,10 @@ pub fn update_many_pieces(
     done: impl FnMut(usize, usize, &Md5State),
 ) {
     let all = vec![usize::MAX; states.len()];
-    update_many_pieces_until_alone(states, data, &all, done);
+    update_many_pieces_while_wide(states, data, &all, 2, done);
 }
 
-/// Where [`update_many_pieces_until_alone`] left a stream: `data[i][piece][offset..]` and the pieces after it
+/// Where [`update_many_pieces_while_wide`] left a stream: `data[i][piece][offset..]` and the pieces after it
 /// are not hashed (the state's length excludes them; it stopped either at the start of a piece or inside one
 /// on a block boundary).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,13 +170,18 @@ pub struct Stopped {
     pub offset: usize,
 }
 
-/// [`update_many_pieces`], except that stream i, once its first `need[i]` pieces are hashed, is left where it
-/// is when it would go on alone on the scalar kernel (4.4x the cost per byte of one of 8 AVX2 lanes, 5.5x of AVX-512VL's): the rest can
-/// join other streams' pieces later. Returns, per stream, where it stopped (None: all its pieces are hashed).
-pub fn update_many_pieces_until_alone(
+/// [`update_many_pieces`], except that streams whose first `need[i]` pieces are hashed stop once fewer than
+/// `min_width` streams (at least 2) are left in the lanes and none of them has a needed piece left: a pass of
+/// the lanes costs the same however many of them are filled, so a stream's needed bytes take every other
+/// stream along for free, but without one, narrow passes cost more per byte than waiting. (With `min_width`
+/// 2 a stream stops when it would go on alone on the scalar kernel: 4.4x the cost per byte of one of 8 AVX2
+/// lanes, 5.5x of AVX-512VL's.) The rest can join other streams' pieces later. Returns, per stream, where it
+/// stopped (None: all its pieces are hashed).
+pub fn update_many_pieces_while_wide(
     states: &mut [&mut Md5State],
     data: &[&[&[u8]]],
     need: &[usize],
+    min_width: usize,
     mut done: impl FnMut(usize, usize, &Md5State),
 ) -> Vec<Option<Stopped>> {
     debug_assert_eq!(states.len(), data.len());
@@ -196,6 +201,10 @@ pub fn update_many_pieces_until_alone(
     }
     let simd = simd_available();
     while feeds.len() >= 2 && simd {
+        // The piece in progress is `next_piece - 1`.
+        if feeds.len() < min_width && feeds.iter().all(|f| f.next_piece > need[f.stream]) {
+            break;
+        }
         // The first LANES streams with blocks left, for as many blocks as the shortest of them has.
         let take = feeds.len().min(LANES);
         let n = feeds[..take]
@@ -672,7 +681,7 @@ mod tests {
         }
 
         #[test]
-        fn streams_left_alone_resume_exactly_where_they_stopped(
+        fn streams_left_narrow_resume_exactly_where_they_stopped(
             streams in proptest::collection::vec(
                 (
                     proptest::collection::vec(any::<u8>(), 0..5000),
@@ -681,9 +690,11 @@ mod tests {
                 ),
                 0..12,
             ),
+            min_width in 2usize..=LANES,
         ) {
-            // Streams stop, once their needed pieces are hashed, when they would go on alone; their rest (the
-            // stopped piece from its offset, then the later pieces) is fed again until every stream is done.
+            // Streams stop, once their needed pieces are hashed, when fewer than `min_width` would go on; their
+            // rest (the stopped piece from its offset, then the later pieces) is fed again until every stream
+            // is done.
             let pieces: Vec<Vec<&[u8]>> =
                 streams.iter().map(|(data, cuts, _)| split_at_cuts(data, cuts)).collect();
             let mut states: Vec<Md5State> = streams.iter().map(|_| Md5State::new()).collect();
@@ -702,7 +713,7 @@ mod tests {
                             refs.push(st);
                         }
                     }
-                    update_many_pieces_until_alone(&mut refs, &feed, &need, |_, _, _| {})
+                    update_many_pieces_while_wide(&mut refs, &feed, &need, min_width, |_, _, _| {})
                 };
                 let mut next: Vec<Vec<&[u8]>> = vec![Vec::new(); left.len()];
                 for (k, &i) in active.iter().enumerate() {

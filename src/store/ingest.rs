@@ -204,8 +204,10 @@ impl Upload {
         self.md5_digest.unwrap_or_default()
     }
 
-    /// Processes the chunks in `pending`, then feeds the batch to the MD5 lanes (see md5_lanes.rs), which
-    /// skip what they remember by chunk ids and hand the buffer back to the pool once its pieces are hashed.
+    /// Hashes the chunks in `pending`, feeds the batch to the MD5 lanes (see md5_lanes.rs), which skip what
+    /// they remember by chunk ids and hand the buffer back to the pool once its pieces are hashed, and then
+    /// stores the chunks. The MD5 pieces are handed over before compressing: other uploads' combiners take
+    /// them along in the lanes meanwhile, where at a part's end they would be hashed alone.
     fn process_batch(&mut self) -> Result<()> {
         let buffer = std::mem::take(&mut self.pending);
         let ends = std::mem::take(&mut self.pending_ends);
@@ -214,11 +216,12 @@ impl Upload {
             Ok(())
         } else {
             let shared = Arc::new(buffer);
-            let ids = self.process_chunks(&shared, &ends)?;
             // Chunk ids first: the MD5 lanes skip what they remember by its chunk ids (md5_lanes.rs).
+            let ids = chunk_ids(&shared, &ends);
             self.md5
                 .feed(shared.clone(), &ends, &ids)
                 .map_err(md5_lost)?;
+            self.store_chunks(&shared, &ends, &ids)?;
             // Back to the pool now unless pieces of it still wait for the MD5 lanes (they give it back).
             if let Ok(b) = Arc::try_unwrap(shared) {
                 self.store.batch_buffers.give(b);
@@ -231,20 +234,12 @@ impl Upload {
         result
     }
 
-    /// Stores the batch's chunks; returns their ids.
-    fn process_chunks(&mut self, buffer: &[u8], ends: &[usize]) -> Result<Vec<ChunkId>> {
+    /// Stores the batch's chunks (`ids` from [`chunk_ids`]).
+    fn store_chunks(&mut self, buffer: &[u8], ends: &[usize], ids: &[ChunkId]) -> Result<()> {
         if ends.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
-        let chunks: Vec<&[u8]> = ends
-            .iter()
-            .scan(0usize, |start, &end| {
-                let c = &buffer[*start..end];
-                *start = end;
-                Some(c)
-            })
-            .collect();
-        let ids: Vec<ChunkId> = chunks.par_iter().map(|c| ChunkId::of(c)).collect();
+        let chunks = chunk_slices(buffer, ends);
 
         // Classify in stream order: a chunk is new unless the open container, this batch or the index has it.
         let mut is_new = vec![false; chunks.len()];
@@ -350,7 +345,7 @@ impl Upload {
                 self.seal_current(None)?;
             }
         }
-        Ok(ids)
+        Ok(())
     }
 
     /// Stores one chunk in its own entry (§4.1) in the open container.
@@ -581,6 +576,25 @@ impl Drop for Upload {
             }
         }
     }
+}
+
+/// The chunks of `buffer` ending at `ends`.
+fn chunk_slices<'a>(buffer: &'a [u8], ends: &[usize]) -> Vec<&'a [u8]> {
+    ends.iter()
+        .scan(0usize, |start, &end| {
+            let c = &buffer[*start..end];
+            *start = end;
+            Some(c)
+        })
+        .collect()
+}
+
+/// BLAKE3 ids of the chunks of `buffer` ending at `ends`, in parallel.
+fn chunk_ids(buffer: &[u8], ends: &[usize]) -> Vec<ChunkId> {
+    chunk_slices(buffer, ends)
+        .par_iter()
+        .map(|c| ChunkId::of(c))
+        .collect()
 }
 
 fn md5_lost(e: super::md5_lanes::Md5LaneError) -> super::StoreError {

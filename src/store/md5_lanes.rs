@@ -3,10 +3,11 @@
 //!
 //! An upload feeds each batch (after chunking and compressing it) to its [`Md5Stream`] as pieces; the MD5 of
 //! a stream is needed only at its end (the ETag), so pieces are allowed to wait. Whoever has a reason to hash
-//! (every open stream, or half the lanes' worth of streams, has a piece waiting; an upload has
+//! (every open stream, or three quarters of the lanes' worth of streams, has a piece waiting; an upload has
 //! `MAX_OUTSTANDING` pieces unhashed; an upload ended) takes the waiting pieces at once and hashes them with
 //! the streams side by side in the lanes, a lane moving on to its stream's next piece as one ends ("flat
-//! combining"): no extra thread, and every upload thread takes its share of the work. The last holder of a
+//! combining"): no extra thread, and every upload thread takes its share of the work. Streams whose pieces
+//! are not needed yet leave the lanes when too few would go on: their rests wait for company. The last holder of a
 //! batch buffer hands it back to the store's pool.
 //!
 //! A second full backup sends the same bytes again; their MD5 is already known. At content-defined
@@ -27,17 +28,22 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use crate::core::ids::ChunkId;
-use crate::core::md5x::{LANES, Md5State, update_many_pieces_until_alone};
+use crate::core::md5x::{LANES, Md5State, update_many_pieces_while_wide};
 
-/// Pieces (parts of batches between checkpoints) of one stream that may wait unhashed; its next hand-over
-/// first waits for the oldest. With the carry copied out, an upload normally holds its batch being filled and
-/// the last one (whose pieces the lanes take within about a batch's time).
-const MAX_OUTSTANDING: usize = 2;
+/// Pieces (parts of batches between checkpoints, ~1-2 MB) of one stream that may wait unhashed; its next
+/// hand-over first waits for the oldest. A stream's backlog is the company other streams find in the lanes
+/// when they must be hashed at once (a part's end): measured with 8 uploads of 16 MiB parts, 2 left 14% of
+/// MD5's bytes to the scalar kernel, 4 left 2%. Four pieces hold at most four batch buffers; peak RSS with 16
+/// parallel uploads stayed below what it was with 2 and the carry copies (README, issue 5).
+const MAX_OUTSTANDING: usize = 4;
 /// Remembered checkpoint states (~200 B each with the table's overhead): ~13 MiB, covering the last ~150 GB
 /// of streams at one checkpoint per ~2.3 MB.
 const MEMO_ENTRIES: usize = 1 << 16;
 /// A chunk whose id has these bits of its first byte clear ends a checkpoint (1 in 64).
 const CHECKPOINT_MASK: u8 = 0b0011_1111;
+/// Streams not needed now leave the lanes once fewer than this many (or than the open streams, if fewer)
+/// would go on (see `combine`); that many streams with pieces waiting start a combiner.
+const MIN_WIDTH: usize = LANES * 3 / 4;
 /// At most this many pieces are taken by one combiner (besides all of the stream it works for).
 const MAX_COMBINE: usize = 3 * LANES;
 /// A waiter whose batch another thread is hashing gives up after this long (that thread died).
@@ -183,6 +189,10 @@ pub struct Md5Stream {
     carry: Option<(Arc<Vec<u8>>, Range<usize>)>,
     /// Bytes whose MD5 came from the memo instead of being hashed (for tests and figures).
     remembered: u64,
+    /// A checkpoint was not in the memo: this stream's chunk sequence differs from every remembered one,
+    /// and since fingerprints chain from the stream's start no later checkpoint can be remembered either
+    /// (see `feed`). From then on nothing is held back or looked up.
+    diverged: bool,
     /// Counted in OPEN_STREAMS: from its first piece handed over to its end. (A stream that has not
     /// produced a piece yet, a new part still filling its first batch, is not waited for.)
     open: bool,
@@ -215,6 +225,7 @@ impl Md5Stream {
             submitted: 0,
             fingerprint: fingerprint_start(),
             remembered: 0,
+            diverged: false,
             fed: 0,
             carry: None,
             closed: false,
@@ -225,6 +236,14 @@ impl Md5Stream {
     /// Feeds one batch: `data` holds whole chunks ending at `ends`, with ids `ids`. Pieces up to a remembered
     /// checkpoint are not hashed (the memo's state is taken); the others are handed over to be hashed after
     /// the pieces before them.
+    ///
+    /// Once a checkpoint is not remembered the stream has diverged: a later checkpoint's fingerprint covers
+    /// this one, and whoever hashed up to that later one remembered this one on the way (or took it from the
+    /// memo), so no later lookup can succeed (short of eviction, which only costs hashing). A diverged stream
+    /// hands every byte over at once: holding the bytes after the last checkpoint back only left them to be
+    /// hashed at the stream's end, alone on the scalar kernel (with 8 unique multipart uploads, ~2.3 MB of
+    /// each 16 MiB part), and cost a copy. Identical uploads running at the same time lose what one could
+    /// have taken from the other mid-stream; nightly fulls come one after another.
     pub fn feed(
         &mut self,
         data: Arc<Vec<u8>>,
@@ -242,7 +261,11 @@ impl Md5Stream {
             if !is_checkpoint(id) {
                 continue;
             }
-            let known = lock(memo()).states.get(&self.fingerprint).cloned();
+            let known = if self.diverged {
+                None
+            } else {
+                lock(memo()).states.get(&self.fingerprint).cloned()
+            };
             match known {
                 Some(state) => {
                     self.remembered += (end - start) as u64;
@@ -252,12 +275,17 @@ impl Md5Stream {
                         .sum::<u64>();
                     resume = Some(state);
                 }
-                None => pieces.push((data.clone(), start..end, Some(self.fingerprint))),
+                None => {
+                    self.diverged = true;
+                    pieces.push((data.clone(), start..end, Some(self.fingerprint)));
+                }
             }
             start = end;
         }
         self.fed += data.len() as u64;
-        if start < data.len() {
+        if self.diverged && start < data.len() {
+            pieces.push((data.clone(), start..data.len(), None));
+        } else if start < data.len() {
             // A copy (on average half a checkpoint interval), so that this batch's buffer can go back. Its
             // capacity is rounded up to whole MiB: freed carries are then reused by later ones instead of
             // fragmenting the heap (RSS with 16 uploads).
@@ -337,12 +365,10 @@ impl Md5Stream {
                 checkpoint,
             });
             // Lanes are as full as they can get once every open stream (up to 8) has a piece waiting, and
-            // half full is enough not to let backlogs (hashed one piece after another, in one lane) and the
-            // buffers they hold grow. One stream alone waits for its cap or its end (a remembered checkpoint
-            // may still spare the work).
-            let open = OPEN_STREAMS.load(Ordering::Relaxed).min(LANES);
+            // three quarters full is enough not to let backlogs (and the buffers they hold) grow. One stream
+            // alone waits for its cap or its end (a remembered checkpoint may still spare the work).
             let distinct = distinct_streams(&q);
-            (open >= 2 && distinct >= open) || distinct >= LANES / 2
+            distinct >= min_width()
         };
         if full {
             combine(None);
@@ -364,7 +390,11 @@ impl Md5Stream {
         if self.fed == 0 {
             return Ok(Md5State::new());
         }
-        let known = lock(memo()).states.get(&self.fingerprint).cloned();
+        let known = if self.diverged {
+            None
+        } else {
+            lock(memo()).states.get(&self.fingerprint).cloned()
+        };
         let carry = self.carry.take();
         match known {
             Some(state) => {
@@ -417,6 +447,12 @@ impl Drop for Md5Stream {
         q.retain(|j| !Arc::ptr_eq(&j.stream, &self.shared));
         lock(&self.shared.inner).abandoned = true;
     }
+}
+
+/// The fewest streams worth a pass of the lanes without a needed piece: `MIN_WIDTH`, or every open stream
+/// if fewer are open (with 4 uploads, as rclone runs by default, lanes are never fuller than 4), at least 2.
+fn min_width() -> usize {
+    OPEN_STREAMS.load(Ordering::Relaxed).clamp(2, MIN_WIDTH)
 }
 
 fn distinct_streams(q: &VecDeque<Job>) -> usize {
@@ -533,13 +569,16 @@ fn combine(own: Option<(&Arc<Stream>, u64)>) {
             .collect();
         let pieces: Vec<&[&[u8]]> = pieces.iter().map(|p| &p[..]).collect();
         let mut remembered: Vec<([u8; 32], Md5State)> = Vec::new();
-        // A stream going on alone would be hashed on the scalar kernel: measured in unique ingest, that was
-        // half of MD5's bytes and 2/3 of its CPU. Beyond what is needed now, such a rest waits for company.
-        let stops = update_many_pieces_until_alone(&mut refs, &pieces, &need, |i, j, state| {
-            if let Some(key) = held.streams[i].1[j].checkpoint {
-                remembered.push((key, state.clone()));
-            }
-        });
+        // Beyond what is needed now, streams stop once the lanes would run less than `min_width` wide; their
+        // rests wait for company. Pieces end at content-defined checkpoints, so their lengths vary a lot: run
+        // to their ends (stopping only a stream that would go on alone), the lanes ran 2.4 wide on average
+        // over a unique ingest, and the scalar kernel hashed 36% of MD5's bytes.
+        let stops =
+            update_many_pieces_while_wide(&mut refs, &pieces, &need, min_width(), |i, j, state| {
+                if let Some(key) = held.streams[i].1[j].checkpoint {
+                    remembered.push((key, state.clone()));
+                }
+            });
         let mut m = lock(memo());
         for (key, state) in &remembered {
             m.remember(*key, state);
@@ -698,6 +737,42 @@ mod tests {
             "remembered {} of a {at}-byte shared prefix",
             third.remembered()
         );
+    }
+
+    #[test]
+    fn a_stream_unlike_any_remembered_holds_nothing_back() {
+        let _queue = shared_queue();
+        // Ids made up for the test: whether a chunk ends a checkpoint depends on its id only.
+        let id = |checkpoint: bool, n: u8| {
+            let mut b = *ChunkId::of(b"holds nothing back").as_bytes();
+            b[0] = if checkpoint { 0 } else { 0xff };
+            b[1] = n;
+            ChunkId(b)
+        };
+        let data: Vec<u8> = (0..4000u32).map(|i| (i * 7) as u8).collect();
+        let mut md5 = Md5Stream::new(None);
+        // No checkpoint yet: the memo may still know this prefix, so the bytes are held back.
+        md5.feed(Arc::new(data[..1000].to_vec()), &[1000], &[id(false, 1)])
+            .expect("feed");
+        assert!(md5.carry.is_some() && !md5.diverged);
+        // A checkpoint the memo does not know: from here on every byte is handed over as it comes.
+        md5.feed(
+            Arc::new(data[1000..3000].to_vec()),
+            &[1500, 2000],
+            &[id(true, 2), id(false, 3)],
+        )
+        .expect("feed");
+        assert!(md5.diverged);
+        assert!(md5.carry.is_none(), "nothing held back");
+        assert_eq!(
+            md5.submitted, 3,
+            "the carry, up to the checkpoint, the rest"
+        );
+        md5.feed(Arc::new(data[3000..].to_vec()), &[1000], &[id(true, 4)])
+            .expect("feed");
+        assert_eq!(md5.remembered(), 0);
+        let want: [u8; 16] = md5::Md5::digest(&data).into();
+        assert_eq!(md5.state().expect("hashed").finalize(), want);
     }
 
     #[test]
