@@ -1,14 +1,14 @@
 //! MD5 lanes: the batches of concurrent uploads are hashed together, up to eight streams at a time in the SIMD
 //! lanes of one core (`core::md5x`).
 //!
-//! An upload feeds each batch (after chunking and compressing it) to its [`Md5Stream`] as pieces; the MD5 of
-//! a stream is needed only at its end (the ETag), so pieces are allowed to wait. Whoever has a reason to hash
-//! (every open stream, or three quarters of the lanes' worth of streams, has a piece waiting; an upload has
-//! `MAX_OUTSTANDING` pieces unhashed; an upload ended) takes the waiting pieces at once and hashes them with
-//! the streams side by side in the lanes, a lane moving on to its stream's next piece as one ends ("flat
-//! combining"): no extra thread, and every upload thread takes its share of the work. Streams whose pieces
-//! are not needed yet leave the lanes when too few would go on: their rests wait for company. The last holder of a
-//! batch buffer hands it back to the store's pool.
+//! An upload feeds each batch (once its chunks are cut and hashed, before they are compressed) to its
+//! [`Md5Stream`] as pieces; the MD5 of a stream is needed only at its end (the ETag), so pieces are allowed to
+//! wait. Whoever has a reason to hash (every open stream, or three quarters of the lanes' worth of streams,
+//! has a piece waiting; an upload has `MAX_OUTSTANDING` pieces unhashed; an upload ended) takes the waiting
+//! pieces at once and hashes them with the streams side by side in the lanes, a lane moving on to its
+//! stream's next piece as one ends ("flat combining"): no extra thread, and every upload thread takes its
+//! share of the work. Streams whose pieces are not needed yet leave the lanes when too few would go on: their
+//! rests wait for company. The last holder of a batch buffer hands it back to the store's pool.
 //!
 //! A second full backup sends the same bytes again; their MD5 is already known. At content-defined
 //! checkpoints (after a chunk whose id starts with six zero bits, ~every 64 chunks, and at a stream's end) the
@@ -32,7 +32,7 @@ use crate::core::md5x::{LANES, Md5State, update_many_pieces_while_wide};
 
 /// Pieces (parts of batches between checkpoints, ~1-2 MB) of one stream that may wait unhashed; its next
 /// hand-over first waits for the oldest. A stream's backlog is the company other streams find in the lanes
-/// when they must be hashed at once (a part's end): measured with 8 uploads of 16 MiB parts, 2 left 14% of
+/// when they must be hashed at once (a part's end): measured with 8 uploads of 16 MiB parts, 2 left 12% of
 /// MD5's bytes to the scalar kernel, 4 left 2%. Four pieces hold at most four batch buffers; peak RSS with 16
 /// parallel uploads stayed below what it was with 2 and the carry copies (README, issue 5).
 const MAX_OUTSTANDING: usize = 4;
