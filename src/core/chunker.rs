@@ -125,11 +125,7 @@ impl Chunker {
     fn scan(&mut self, at_end: bool, emit: &mut dyn FnMut(&[u8])) {
         self.ends.clear();
         let consumed = final_cuts(self.params, &self.buf, at_end, &mut self.ends);
-        let mut start = 0;
-        for &end in &self.ends {
-            emit(&self.buf[start..end]);
-            start = end;
-        }
+        chunks_at(&self.buf, &self.ends).for_each(emit);
         self.buf.drain(..consumed);
     }
 }
@@ -151,6 +147,15 @@ pub fn final_cuts(params: ChunkerParams, buf: &[u8], at_end: bool, ends: &mut Ve
         consumed = end;
     }
     consumed
+}
+
+/// The chunks of `buf` that end at `ends` (ascending, the first chunk starting at 0), in order.
+pub fn chunks_at<'a>(buf: &'a [u8], ends: &'a [usize]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    ends.iter().scan(0usize, move |start, &end| {
+        let c = &buf[*start..end];
+        *start = end;
+        Some(c)
+    })
 }
 
 /// One-shot: chunk boundaries of a whole buffer (ranges cover the input exactly).

@@ -17,7 +17,7 @@ use super::dedup::ChunkLocation;
 use super::error::Result;
 use super::objects::PartRecord;
 use super::{Store, now_ms};
-use crate::core::chunker::final_cuts;
+use crate::core::chunker::{chunks_at, final_cuts};
 use crate::core::container::{
     Codec, ContainerBuilder, EntryType, GroupSlot, compress_chunk_reusing, compress_group,
     compress_group_bytes, plan_group_spans,
@@ -216,12 +216,13 @@ impl Upload {
             Ok(())
         } else {
             let shared = Arc::new(buffer);
+            let chunks: Vec<&[u8]> = chunks_at(&shared, &ends).collect();
             // Chunk ids first: the MD5 lanes skip what they remember by its chunk ids (md5_lanes.rs).
-            let ids = chunk_ids(&shared, &ends);
+            let ids: Vec<ChunkId> = chunks.par_iter().map(|c| ChunkId::of(c)).collect();
             self.md5
                 .feed(shared.clone(), &ends, &ids)
                 .map_err(md5_lost)?;
-            self.store_chunks(&shared, &ends, &ids)?;
+            self.store_chunks(&shared, &ends, &chunks, &ids)?;
             // Back to the pool now unless pieces of it still wait for the MD5 lanes (they give it back).
             if let Ok(b) = Arc::try_unwrap(shared) {
                 self.store.batch_buffers.give(b);
@@ -234,12 +235,17 @@ impl Upload {
         result
     }
 
-    /// Stores the batch's chunks (`ids` from [`chunk_ids`]).
-    fn store_chunks(&mut self, buffer: &[u8], ends: &[usize], ids: &[ChunkId]) -> Result<()> {
+    /// Stores the batch's chunks: `chunks` (of `buffer`, ending at `ends`) with their ids.
+    fn store_chunks(
+        &mut self,
+        buffer: &[u8],
+        ends: &[usize],
+        chunks: &[&[u8]],
+        ids: &[ChunkId],
+    ) -> Result<()> {
         if ends.is_empty() {
             return Ok(());
         }
-        let chunks = chunk_slices(buffer, ends);
 
         // Classify in stream order: a chunk is new unless the open container, this batch or the index has it.
         let mut is_new = vec![false; chunks.len()];
@@ -576,25 +582,6 @@ impl Drop for Upload {
             }
         }
     }
-}
-
-/// The chunks of `buffer` ending at `ends`.
-fn chunk_slices<'a>(buffer: &'a [u8], ends: &[usize]) -> Vec<&'a [u8]> {
-    ends.iter()
-        .scan(0usize, |start, &end| {
-            let c = &buffer[*start..end];
-            *start = end;
-            Some(c)
-        })
-        .collect()
-}
-
-/// BLAKE3 ids of the chunks of `buffer` ending at `ends`, in parallel.
-fn chunk_ids(buffer: &[u8], ends: &[usize]) -> Vec<ChunkId> {
-    chunk_slices(buffer, ends)
-        .par_iter()
-        .map(|c| ChunkId::of(c))
-        .collect()
 }
 
 fn md5_lost(e: super::md5_lanes::Md5LaneError) -> super::StoreError {

@@ -261,11 +261,7 @@ impl Md5Stream {
             if !is_checkpoint(id) {
                 continue;
             }
-            let known = if self.diverged {
-                None
-            } else {
-                lock(memo()).states.get(&self.fingerprint).cloned()
-            };
+            let known = self.remembered_state();
             match known {
                 Some(state) => {
                     self.remembered += (end - start) as u64;
@@ -301,6 +297,14 @@ impl Md5Stream {
             self.submit(buf, range, checkpoint)?;
         }
         Ok(())
+    }
+
+    /// The memo's state for the stream so far, unless the stream has diverged (no lookup then).
+    fn remembered_state(&self) -> Option<Md5State> {
+        if self.diverged {
+            return None;
+        }
+        lock(memo()).states.get(&self.fingerprint).cloned()
     }
 
     /// Bytes whose MD5 state came from the memo.
@@ -390,11 +394,7 @@ impl Md5Stream {
         if self.fed == 0 {
             return Ok(Md5State::new());
         }
-        let known = if self.diverged {
-            None
-        } else {
-            lock(memo()).states.get(&self.fingerprint).cloned()
-        };
+        let known = self.remembered_state();
         let carry = self.carry.take();
         match known {
             Some(state) => {
