@@ -158,17 +158,15 @@ fn run_job(
 ) -> Response {
     let job = store.start_job(kind, throttle, repair);
     if wait {
-        loop {
-            let p = job.progress();
-            if !p.running {
-                break;
-            }
+        let mut p = job.progress();
+        // A progress line every half second; the answer as soon as the job ends.
+        while p.running {
             let line = serde_json::json!({ "progress": p });
             if writeln!(out, "{line}").is_err() {
                 // The client went away; the job goes on.
                 return err("client disconnected");
             }
-            std::thread::sleep(Duration::from_millis(500));
+            p = job.wait_finished(Duration::from_millis(500));
         }
     }
     ok(job.progress())

@@ -661,6 +661,43 @@ pub fn decode_group(frame: &[u8], group_raw: u32) -> Result<Vec<u8>, CoreError> 
     Ok(raw)
 }
 
+/// Checks every member of a parsed group against its id (scrub): the frame is decompressed into a buffer
+/// kept per thread, where [`decode_group`]'s fresh buffer per group cost page faults and zeroing.
+pub fn verify_group(group: &ParsedGroup<'_>, group_raw: u32) -> Result<(), CoreError> {
+    const W: &str = "chunk group";
+    if !(1..=MAX_GROUP_RAW_LEN).contains(&group_raw) {
+        return Err(malformed(W, format!("raw length {group_raw}")));
+    }
+    VERIFY_BUF.with(|cell| {
+        let mut raw = cell.borrow_mut();
+        raw.clear();
+        raw.reserve(group_raw as usize);
+        DECOMPRESSOR
+            .with(|d| {
+                let mut slot = d.borrow_mut();
+                if slot.is_none() {
+                    *slot = Some(zstd::bulk::Decompressor::new()?);
+                }
+                match slot.as_mut() {
+                    // Writes into the spare capacity: a frame larger than `group_raw` is an error.
+                    Some(d) => d.decompress_to_buffer(group.frame, &mut *raw),
+                    None => Err(std::io::Error::other("no zstd context")),
+                }
+            })
+            .map_err(|e| malformed(W, format!("zstd: {e}")))?;
+        if raw.len() != group_raw as usize {
+            return Err(malformed(
+                W,
+                format!("decoded {} bytes, header says {group_raw}", raw.len()),
+            ));
+        }
+        for (id, len, slot) in &group.members {
+            verify_member(&raw, *slot, *len, id)?;
+        }
+        Ok(())
+    })
+}
+
 /// One member's bytes within a decoded group, verified against its id.
 fn member_bytes<'a>(
     group: &'a [u8],
@@ -712,6 +749,8 @@ thread_local! {
     /// allocated and cleared ~100 KiB each time and showed as ZSTD_createDCtx in restore and scrub profiles.
     static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { std::cell::RefCell::new(None) };
+    /// A group's decompressed bytes while [`verify_group`] checks them.
+    static VERIFY_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn decompress_reusing(stored: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
@@ -902,6 +941,27 @@ mod tests {
             ..slot0
         };
         assert!(decode_located(Codec::Zstd, len0, Some(short), &frame, &id0).is_err());
+        // Scrub's check of a whole group: passes as it is, fails for a member under another id, a frame that
+        // decodes to more or less than the header says, or damaged frame bytes.
+        verify_group(&parsed, g.header.raw_len).unwrap();
+        let mut renamed = parse_group(g.payload, g.header.raw_len).unwrap();
+        renamed.members[2].0 = ChunkId::of(b"other");
+        assert!(matches!(
+            verify_group(&renamed, g.header.raw_len),
+            Err(CoreError::HashMismatch { .. })
+        ));
+        assert!(verify_group(&parsed, g.header.raw_len - 1).is_err());
+        assert!(verify_group(&parsed, g.header.raw_len + 1).is_err());
+        let mut damaged_frame = frame.clone();
+        let mid = damaged_frame.len() / 2;
+        damaged_frame[mid] ^= 0x55;
+        let damaged = ParsedGroup {
+            frame: &damaged_frame,
+            ..parse_group(g.payload, g.header.raw_len).unwrap()
+        };
+        assert!(verify_group(&damaged, g.header.raw_len).is_err());
+        // The thread's buffer holds nothing over: the good group still passes afterwards.
+        verify_group(&parsed, g.header.raw_len).unwrap();
         // Member table disagreeing with the header's raw length, or a count past the payload.
         assert!(parse_group(g.payload, g.header.raw_len + 1).is_err());
         let mut bad = g.payload.to_vec();

@@ -2,7 +2,7 @@
 //! throttle the admin can set. Jobs run on their own threads; the admin API polls `progress()`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -42,6 +42,8 @@ pub struct JobProgress {
 pub struct Job {
     pub kind: JobKind,
     progress: Mutex<JobProgress>,
+    /// Signalled when the job finishes, so that a waiting client learns it at once, not at its next poll.
+    finished: Condvar,
     cancel: AtomicBool,
     /// Bytes per second; 0 = unthrottled.
     throttle: AtomicU64,
@@ -58,6 +60,7 @@ impl Job {
                 repair,
                 ..Default::default()
             }),
+            finished: Condvar::new(),
             cancel: AtomicBool::new(false),
             throttle: AtomicU64::new(throttle_bytes_per_sec),
             started: Instant::now(),
@@ -104,6 +107,17 @@ impl Job {
             p.error = error;
             p.eta_secs = Some(0);
         });
+        self.finished.notify_all();
+    }
+    /// Waits until the job has finished or `timeout` has passed; the progress then.
+    pub fn wait_finished(&self, timeout: Duration) -> JobProgress {
+        let Ok(p) = self.progress.lock() else {
+            return JobProgress::default();
+        };
+        match self.finished.wait_timeout_while(p, timeout, |p| p.running) {
+            Ok((p, _)) => p.clone(),
+            Err(_) => JobProgress::default(),
+        }
     }
 }
 
@@ -122,5 +136,35 @@ impl Jobs {
     }
     pub fn current(&self, kind: JobKind) -> Option<Arc<Job>> {
         self.slot(kind).lock().ok().and_then(|s| s.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_waiter_learns_of_the_end_when_it_happens() {
+        let job = Arc::new(Job::new(JobKind::Scrub, 0, true));
+        let p = job.wait_finished(Duration::from_millis(10));
+        assert!(
+            p.running,
+            "a running job times out the wait and says it still runs"
+        );
+        let finisher = {
+            let job = job.clone();
+            std::thread::spawn(move || {
+                job.update(|p| p.bytes_done = 7);
+                job.finish(None);
+            })
+        };
+        // A wait far longer than any test: it returns because the job finished, not because time ran out.
+        let p = job.wait_finished(Duration::from_secs(3600));
+        assert!(!p.running);
+        assert_eq!(p.bytes_done, 7);
+        assert!(p.finished_unix_ms.is_some());
+        finisher.join().expect("finisher");
+        // Waiting on a finished job returns at once with its final progress.
+        assert!(!job.wait_finished(Duration::from_secs(3600)).running);
     }
 }

@@ -19,9 +19,7 @@ use super::diskset::{DiskState, MarkerCheck, check_marker};
 use super::error::{Result, StoreError};
 use super::jobs::{Job, JobKind};
 use super::{Store, now_ms};
-use crate::core::container::{
-    EntryType, decode_chunk, decode_group, parse_container, parse_group, verify_member,
-};
+use crate::core::container::{EntryType, decode_chunk, parse_container, parse_group, verify_group};
 use crate::core::erasure::{Erasure, Geometry};
 use crate::core::ids::{ChunkId, ContainerId, DiskId};
 use crate::core::shard::{SHARD_HEADER_LEN, ShardHeader, encode_trailer, verify_shard_file};
@@ -308,10 +306,7 @@ impl Store {
                 }
                 EntryType::Group => {
                     let g = parse_group(e.payload, e.header.raw_len).map_err(corrupt)?;
-                    let raw = decode_group(g.frame, e.header.raw_len).map_err(corrupt)?;
-                    for (id, len, slot) in &g.members {
-                        verify_member(&raw, *slot, *len, id).map_err(corrupt)?;
-                    }
+                    verify_group(&g, e.header.raw_len).map_err(corrupt)?;
                 }
                 _ => {}
             }
