@@ -50,7 +50,12 @@ fn sample(benching: bool) -> (String, Vec<u8>) {
         (1, 1 << 20, 1 << 20)
     };
     let mut reader = TarTree::new(1, total as u64 + (8 << 20)).reader(0);
-    let gap = (total - slice) / (slices - 1).max(1) - slice;
+    // Bytes skipped between slices so that they spread over the whole `total`.
+    let gap = if slices > 1 {
+        (total - slice) / (slices - 1) - slice
+    } else {
+        0
+    };
     let mut data = vec![0u8; slices * slice];
     let mut skip = vec![0u8; gap];
     for (i, piece) in data.chunks_mut(slice).enumerate() {
