@@ -58,37 +58,9 @@ struct Ahead {
     chunks: VecDeque<Result<Vec<u8>>>,
 }
 
-/// The window after the current one, being read on the read pool while the current one is served: without it
-/// a restore alternated between reading a window (every core) and sending it (one thread), and the cores
-/// idled a quarter of the time.
-struct NextWindow {
-    seg_no: u32,
-    first: usize,
-    chunks: std::sync::mpsc::Receiver<VecDeque<Result<Vec<u8>>>>,
-}
-
-/// The ids of the read-ahead window that starts at `entries[0]`, whose first byte is at `start` of the source:
-/// entries that start before `end` (the requested range's end in the source), up to [`READ_AHEAD_BYTES`] and
-/// [`READ_AHEAD_MAX_CHUNKS`].
-fn window_ids(entries: &[(ChunkId, u32)], mut start: u64, end: u64) -> Vec<ChunkId> {
-    let mut window = 0u64;
-    entries
-        .iter()
-        .take_while(|(_, l)| {
-            let take = start < end && window < READ_AHEAD_BYTES;
-            start += u64::from(*l);
-            window += u64::from(*l);
-            take
-        })
-        .take(READ_AHEAD_MAX_CHUNKS)
-        .map(|(c, _)| *c)
-        .collect()
-}
-
 /// Streams an object's bytes; every chunk is verified against its BLAKE3 before a byte is returned.
 pub struct ObjectReader {
     ahead: Option<Ahead>,
-    next_window: Option<NextWindow>,
     store: Arc<Store>,
     /// (upload, size) of each source, in order.
     sources: Vec<(UploadId, u64)>,
@@ -125,7 +97,6 @@ impl Store {
         }
         let reader = ObjectReader {
             ahead: None,
-            next_window: None,
             store: self.clone(),
             sources,
             pos: range.start,
@@ -536,49 +507,20 @@ impl ObjectReader {
             if !fresh {
                 // The window: entries from here that start before the end of the requested range.
                 let end_in_src = self.end - self.src_base;
-                let entries = &seg.entries[self.entry_idx..];
-                let prefetched = self
-                    .next_window
-                    .take()
-                    .filter(|n| n.seg_no == seg.segment_no && n.first == self.entry_idx)
-                    .and_then(|n| n.chunks.recv().ok());
-                let chunks = match prefetched {
-                    Some(chunks) => chunks,
-                    None => {
-                        self.store
-                            .read_window(&window_ids(entries, self.entry_start, end_in_src))
-                    }
-                };
-                // Start reading the following window of this segment now, to be ready when this one is served.
-                let taken = chunks.len();
-                let next_start = self.entry_start
-                    + entries[..taken.min(entries.len())]
-                        .iter()
-                        .map(|(_, l)| u64::from(*l))
-                        .sum::<u64>();
-                let next_ids = window_ids(
-                    entries.get(taken..).unwrap_or_default(),
-                    next_start,
-                    end_in_src,
-                );
-                if !next_ids.is_empty() {
-                    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-                    let store = self.store.clone();
-                    let job = move || {
-                        let _ = tx.send(store.read_window(&next_ids));
-                    };
-                    match read_pool() {
-                        Some(pool) => pool.spawn(job),
-                        None => {
-                            std::thread::spawn(job);
-                        }
-                    }
-                    self.next_window = Some(NextWindow {
-                        seg_no: seg.segment_no,
-                        first: self.entry_idx + taken,
-                        chunks: rx,
-                    });
-                }
+                let mut start = self.entry_start;
+                let mut window = 0u64;
+                let ids: Vec<ChunkId> = seg.entries[self.entry_idx..]
+                    .iter()
+                    .take_while(|(_, l)| {
+                        let take = start < end_in_src && (window < READ_AHEAD_BYTES);
+                        start += u64::from(*l);
+                        window += u64::from(*l);
+                        take
+                    })
+                    .take(READ_AHEAD_MAX_CHUNKS)
+                    .map(|(c, _)| *c)
+                    .collect();
+                let chunks = self.store.read_window(&ids);
                 self.ahead = Some(Ahead {
                     seg_no: seg.segment_no,
                     first: self.entry_idx,
