@@ -626,7 +626,8 @@ fn group_compressor(level: i32) -> Option<zstd::bulk::Compressor<'static>> {
         _ => None,
     };
     if let Some((hash_log, min_match)) = fast {
-        c.set_parameter(Strategy(zstd::zstd_safe::Strategy::ZSTD_fast)).ok()?;
+        c.set_parameter(Strategy(zstd::zstd_safe::Strategy::ZSTD_fast))
+            .ok()?;
         c.set_parameter(WindowLog(GROUP_WINDOW_LOG)).ok()?;
         c.set_parameter(HashLog(hash_log)).ok()?;
         c.set_parameter(MinMatch(min_match)).ok()?;
