@@ -157,6 +157,34 @@ fn round_trip_ranges_overwrite_delete() {
     assert_eq!(live, tiny_chunks);
 }
 
+/// Reads of an object bigger than several read-ahead windows (4 MiB each; chunk groups of up to 2 MiB),
+/// whole and in ranges that start and end around window ends: a window is extended to the end of the group its
+/// last chunk lies in, never past the requested range.
+#[test]
+fn reads_across_read_ahead_windows_and_group_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    store.create_bucket("backups").unwrap();
+    let big = data(7, 13_000_000);
+    put(&store, "backups", "big", &big);
+    assert_eq!(get(&store, "backups", "big", None).unwrap(), big);
+    let mib = 1u64 << 20;
+    for r in [
+        0..4 * mib,
+        4 * mib - 1..4 * mib + 1,
+        3 * mib..9 * mib,
+        4 * mib + 12_345..8 * mib - 7,
+        8 * mib..13_000_000,
+        12_999_000..13_000_000,
+    ] {
+        assert_eq!(
+            get(&store, "backups", "big", Some(r.clone())).unwrap(),
+            &big[r.start as usize..r.end as usize],
+            "range {r:?}"
+        );
+    }
+}
+
 #[test]
 fn duplicate_ingest_stores_almost_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -21,7 +21,7 @@ use crate::core::ids::{ChunkId, ContainerId, UploadId};
 use crate::core::shard::SHARD_HEADER_LEN;
 
 /// Bytes read ahead in parallel by a reader: decompression and BLAKE3 checks of a restore use every core, and
-/// the shard reads of the window overlap. A window spans several chunk groups (§4.5, up to 1 MiB each) so
+/// the shard reads of the window overlap. A window spans several chunk groups (§4.5, up to 2 MiB each) so
 /// their decompression runs in parallel; it bounds a reader's memory (plus one chunk past it).
 const READ_AHEAD_BYTES: u64 = 4 * 1024 * 1024;
 const READ_AHEAD_MAX_CHUNKS: usize = 512;
@@ -520,6 +520,7 @@ impl ObjectReader {
                     .take(READ_AHEAD_MAX_CHUNKS)
                     .map(|(c, _)| *c)
                     .collect();
+                let ids = self.to_group_end(ids, &seg.entries[self.entry_idx..], end_in_src);
                 let chunks = self.store.read_window(&ids);
                 self.ahead = Some(Ahead {
                     seg_no: seg.segment_no,
@@ -553,6 +554,46 @@ impl ObjectReader {
             self.entry_idx += 1;
             return Ok(());
         }
+    }
+}
+
+impl ObjectReader {
+    /// Extends a window (`ids`, the first of `entries`, which start at `self.entry_start`) to the end of the
+    /// chunk group its last chunk lies in, within the requested range (`end`, in the source). A group cut by
+    /// the window's end was decompressed again by the next window: with 2 MiB groups and 4 MiB windows that
+    /// was a third more decompression in a restore.
+    fn to_group_end(
+        &self,
+        mut ids: Vec<ChunkId>,
+        entries: &[(ChunkId, u32)],
+        end: u64,
+    ) -> Vec<ChunkId> {
+        let group_of = |id: &ChunkId| {
+            self.store
+                .catalog
+                .read(|c| catalog::get_chunk(c, id))
+                .ok()
+                .flatten()
+                .filter(|l| l.group.is_some())
+                .map(|l| (l.container, l.offset))
+        };
+        let Some(group) = ids.last().and_then(group_of) else {
+            return ids;
+        };
+        let mut start = self.entry_start
+            + entries[..ids.len()]
+                .iter()
+                .map(|(_, l)| u64::from(*l))
+                .sum::<u64>();
+        for (id, len) in &entries[ids.len()..] {
+            if start >= end || ids.len() >= 2 * READ_AHEAD_MAX_CHUNKS || group_of(id) != Some(group)
+            {
+                break;
+            }
+            ids.push(*id);
+            start += u64::from(*len);
+        }
+        ids
     }
 }
 
