@@ -469,8 +469,8 @@ pub const MAX_GROUP_RAW_LEN: u32 = 16 * 1024 * 1024;
 /// Writer policy (§4.5): a group closes at this many members or raw bytes. Measured on the tar workload at
 /// zstd-3 (README): chunks alone 0.679 of raw, groups of 16 0.633, of ~40 (1 MiB) 0.629; restic's 1 MiB blobs
 /// 0.635. 2 MiB since session 7: with a window over the whole group ([`group_compressor`]) 2 MiB groups store
-/// as little as 1 MiB groups did with zstd's double-fast parameters, at 1.2-1.3x the speed. A random read of
-/// one chunk decompresses up to this much.
+/// about as little as 1 MiB groups did with zstd's double-fast parameters, at 1.2-1.4x the speed. A random
+/// read of one chunk decompresses up to this much.
 pub const GROUP_TARGET_CHUNKS: usize = 128;
 pub const GROUP_TARGET_RAW: usize = 2 * 1024 * 1024;
 
@@ -608,13 +608,14 @@ pub fn compress_group_bytes(concatenated: &[u8], level: i32) -> Option<Vec<u8>> 
 }
 
 /// Levels 1-3 compress groups with zstd's "fast" strategy over the whole group (2 MiB window) with a
-/// 2^14..2^16-entry hash table, instead of zstd's own double-fast parameters for these levels: the fast
-/// strategy's one table (256 KiB at 2^16) stays in L2 with the group's input, where double-fast's two did not.
-/// Measured (README, "Compression"; groups of up to 128 chunks / 2 MiB, one core): at level 3, 282 -> 335 MB/s
-/// on the bench's tar workload at the same stored size (0.6707 of raw), and 387 -> 519 MB/s on a tar of this
-/// machine's /usr (docs, binaries, Python, headers) with 2.2% fewer bytes stored (0.5308 -> 0.5191), against
-/// zstd's <= 256 KiB double-fast row (window 256 KiB, tables 2^16) on 1 MiB groups. Levels from 4 up keep
-/// zstd's own parameters.
+/// 2^14..2^16-entry hash table, instead of zstd's own double-fast parameters for these levels: fast looks up
+/// one hash table per position where double-fast looks up two, and the window over the whole group finds the
+/// matches that the 256 KiB window of zstd's small-input row missed.
+/// Measured with `cargo bench --bench compression` (README, "Compression"; one core), against zstd's
+/// <= 256 KiB double-fast row (window 256 KiB, tables 2^16) on 1 MiB groups: 267 -> 318 MB/s on the bench's
+/// tar workload at +0.1% stored bytes (0.6705 -> 0.6713 of raw), and 369 -> 506 MB/s on a tar of this
+/// machine's /usr (docs, binaries, Python, headers) with 2.9% fewer bytes (0.5324 -> 0.5172). Levels from 4
+/// up keep zstd's own parameters.
 fn group_compressor(level: i32) -> Option<zstd::bulk::Compressor<'static>> {
     use zstd::zstd_safe::CParameter::{HashLog, MinMatch, Strategy, WindowLog};
     let mut c = zstd::bulk::Compressor::new(level).ok()?;
@@ -679,7 +680,8 @@ pub fn verify_group(group: &ParsedGroup<'_>, group_raw: u32) -> Result<(), CoreE
                     *slot = Some(zstd::bulk::Decompressor::new()?);
                 }
                 match slot.as_mut() {
-                    // Writes into the spare capacity: a frame larger than `group_raw` is an error.
+                    // Writes into the spare capacity only: more output than that is an error, and a length
+                    // other than `group_raw` is caught below.
                     Some(d) => d.decompress_to_buffer(group.frame, &mut *raw),
                     None => Err(std::io::Error::other("no zstd context")),
                 }

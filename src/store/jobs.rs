@@ -1,5 +1,6 @@
 //! Long-running jobs (rebuild, scrub): one of each kind at a time, with shared progress, cancellation and a
-//! throttle the admin can set. Jobs run on their own threads; the admin API polls `progress()`.
+//! throttle the admin can set. Jobs run on their own threads; the admin API polls `progress()` and learns of the
+//! end from `wait_finished`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
