@@ -39,6 +39,9 @@ fn groups(ranges: &[Range<usize>], max_chunks: usize, max_raw: usize) -> Vec<Ran
     out
 }
 
+/// A table row's label, zstd level, parameters, and group size (max chunks, max raw bytes).
+type ParamSet = (&'static str, i32, Vec<CParameter>, (usize, usize));
+
 fn sample(benching: bool) -> (String, Vec<u8>) {
     if let Ok(path) = std::env::var("CAIRN_COMPRESSION_FILE") {
         let data = std::fs::read(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
@@ -82,114 +85,98 @@ fn main() {
         ranges.len()
     );
     println!("| parameters | groups of | MB/s | stored / raw |\n|---|---|---:|---:|");
-    let fast = |window: i32, hash: u32, min_match: u32| {
+    let fast = |window: u32, hash: u32, min_match: u32| {
         vec![
             Strategy(ZSTD_fast),
-            WindowLog(window as u32),
+            WindowLog(window),
             HashLog(hash),
             MinMatch(min_match),
         ]
     };
-    let sets: Vec<(&str, i32, Vec<CParameter>, usize, usize)> = vec![
+    let double_fast = |window: u32| vec![WindowLog(window), ChainLog(16), HashLog(16)];
+    let old_groups = (64, 1 << 20);
+    let new_groups = (GROUP_TARGET_CHUNKS, GROUP_TARGET_RAW);
+    let sets: Vec<ParamSet> = vec![
         (
             "level 3, zstd's <= 256 KiB double-fast row (window 2^18, chain/hash 2^16): before session 7",
             3,
-            vec![WindowLog(18), ChainLog(16), HashLog(16)],
-            64,
-            1 << 20,
+            double_fast(18),
+            old_groups,
         ),
-        (
-            "same on larger groups",
-            3,
-            vec![WindowLog(18), ChainLog(16), HashLog(16)],
-            128,
-            2 << 20,
-        ),
+        ("same on larger groups", 3, double_fast(18), new_groups),
         (
             "level 3 double-fast, window 2^20",
             3,
-            vec![WindowLog(20), ChainLog(16), HashLog(16)],
-            128,
-            2 << 20,
+            double_fast(20),
+            new_groups,
         ),
         (
             "fast, window 2^18, hash 2^16, min match 5",
             1,
             fast(18, 16, 5),
-            128,
-            2 << 20,
+            new_groups,
         ),
         (
             "fast, window 2^20, hash 2^16, min match 5",
             1,
             fast(20, 16, 5),
-            128,
-            2 << 20,
+            new_groups,
         ),
         (
             "fast, window 2^21, hash 2^15, min match 5",
             1,
             fast(21, 15, 5),
-            128,
-            2 << 20,
+            new_groups,
         ),
         (
             "fast, window 2^21, hash 2^16, min match 6",
             1,
             fast(21, 16, 6),
-            128,
-            2 << 20,
+            new_groups,
         ),
         (
             "fast, window 2^21, hash 2^17, min match 5",
             1,
             fast(21, 17, 5),
-            128,
-            2 << 20,
+            new_groups,
         ),
         (
             "fast, window 2^21, hash 2^16, min match 5",
             1,
             fast(21, 16, 5),
-            128,
-            2 << 20,
+            new_groups,
         ),
     ];
-    for (label, level, params, max_chunks, max_raw) in sets {
+    // One table row: `stored_len` compresses one group and returns its stored length. Returns the bytes stored.
+    let row = |label: &str,
+               (max_chunks, max_raw): (usize, usize),
+               stored_len: &mut dyn FnMut(&[u8]) -> usize| {
         let spans = groups(&ranges, max_chunks, max_raw);
-        let mut z = zstd::bulk::Compressor::new(level).expect("zstd context");
-        for p in &params {
-            z.set_parameter(*p).expect("zstd parameter");
-        }
         let mut stored = 0usize;
         let speed = rate(data.len(), min, || {
-            stored = spans
-                .iter()
-                .map(|g| z.compress(&data[g.clone()]).expect("compress").len())
-                .sum();
+            stored = spans.iter().map(|g| stored_len(&data[g.clone()])).sum();
         });
         println!(
             "| {label} | {max_chunks} / {} MiB | {speed:.0} | {:.4} |",
             max_raw >> 20,
             stored as f64 / data.len() as f64
         );
+        stored
+    };
+    for (label, level, params, group_size) in sets {
+        let mut z = zstd::bulk::Compressor::new(level).expect("zstd context");
+        for p in &params {
+            z.set_parameter(*p).expect("zstd parameter");
+        }
+        row(label, group_size, &mut |g| {
+            z.compress(g).expect("compress").len()
+        });
     }
     // What the store does now, through its own code (the frames it keeps; groups that do not pay count raw).
-    let spans = groups(&ranges, GROUP_TARGET_CHUNKS, GROUP_TARGET_RAW);
-    let mut stored = 0usize;
-    let speed = rate(data.len(), min, || {
-        stored = spans
-            .iter()
-            .map(|g| {
-                compress_group_bytes(&data[g.clone()], DEFAULT_ZSTD_LEVEL)
-                    .map_or(g.len(), |f| f.len())
-            })
-            .sum();
-    });
-    assert!(stored > 0 && stored <= data.len(), "stored {stored}");
-    println!(
-        "| the store: `compress_group_bytes` at level {DEFAULT_ZSTD_LEVEL} | {GROUP_TARGET_CHUNKS} / {} MiB | {speed:.0} | {:.4} |",
-        GROUP_TARGET_RAW >> 20,
-        stored as f64 / data.len() as f64
+    let stored = row(
+        &format!("the store: `compress_group_bytes` at level {DEFAULT_ZSTD_LEVEL}"),
+        new_groups,
+        &mut |g| compress_group_bytes(g, DEFAULT_ZSTD_LEVEL).map_or(g.len(), |f| f.len()),
     );
+    assert!(stored > 0 && stored <= data.len(), "stored {stored}");
 }

@@ -647,52 +647,48 @@ fn pays(raw: &[u8], z: Vec<u8>) -> Option<Vec<u8>> {
 
 /// Decompresses a whole group frame (bounded to `group_raw`, which must come out exactly).
 pub fn decode_group(frame: &[u8], group_raw: u32) -> Result<Vec<u8>, CoreError> {
-    const W: &str = "chunk group";
+    check_group_raw(group_raw)?;
+    let raw = decompress_reusing(frame, group_raw as usize).map_err(group_zstd_error)?;
+    check_group_decoded(raw.len(), group_raw)?;
+    Ok(raw)
+}
+
+/// A group's raw length (entry header) within what a reader accepts.
+fn check_group_raw(group_raw: u32) -> Result<(), CoreError> {
     if !(1..=MAX_GROUP_RAW_LEN).contains(&group_raw) {
-        return Err(malformed(W, format!("raw length {group_raw}")));
+        return Err(malformed("chunk group", format!("raw length {group_raw}")));
     }
-    let raw = decompress_reusing(frame, group_raw as usize)
-        .map_err(|e| malformed(W, format!("zstd: {e}")))?;
-    if raw.len() != group_raw as usize {
+    Ok(())
+}
+
+/// A group decodes to exactly its header's raw length.
+fn check_group_decoded(decoded: usize, group_raw: u32) -> Result<(), CoreError> {
+    if decoded != group_raw as usize {
         return Err(malformed(
-            W,
-            format!("decoded {} bytes, header says {group_raw}", raw.len()),
+            "chunk group",
+            format!("decoded {decoded} bytes, header says {group_raw}"),
         ));
     }
-    Ok(raw)
+    Ok(())
+}
+
+fn group_zstd_error(e: std::io::Error) -> CoreError {
+    malformed("chunk group", format!("zstd: {e}"))
 }
 
 /// Checks every member of a parsed group against its id (scrub): the frame is decompressed into a buffer
 /// kept per thread, where [`decode_group`]'s fresh buffer per group cost page faults and zeroing.
 pub fn verify_group(group: &ParsedGroup<'_>, group_raw: u32) -> Result<(), CoreError> {
-    const W: &str = "chunk group";
-    if !(1..=MAX_GROUP_RAW_LEN).contains(&group_raw) {
-        return Err(malformed(W, format!("raw length {group_raw}")));
-    }
+    check_group_raw(group_raw)?;
     VERIFY_BUF.with(|cell| {
         let mut raw = cell.borrow_mut();
         raw.clear();
         raw.reserve(group_raw as usize);
-        DECOMPRESSOR
-            .with(|d| {
-                let mut slot = d.borrow_mut();
-                if slot.is_none() {
-                    *slot = Some(zstd::bulk::Decompressor::new()?);
-                }
-                match slot.as_mut() {
-                    // Writes into the spare capacity only: more output than that is an error, and a length
-                    // other than `group_raw` is caught below.
-                    Some(d) => d.decompress_to_buffer(group.frame, &mut *raw),
-                    None => Err(std::io::Error::other("no zstd context")),
-                }
-            })
-            .map_err(|e| malformed(W, format!("zstd: {e}")))?;
-        if raw.len() != group_raw as usize {
-            return Err(malformed(
-                W,
-                format!("decoded {} bytes, header says {group_raw}", raw.len()),
-            ));
-        }
+        // Writes into the spare capacity only: more output than that is an error, and a length other than
+        // `group_raw` is caught below.
+        with_decompressor(|d| d.decompress_to_buffer(group.frame, &mut *raw))
+            .map_err(group_zstd_error)?;
+        check_group_decoded(raw.len(), group_raw)?;
         for (id, len, slot) in &group.members {
             verify_member(&raw, *slot, *len, id)?;
         }
@@ -756,14 +752,18 @@ thread_local! {
 }
 
 fn decompress_reusing(stored: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    with_decompressor(|d| d.decompress(stored, capacity))
+}
+
+/// Runs `f` with this thread's zstd decompression context, made on first use.
+fn with_decompressor<R>(
+    f: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> std::io::Result<R>,
+) -> std::io::Result<R> {
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(zstd::bulk::Decompressor::new()?);
-        }
         match slot.as_mut() {
-            Some(d) => d.decompress(stored, capacity),
-            None => zstd::bulk::decompress(stored, capacity),
+            Some(d) => f(d),
+            None => f(slot.insert(zstd::bulk::Decompressor::new()?)),
         }
     })
 }
