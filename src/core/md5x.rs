@@ -424,46 +424,133 @@ mod avx2 {
 
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn rotl(x: __m256i, s: i32) -> __m256i {
-        _mm256_or_si256(
-            _mm256_sll_epi32(x, _mm_cvtsi32_si128(s)),
-            _mm256_srl_epi32(x, _mm_cvtsi32_si128(32 - s)),
+    fn rotl_const<const L: i32, const R: i32>(x: __m256i) -> __m256i {
+        _mm256_or_si256(_mm256_slli_epi32::<L>(x), _mm256_srli_epi32::<R>(x))
+    }
+
+    /// The 16 message words of block `b` of every lane, word `w` as one vector: each half block is an 8x8
+    /// transpose of 32-bit words (8 loads and 24 shuffles), where gathering word by word took 4 inserts each.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn load_block(input: &[&[[u8; 64]]; LANES], b: usize) -> [__m256i; 16] {
+        let mut m = [_mm256_setzero_si256(); 16];
+        for half in 0..2 {
+            let r: [__m256i; LANES] = std::array::from_fn(|l| {
+                let bytes: &[u8] = &input[l][b][half * 32..half * 32 + 32];
+                // SAFETY: `bytes` is 32 readable bytes (the indexing checked it), the size of one __m256i;
+                // unaligned load.
+                unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
+            });
+            let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
+            let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+            let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
+            let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+            let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
+            let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+            let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
+            let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+            // Lanes 0-3 (u0..u3) and 4-7 (u4..u7) of words j and j + 4 in their two 128-bit halves.
+            let u0 = _mm256_unpacklo_epi64(t0, t2);
+            let u1 = _mm256_unpackhi_epi64(t0, t2);
+            let u2 = _mm256_unpacklo_epi64(t1, t3);
+            let u3 = _mm256_unpackhi_epi64(t1, t3);
+            let u4 = _mm256_unpacklo_epi64(t4, t6);
+            let u5 = _mm256_unpackhi_epi64(t4, t6);
+            let u6 = _mm256_unpacklo_epi64(t5, t7);
+            let u7 = _mm256_unpackhi_epi64(t5, t7);
+            let w = &mut m[half * 8..half * 8 + 8];
+            w[0] = _mm256_permute2x128_si256::<0x20>(u0, u4);
+            w[1] = _mm256_permute2x128_si256::<0x20>(u1, u5);
+            w[2] = _mm256_permute2x128_si256::<0x20>(u2, u6);
+            w[3] = _mm256_permute2x128_si256::<0x20>(u3, u7);
+            w[4] = _mm256_permute2x128_si256::<0x31>(u0, u4);
+            w[5] = _mm256_permute2x128_si256::<0x31>(u1, u5);
+            w[6] = _mm256_permute2x128_si256::<0x31>(u2, u6);
+            w[7] = _mm256_permute2x128_si256::<0x31>(u3, u7);
+        }
+        m
+    }
+
+    /// The round functions, written so that only one or two operations wait for `b`, the value the previous
+    /// step just produced (the rest is ready earlier): a step's latency is the kernel's speed limit.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn f1(b: __m256i, c: __m256i, d: __m256i) -> __m256i {
+        // (b & c) | (!b & d) = d ^ (b & (c ^ d))
+        _mm256_xor_si256(d, _mm256_and_si256(b, _mm256_xor_si256(c, d)))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn f2(b: __m256i, c: __m256i, d: __m256i) -> __m256i {
+        // (b & d) | (c & !d)
+        _mm256_or_si256(_mm256_and_si256(b, d), _mm256_andnot_si256(d, c))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn f3(b: __m256i, c: __m256i, d: __m256i) -> __m256i {
+        _mm256_xor_si256(b, _mm256_xor_si256(c, d))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn f4(b: __m256i, c: __m256i, d: __m256i) -> __m256i {
+        // c ^ (b | !d)
+        _mm256_xor_si256(
+            c,
+            _mm256_or_si256(b, _mm256_xor_si256(d, _mm256_set1_epi32(-1))),
         )
+    }
+
+    /// One MD5 step on all lanes, fully unrolled: message word, constant and shift are compile-time
+    /// constants (immediate shifts, no bounds checks, no branch on the round), and `a + K + m` is summed
+    /// before the round function's result arrives.
+    macro_rules! step {
+        ($m:ident, $f:ident, $i:expr, $a:ident, $b:ident, $c:ident, $d:ident) => {{
+            const G: usize = SCHEDULE[$i].0;
+            const S: i32 = SCHEDULE[$i].1;
+            let early =
+                _mm256_add_epi32($a, _mm256_add_epi32($m[G], _mm256_set1_epi32(K[$i] as i32)));
+            let sum = _mm256_add_epi32(early, $f($b, $c, $d));
+            $a = _mm256_add_epi32($b, rotl_const::<S, { 32 - S }>(sum));
+        }};
+    }
+
+    macro_rules! four_steps {
+        ($m:ident, $f:ident, $i:expr, $a:ident, $b:ident, $c:ident, $d:ident) => {
+            step!($m, $f, $i, $a, $b, $c, $d);
+            step!($m, $f, $i + 1, $d, $a, $b, $c);
+            step!($m, $f, $i + 2, $c, $d, $a, $b);
+            step!($m, $f, $i + 3, $b, $c, $d, $a);
+        };
     }
 
     #[target_feature(enable = "avx2")]
     pub(super) fn compress8(h: &mut [[u32; 4]; LANES], input: &[&[[u8; 64]]; LANES]) {
         let [mut a0, mut b0, mut c0, mut d0] = load_state(h);
-        let ones = _mm256_set1_epi32(-1);
         let blocks = input[0].len();
-        for b in 0..blocks {
-            let mut m = [_mm256_setzero_si256(); 16];
-            for (w, mw) in m.iter_mut().enumerate() {
-                *mw = load_word(input, b, w);
-            }
-            let (mut a, mut bb, mut c, mut d) = (a0, b0, c0, d0);
-            for (i, &(g, s)) in SCHEDULE.iter().enumerate() {
-                let f = match i / 16 {
-                    // (b & c) | (!b & d)
-                    0 => _mm256_or_si256(_mm256_and_si256(bb, c), _mm256_andnot_si256(bb, d)),
-                    // (b & d) | (c & !d)
-                    1 => _mm256_or_si256(_mm256_and_si256(bb, d), _mm256_andnot_si256(d, c)),
-                    2 => _mm256_xor_si256(_mm256_xor_si256(bb, c), d),
-                    // c ^ (b | !d)
-                    _ => _mm256_xor_si256(c, _mm256_or_si256(bb, _mm256_xor_si256(d, ones))),
-                };
-                let sum = _mm256_add_epi32(
-                    _mm256_add_epi32(f, a),
-                    _mm256_add_epi32(_mm256_set1_epi32(K[i] as i32), m[g]),
-                );
-                let next_b = _mm256_add_epi32(bb, rotl(sum, s));
-                a = d;
-                d = c;
-                c = bb;
-                bb = next_b;
-            }
+        for blk in 0..blocks {
+            let m = load_block(input, blk);
+            let (mut a, mut b, mut c, mut d) = (a0, b0, c0, d0);
+            four_steps!(m, f1, 0, a, b, c, d);
+            four_steps!(m, f1, 4, a, b, c, d);
+            four_steps!(m, f1, 8, a, b, c, d);
+            four_steps!(m, f1, 12, a, b, c, d);
+            four_steps!(m, f2, 16, a, b, c, d);
+            four_steps!(m, f2, 20, a, b, c, d);
+            four_steps!(m, f2, 24, a, b, c, d);
+            four_steps!(m, f2, 28, a, b, c, d);
+            four_steps!(m, f3, 32, a, b, c, d);
+            four_steps!(m, f3, 36, a, b, c, d);
+            four_steps!(m, f3, 40, a, b, c, d);
+            four_steps!(m, f3, 44, a, b, c, d);
+            four_steps!(m, f4, 48, a, b, c, d);
+            four_steps!(m, f4, 52, a, b, c, d);
+            four_steps!(m, f4, 56, a, b, c, d);
+            four_steps!(m, f4, 60, a, b, c, d);
             a0 = _mm256_add_epi32(a0, a);
-            b0 = _mm256_add_epi32(b0, bb);
+            b0 = _mm256_add_epi32(b0, b);
             c0 = _mm256_add_epi32(c0, c);
             d0 = _mm256_add_epi32(d0, d);
         }

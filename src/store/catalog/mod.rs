@@ -204,4 +204,62 @@ mod tests {
         };
         assert_eq!(columns(&path), columns(&fresh));
     }
+
+    /// A segment naming chunks in any order and some of them many times adds one reference per entry (merged
+    /// into one update per id); an unknown id fails the whole call, and a release takes the references back.
+    #[test]
+    fn chunk_refs_count_every_entry_of_a_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("catalog.sqlite")).unwrap();
+        let loc = ChunkLocation {
+            container: ContainerId(1),
+            offset: 0,
+            stored_len: 10,
+            raw_len: 20,
+            codec: Codec::Raw,
+            group: None,
+        };
+        let ids: Vec<ChunkId> = (0..5u8).map(|i| ChunkId::of(&[i])).collect();
+        cat.write(|tx| {
+            for id in &ids {
+                insert_chunk(tx, id, &loc)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        // Entry order as a stream would have it: id 3 (a zero block) repeats, id 4 is not named.
+        let named = [3usize, 0, 3, 2, 3, 1, 0, 3];
+        let entries: Vec<(ChunkId, u32)> = named.iter().map(|&i| (ids[i], 20)).collect();
+        let refs = |cat: &Catalog| -> Vec<i64> {
+            ids.iter()
+                .map(|id| {
+                    cat.read(|c| {
+                        Ok(c.query_row(
+                            "SELECT refs FROM chunks WHERE id = ?1",
+                            [&id.0[..]],
+                            |r| r.get(0),
+                        )?)
+                    })
+                    .unwrap()
+                })
+                .collect()
+        };
+        cat.write(|tx| add_chunk_refs(tx, &entries, 1)).unwrap();
+        assert_eq!(refs(&cat), vec![2, 1, 1, 4, 0]);
+        cat.write(|tx| add_chunk_refs(tx, &entries, 1)).unwrap();
+        assert_eq!(refs(&cat), vec![4, 2, 2, 8, 0]);
+
+        let unknown = ChunkId::of(b"never stored");
+        let mut bad = entries.clone();
+        bad.push((unknown, 20));
+        assert!(cat.write(|tx| add_chunk_refs(tx, &bad, 1)).is_err());
+        assert_eq!(
+            refs(&cat),
+            vec![4, 2, 2, 8, 0],
+            "a failed call changes nothing"
+        );
+
+        cat.write(|tx| add_chunk_refs(tx, &entries, -1)).unwrap();
+        assert_eq!(refs(&cat), vec![2, 1, 1, 4, 0]);
+    }
 }
