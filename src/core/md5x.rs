@@ -365,36 +365,64 @@ const K: [u32; 64] = {
     ]
 };
 
+/// One MD5 step on all lanes (`__m256i` of 8 lanes): message word, constant and shift are compile-time
+/// constants (immediate shifts, no bounds checks, no branch on the round), and `a + K + m` is summed before
+/// the round function's result arrives, so only the round function, one add, the rotate and the last add wait
+/// for the previous step.
+#[cfg(target_arch = "x86_64")]
+macro_rules! md5_step {
+    ($m:ident, $rot:ident, $f:ident, $i:expr, $a:ident, $b:ident, $c:ident, $d:ident) => {{
+        const G: usize = SCHEDULE[$i].0;
+        const S: i32 = SCHEDULE[$i].1;
+        let early = _mm256_add_epi32($a, _mm256_add_epi32($m[G], _mm256_set1_epi32(K[$i] as i32)));
+        let sum = _mm256_add_epi32(early, $f($b, $c, $d));
+        $a = _mm256_add_epi32($b, $rot::<S, { 32 - S }>(sum));
+    }};
+}
+
+/// The 64 steps of one block, fully unrolled, added into `state` ([a, b, c, d] as vectors).
+#[cfg(target_arch = "x86_64")]
+macro_rules! md5_block_steps {
+    ($state:ident, $m:ident, $rot:ident, $f1:ident, $f2:ident, $f3:ident, $f4:ident) => {{
+        let [mut a, mut b, mut c, mut d] = $state;
+        macro_rules! four {
+            ($f:ident, $i:expr) => {
+                md5_step!($m, $rot, $f, $i, a, b, c, d);
+                md5_step!($m, $rot, $f, $i + 1, d, a, b, c);
+                md5_step!($m, $rot, $f, $i + 2, c, d, a, b);
+                md5_step!($m, $rot, $f, $i + 3, b, c, d, a);
+            };
+        }
+        four!($f1, 0);
+        four!($f1, 4);
+        four!($f1, 8);
+        four!($f1, 12);
+        four!($f2, 16);
+        four!($f2, 20);
+        four!($f2, 24);
+        four!($f2, 28);
+        four!($f3, 32);
+        four!($f3, 36);
+        four!($f3, 40);
+        four!($f3, 44);
+        four!($f4, 48);
+        four!($f4, 52);
+        four!($f4, 56);
+        four!($f4, 60);
+        $state = [
+            _mm256_add_epi32($state[0], a),
+            _mm256_add_epi32($state[1], b),
+            _mm256_add_epi32($state[2], c),
+            _mm256_add_epi32($state[3], d),
+        ];
+    }};
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{K, LANES, SCHEDULE};
-
-    /// Lane `l` of word `w` of block `b` of every lane, as one vector.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    pub(super) fn load_word(input: &[&[[u8; 64]]; LANES], b: usize, w: usize) -> __m256i {
-        let word = |l: usize| {
-            let o = w * 4;
-            i32::from_le_bytes([
-                input[l][b][o],
-                input[l][b][o + 1],
-                input[l][b][o + 2],
-                input[l][b][o + 3],
-            ])
-        };
-        _mm256_set_epi32(
-            word(7),
-            word(6),
-            word(5),
-            word(4),
-            word(3),
-            word(2),
-            word(1),
-            word(0),
-        )
-    }
 
     /// Word `j` of every lane's state, as one vector per word.
     #[inline]
@@ -432,7 +460,7 @@ mod avx2 {
     /// transpose of 32-bit words (8 loads and 24 shuffles), where gathering word by word took 4 inserts each.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn load_block(input: &[&[[u8; 64]]; LANES], b: usize) -> [__m256i; 16] {
+    pub(super) fn load_block(input: &[&[[u8; 64]]; LANES], b: usize) -> [__m256i; 16] {
         let mut m = [_mm256_setzero_si256(); 16];
         for half in 0..2 {
             let r: [__m256i; LANES] = std::array::from_fn(|l| {
@@ -503,58 +531,14 @@ mod avx2 {
         )
     }
 
-    /// One MD5 step on all lanes, fully unrolled: message word, constant and shift are compile-time
-    /// constants (immediate shifts, no bounds checks, no branch on the round), and `a + K + m` is summed
-    /// before the round function's result arrives.
-    macro_rules! step {
-        ($m:ident, $f:ident, $i:expr, $a:ident, $b:ident, $c:ident, $d:ident) => {{
-            const G: usize = SCHEDULE[$i].0;
-            const S: i32 = SCHEDULE[$i].1;
-            let early =
-                _mm256_add_epi32($a, _mm256_add_epi32($m[G], _mm256_set1_epi32(K[$i] as i32)));
-            let sum = _mm256_add_epi32(early, $f($b, $c, $d));
-            $a = _mm256_add_epi32($b, rotl_const::<S, { 32 - S }>(sum));
-        }};
-    }
-
-    macro_rules! four_steps {
-        ($m:ident, $f:ident, $i:expr, $a:ident, $b:ident, $c:ident, $d:ident) => {
-            step!($m, $f, $i, $a, $b, $c, $d);
-            step!($m, $f, $i + 1, $d, $a, $b, $c);
-            step!($m, $f, $i + 2, $c, $d, $a, $b);
-            step!($m, $f, $i + 3, $b, $c, $d, $a);
-        };
-    }
-
     #[target_feature(enable = "avx2")]
     pub(super) fn compress8(h: &mut [[u32; 4]; LANES], input: &[&[[u8; 64]]; LANES]) {
-        let [mut a0, mut b0, mut c0, mut d0] = load_state(h);
-        let blocks = input[0].len();
-        for blk in 0..blocks {
+        let mut state = load_state(h);
+        for blk in 0..input[0].len() {
             let m = load_block(input, blk);
-            let (mut a, mut b, mut c, mut d) = (a0, b0, c0, d0);
-            four_steps!(m, f1, 0, a, b, c, d);
-            four_steps!(m, f1, 4, a, b, c, d);
-            four_steps!(m, f1, 8, a, b, c, d);
-            four_steps!(m, f1, 12, a, b, c, d);
-            four_steps!(m, f2, 16, a, b, c, d);
-            four_steps!(m, f2, 20, a, b, c, d);
-            four_steps!(m, f2, 24, a, b, c, d);
-            four_steps!(m, f2, 28, a, b, c, d);
-            four_steps!(m, f3, 32, a, b, c, d);
-            four_steps!(m, f3, 36, a, b, c, d);
-            four_steps!(m, f3, 40, a, b, c, d);
-            four_steps!(m, f3, 44, a, b, c, d);
-            four_steps!(m, f4, 48, a, b, c, d);
-            four_steps!(m, f4, 52, a, b, c, d);
-            four_steps!(m, f4, 56, a, b, c, d);
-            four_steps!(m, f4, 60, a, b, c, d);
-            a0 = _mm256_add_epi32(a0, a);
-            b0 = _mm256_add_epi32(b0, b);
-            c0 = _mm256_add_epi32(c0, c);
-            d0 = _mm256_add_epi32(d0, d);
+            md5_block_steps!(state, m, rotl_const, f1, f2, f3, f4);
         }
-        store_state(h, [a0, b0, c0, d0]);
+        store_state(h, state);
     }
 }
 
@@ -565,51 +549,50 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::avx2::{load_state, load_word, store_state};
+    use super::avx2::{load_block, load_state, store_state};
     use super::{K, LANES, SCHEDULE};
 
     #[inline]
     #[target_feature(enable = "avx2,avx512f,avx512vl")]
-    fn rotl(x: __m256i, s: i32) -> __m256i {
-        _mm256_rolv_epi32(x, _mm256_set1_epi32(s))
+    fn rot<const L: i32, const R: i32>(x: __m256i) -> __m256i {
+        _mm256_rol_epi32::<L>(x)
+    }
+
+    /// (b & c) | (!b & d)
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512vl")]
+    fn f1(b: __m256i, c: __m256i, d: __m256i) -> __m256i {
+        _mm256_ternarylogic_epi32::<0xca>(b, c, d)
+    }
+
+    /// (b & d) | (c & !d)
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512vl")]
+    fn f2(b: __m256i, c: __m256i, d: __m256i) -> __m256i {
+        _mm256_ternarylogic_epi32::<0xe4>(b, c, d)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512vl")]
+    fn f3(b: __m256i, c: __m256i, d: __m256i) -> __m256i {
+        _mm256_ternarylogic_epi32::<0x96>(b, c, d)
+    }
+
+    /// c ^ (b | !d)
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512vl")]
+    fn f4(b: __m256i, c: __m256i, d: __m256i) -> __m256i {
+        _mm256_ternarylogic_epi32::<0x39>(b, c, d)
     }
 
     #[target_feature(enable = "avx2,avx512f,avx512vl")]
     pub(super) fn compress8_vl(h: &mut [[u32; 4]; LANES], input: &[&[[u8; 64]]; LANES]) {
-        let [mut a0, mut b0, mut c0, mut d0] = load_state(h);
-        let blocks = input[0].len();
-        for b in 0..blocks {
-            let mut m = [_mm256_setzero_si256(); 16];
-            for (w, mw) in m.iter_mut().enumerate() {
-                *mw = load_word(input, b, w);
-            }
-            let (mut a, mut bb, mut c, mut d) = (a0, b0, c0, d0);
-            for (i, &(g, s)) in SCHEDULE.iter().enumerate() {
-                let f = match i / 16 {
-                    // (b & c) | (!b & d)
-                    0 => _mm256_ternarylogic_epi32::<0xca>(bb, c, d),
-                    // (b & d) | (c & !d)
-                    1 => _mm256_ternarylogic_epi32::<0xe4>(bb, c, d),
-                    2 => _mm256_ternarylogic_epi32::<0x96>(bb, c, d),
-                    // c ^ (b | !d)
-                    _ => _mm256_ternarylogic_epi32::<0x39>(bb, c, d),
-                };
-                let sum = _mm256_add_epi32(
-                    _mm256_add_epi32(f, a),
-                    _mm256_add_epi32(_mm256_set1_epi32(K[i] as i32), m[g]),
-                );
-                let next_b = _mm256_add_epi32(bb, rotl(sum, s));
-                a = d;
-                d = c;
-                c = bb;
-                bb = next_b;
-            }
-            a0 = _mm256_add_epi32(a0, a);
-            b0 = _mm256_add_epi32(b0, bb);
-            c0 = _mm256_add_epi32(c0, c);
-            d0 = _mm256_add_epi32(d0, d);
+        let mut state = load_state(h);
+        for blk in 0..input[0].len() {
+            let m = load_block(input, blk);
+            md5_block_steps!(state, m, rot, f1, f2, f3, f4);
         }
-        store_state(h, [a0, b0, c0, d0]);
+        store_state(h, state);
     }
 }
 
