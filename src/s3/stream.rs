@@ -4,7 +4,6 @@
 //! task into a bounded channel that the response body drains.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -144,12 +143,12 @@ pub fn reader_body(reader: ObjectReader, len: u64) -> StreamingBlob {
         let mut left = len;
         while left > 0 {
             let want = usize::try_from(left.min(PIECE as u64)).unwrap_or(PIECE);
-            let mut buf = vec![0u8; want];
-            let mut filled = 0;
-            while filled < want {
-                match reader.read(&mut buf[filled..]) {
+            let mut buf = Vec::with_capacity(want);
+            while buf.len() < want {
+                let room = want - buf.len();
+                match reader.read_append(&mut buf, room) {
                     Ok(0) => break,
-                    Ok(n) => filled += n,
+                    Ok(_) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         tracing::error!("read failed mid-response: {e}");
@@ -158,6 +157,7 @@ pub fn reader_body(reader: ObjectReader, len: u64) -> StreamingBlob {
                     }
                 }
             }
+            let filled = buf.len();
             if filled < want {
                 // The catalog promised more bytes than the reader gave: never send a short body silently.
                 let _ = tx.blocking_send(Err(std::io::Error::new(
@@ -166,7 +166,6 @@ pub fn reader_body(reader: ObjectReader, len: u64) -> StreamingBlob {
                 )));
                 return;
             }
-            buf.truncate(filled);
             left -= filled as u64;
             if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
                 return; // client went away
