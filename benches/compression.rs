@@ -40,7 +40,7 @@ fn groups(ranges: &[Range<usize>], max_chunks: usize, max_raw: usize) -> Vec<Ran
 }
 
 /// A table row's label, zstd level, parameters, and group size (max chunks, max raw bytes).
-type ParamSet = (&'static str, i32, Vec<CParameter>, (usize, usize));
+type ParamSet = (String, i32, Vec<CParameter>, (usize, usize));
 
 fn sample(benching: bool) -> (String, Vec<u8>) {
     if let Ok(path) = std::env::var("CAIRN_COMPRESSION_FILE") {
@@ -96,57 +96,38 @@ fn main() {
     let double_fast = |window: u32| vec![WindowLog(window), ChainLog(16), HashLog(16)];
     let old_groups = (64, 1 << 20);
     let new_groups = (GROUP_TARGET_CHUNKS, GROUP_TARGET_RAW);
-    let sets: Vec<ParamSet> = vec![
+    let mut sets: Vec<ParamSet> = vec![
         (
-            "level 3, zstd's <= 256 KiB double-fast row (window 2^18, chain/hash 2^16): before session 7",
+            "level 3, zstd's <= 256 KiB double-fast row (window 2^18, chain/hash 2^16): before session 7".into(),
             3,
             double_fast(18),
             old_groups,
         ),
-        ("same on larger groups", 3, double_fast(18), new_groups),
+        ("same on larger groups".into(), 3, double_fast(18), new_groups),
         (
-            "level 3 double-fast, window 2^20",
+            "level 3 double-fast, window 2^20".into(),
             3,
             double_fast(20),
             new_groups,
         ),
-        (
-            "fast, window 2^18, hash 2^16, min match 5",
-            1,
-            fast(18, 16, 5),
-            new_groups,
-        ),
-        (
-            "fast, window 2^20, hash 2^16, min match 5",
-            1,
-            fast(20, 16, 5),
-            new_groups,
-        ),
-        (
-            "fast, window 2^21, hash 2^15, min match 5",
-            1,
-            fast(21, 15, 5),
-            new_groups,
-        ),
-        (
-            "fast, window 2^21, hash 2^16, min match 6",
-            1,
-            fast(21, 16, 6),
-            new_groups,
-        ),
-        (
-            "fast, window 2^21, hash 2^17, min match 5",
-            1,
-            fast(21, 17, 5),
-            new_groups,
-        ),
-        (
-            "fast, window 2^21, hash 2^16, min match 5",
-            1,
-            fast(21, 16, 5),
-            new_groups,
-        ),
     ];
+    // zstd's fast strategy (what levels 1-3 use for groups now): (window log, hash log, min match), the last
+    // one the store's own.
+    for (window, hash, min_match) in [
+        (18, 16, 5),
+        (20, 16, 5),
+        (21, 15, 5),
+        (21, 16, 6),
+        (21, 17, 5),
+        (21, 16, 5),
+    ] {
+        sets.push((
+            format!("fast, window 2^{window}, hash 2^{hash}, min match {min_match}"),
+            1,
+            fast(window, hash, min_match),
+            new_groups,
+        ));
+    }
     // One table row: `stored_len` compresses one group and returns its stored length. Returns the bytes stored.
     let row = |label: &str,
                (max_chunks, max_raw): (usize, usize),
@@ -168,7 +149,7 @@ fn main() {
         for p in &params {
             z.set_parameter(*p).expect("zstd parameter");
         }
-        row(label, group_size, &mut |g| {
+        row(&label, group_size, &mut |g| {
             z.compress(g).expect("compress").len()
         });
     }

@@ -138,24 +138,66 @@ impl Store {
         self.catalog.read(|c| locate_in(c, id, &mut HashMap::new()))
     }
 
-    /// Where each of `ids` is, and its container, in one catalog read: a read transaction per chunk (pool,
-    /// locks, two queries) was ~6% of a restore's CPU, half of it in the file locks SQLite takes per
-    /// transaction. The containers a window touches are looked up once.
-    fn locate_many(&self, ids: &[ChunkId]) -> Vec<Result<(ChunkLocation, ContainerRow)>> {
+    /// Locates a read-ahead window in one catalog read: `ids` (the first of `entries`, which start at logical
+    /// `start`), extended to the end of the chunk group its last chunk lies in, within the requested range
+    /// (`end`). Returns the window's ids and where each is, with its container.
+    ///
+    /// One transaction for the window: a read transaction per chunk (pool, locks, two queries) was ~6% of a
+    /// restore's CPU, half of it in the file locks SQLite takes per transaction; the containers a window
+    /// touches are read once. The extension: a group cut by the window's end was decompressed (in a degraded
+    /// read also reconstructed) again by the next window; with 2 MiB groups in 4 MiB windows that cost a
+    /// degraded restore ~20% of its CPU (README, session 7).
+    fn locate_window(
+        &self,
+        mut ids: Vec<ChunkId>,
+        entries: &[(ChunkId, u32)],
+        start: u64,
+        end: u64,
+    ) -> (Vec<ChunkId>, Vec<Result<(ChunkLocation, ContainerRow)>>) {
+        let base = ids.len();
         let located = self.catalog.read(|c| {
             let mut containers = HashMap::new();
-            Ok(ids
+            let mut located: Vec<_> = ids
                 .iter()
                 .map(|id| locate_in(c, id, &mut containers))
-                .collect::<Vec<_>>())
+                .collect();
+            let group_of = |l: &Result<(ChunkLocation, ContainerRow)>| match l {
+                Ok((loc, _)) if loc.group.is_some() => Some((loc.container, loc.offset)),
+                _ => None,
+            };
+            let Some(group) = located.last().and_then(group_of) else {
+                return Ok(located);
+            };
+            let mut at = start
+                + entries[..base]
+                    .iter()
+                    .map(|(_, l)| u64::from(*l))
+                    .sum::<u64>();
+            for (id, len) in &entries[base..] {
+                if at >= end || located.len() >= 2 * READ_AHEAD_MAX_CHUNKS {
+                    break;
+                }
+                let loc = locate_in(c, id, &mut containers);
+                if group_of(&loc) != Some(group) {
+                    break;
+                }
+                located.push(loc);
+                at += u64::from(*len);
+            }
+            Ok(located)
         });
         match located {
-            Ok(v) => v,
+            Ok(located) => {
+                ids.extend(entries[base..located.len()].iter().map(|(id, _)| *id));
+                (ids, located)
+            }
             Err(e) => {
                 let detail = format!("catalog read failed: {e}");
-                ids.iter()
+                let located = ids
+                    .iter()
                     .map(|_| Err(StoreError::Config(detail.clone())))
-                    .collect()
+                    .collect();
+                (ids, located)
             }
         }
     }
@@ -204,14 +246,18 @@ impl Store {
         Ok(v)
     }
 
-    /// Reads and verifies a window of chunks: the members of one group are read and decompressed once; the
-    /// reads run in parallel on the read pool.
-    fn read_window(&self, ids: &[ChunkId]) -> VecDeque<Result<Vec<u8>>> {
+    /// Reads and verifies a window of chunks (`ids`, `located` by `locate_window`): the members of one group
+    /// are read and decompressed once; the reads run in parallel on the read pool.
+    fn read_window(
+        &self,
+        ids: &[ChunkId],
+        located: Vec<Result<(ChunkLocation, ContainerRow)>>,
+    ) -> VecDeque<Result<Vec<u8>>> {
         let mut out: Vec<Option<Result<Vec<u8>>>> = (0..ids.len()).map(|_| None).collect();
         // Units of work: one per stored frame (container, offset), holding the window positions it serves.
         let mut units: Vec<ReadUnit> = Vec::new();
         let mut unit_of: HashMap<(ContainerId, u64), usize> = HashMap::new();
-        for (i, (id, located)) in ids.iter().zip(self.locate_many(ids)).enumerate() {
+        for (i, (id, located)) in ids.iter().zip(located).enumerate() {
             match located {
                 Err(e) => out[i] = Some(Err(e)),
                 Ok((loc, row)) => {
@@ -552,8 +598,13 @@ impl ObjectReader {
                     .take(READ_AHEAD_MAX_CHUNKS)
                     .map(|(c, _)| *c)
                     .collect();
-                let ids = self.to_group_end(ids, &seg.entries[self.entry_idx..], end_in_src);
-                let chunks = self.store.read_window(&ids);
+                let (ids, located) = self.store.locate_window(
+                    ids,
+                    &seg.entries[self.entry_idx..],
+                    self.entry_start,
+                    end_in_src,
+                );
+                let chunks = self.store.read_window(&ids, located);
                 self.ahead = Some(Ahead {
                     seg_no: seg.segment_no,
                     first: self.entry_idx,
@@ -586,55 +637,6 @@ impl ObjectReader {
             self.entry_idx += 1;
             return Ok(());
         }
-    }
-}
-
-impl ObjectReader {
-    /// Extends a window (`ids`, the first of `entries`, which start at `self.entry_start`) to the end of the
-    /// chunk group its last chunk lies in, within the requested range (`end`, in the source). A group cut by
-    /// the window's end was decompressed (in a degraded read also reconstructed) again by the next window;
-    /// with 2 MiB groups in 4 MiB windows that cost a degraded restore ~20% of its CPU (README, session 7).
-    fn to_group_end(
-        &self,
-        mut ids: Vec<ChunkId>,
-        entries: &[(ChunkId, u32)],
-        end: u64,
-    ) -> Vec<ChunkId> {
-        let group_of = |c: &rusqlite::Connection, id: &ChunkId| {
-            catalog::get_chunk(c, id)
-                .ok()
-                .flatten()
-                .filter(|l| l.group.is_some())
-                .map(|l| (l.container, l.offset))
-        };
-        let base = ids.len();
-        let start = self.entry_start
-            + entries[..base]
-                .iter()
-                .map(|(_, l)| u64::from(*l))
-                .sum::<u64>();
-        // One catalog read for the whole extension.
-        let extension = self.store.catalog.read(|c| {
-            let mut more = Vec::new();
-            let Some(group) = ids.last().and_then(|id| group_of(c, id)) else {
-                return Ok(more);
-            };
-            let mut start = start;
-            for (id, len) in &entries[base..] {
-                if start >= end
-                    || base + more.len() >= 2 * READ_AHEAD_MAX_CHUNKS
-                    || group_of(c, id) != Some(group)
-                {
-                    break;
-                }
-                more.push(*id);
-                start += u64::from(*len);
-            }
-            Ok(more)
-        });
-        // Without the extension the window is still right, only cut inside a group.
-        ids.extend(extension.unwrap_or_default());
-        ids
     }
 }
 
