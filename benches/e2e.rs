@@ -117,6 +117,10 @@ struct Stages {
     shard_xxh3: f64,
     disk_write: f64,
     disk_read: f64,
+    /// What the kernel costs a server per byte, in MB per CPU second: a request body's socket receive, and
+    /// shard files written as the store writes them (MB of shards).
+    socket_receive: f64,
+    shard_write: f64,
 }
 
 fn measure_stages(o: &Opts, data_file: &Path, work: &Path) -> Stages {
@@ -144,6 +148,7 @@ fn measure_stages(o: &Opts, data_file: &Path, work: &Path) -> Stages {
     let shards = e.encode(container);
     let (dat, par) = shards.split_at(K as usize);
     let disk_bytes = if o.bench { 1 << 30 } else { 4 << 20 };
+    let shard_refs: Vec<&[u8]> = shards.iter().map(|s| s.as_slice()).collect();
     Stages {
         cdc: rate(n, min, || {
             std::hint::black_box(chunks(&data));
@@ -190,6 +195,13 @@ fn measure_stages(o: &Opts, data_file: &Path, work: &Path) -> Stages {
         }),
         disk_write: disk_write_fsync(work, disk_bytes).expect("disk write"),
         disk_read: disk_read_cold(work, disk_bytes).expect("disk read"),
+        socket_receive: socket_receive_cpu(disk_bytes).expect("socket receive"),
+        shard_write: shard_write_cpu(
+            &work.join("shard-stage"),
+            &shard_refs,
+            if o.bench { 32 } else { 1 },
+        )
+        .expect("shard writes"),
     }
 }
 
@@ -197,6 +209,9 @@ fn measure_stages(o: &Opts, data_file: &Path, work: &Path) -> Stages {
 struct Limits {
     cores: usize,
     unique_core: f64,
+    /// Per core, with the kernel's socket receive of the body and the shard files' writes added: what a
+    /// server doing nothing but the stages and that I/O reaches.
+    unique_io_core: f64,
     unique_cpu: f64,
     unique_disk: f64,
     unique: f64,
@@ -222,6 +237,7 @@ fn limits(s: &Stages) -> Limits {
     // bench keeps 8 uploads in flight.
     let unique =
         1.0 / s.cdc + 1.0 / s.blake3 + 1.0 / s.zstd + 1.0 / s.md5_lanes + c / s.rs_erasure_enc;
+    let unique_io = unique + 1.0 / s.socket_receive + c * width / s.shard_write;
     let hash = 1.0 / s.cdc + 1.0 / s.blake3;
     let restore = 1.0 / s.unzstd + 1.0 / s.blake3;
     let degraded = restore + c / s.rs_erasure_rec;
@@ -231,6 +247,7 @@ fn limits(s: &Stages) -> Limits {
     Limits {
         cores,
         unique_core: 1.0 / unique,
+        unique_io_core: 1.0 / unique_io,
         unique_cpu,
         unique_disk,
         unique: unique_cpu.min(unique_disk),
@@ -561,6 +578,14 @@ fn main() {
         ),
         ("disk sequential write + fsync", s.disk_write),
         ("disk sequential read (evicted from cache)", s.disk_read),
+        (
+            "kernel: socket receive over loopback, MB per CPU s of the reading thread",
+            s.socket_receive,
+        ),
+        (
+            "kernel: shard files as the store writes them (O_DIRECT, fsync, rename), MB of shards per CPU s",
+            s.shard_write,
+        ),
     ] {
         println!("| {name} | {v:.0} |");
     }
@@ -569,6 +594,11 @@ fn main() {
     println!(
         "| unique ingest (CDC+BLAKE3+zstd+MD5 in lanes+RS; CPU {:.0}, disk {:.0}) | {:.0} | {:.0} |",
         l.unique_cpu, l.unique_disk, l.unique_core, l.unique
+    );
+    println!(
+        "| unique ingest CPU with the kernel's part (+ socket receive of the body + shard file writes) | {:.0} | {:.0} |",
+        l.unique_io_core,
+        l.unique_io_core * l.cores as f64
     );
     println!(
         "| duplicate ingest, hash-only (CDC+BLAKE3) | {:.0} | {:.0} |",
@@ -622,6 +652,26 @@ fn main() {
         "  same, against the limit left by the client's CPU",
         unique,
         Some(unique_shared),
+        None,
+    ));
+    // A server does at least the stages' arithmetic and the kernel's receive and shard writes, on cores it
+    // shares with the client here.
+    let unique_client_cpu = cpu[cpu.len() - 1].cpu;
+    let unique_reach =
+        limit_with_client(mb, l.unique_io_core, unique_client_cpu, l.cores).min(l.unique_disk);
+    rows.push(text_row(
+        "  75% reachable with the client on these cores",
+        format!(
+            "{}: a server doing only the stages, the socket receive and the shard writes would reach {:.0}% (client {:.1} CPU s)",
+            if unique_reach >= 0.75 * l.unique {
+                "yes"
+            } else {
+                "no"
+            },
+            unique_reach / l.unique * 100.0,
+            unique_client_cpu.2
+        ),
+        "",
         None,
     ));
     let stored_unique = tree_bytes(&srv.disks());
@@ -990,6 +1040,18 @@ fn main() {
     }
     print_rows("End to end through `cairn serve` (S3), restic, RSS", &rows);
     print_cpu(&cpu, l.cores);
+    if let Some(u) = cpu.first() {
+        let (_, srv, _, _) = u.cpu;
+        let stages = u.mb / l.unique_core;
+        let io = u.mb / l.unique_io_core - stages;
+        let rest = srv - stages - io;
+        println!(
+            "\nUnique ingest, server CPU s: {srv:.1} = stages at their fastest {stages:.1} + the kernel's \
+             receive and shard writes {io:.1} + everything else {rest:.1} ({:.0}% of the server's CPU: HTTP, \
+             catalog, copies, scheduling, stages running below their fastest)",
+            rest / srv.max(1e-9) * 100.0
+        );
+    }
 
     // 6. Nightly fulls.
     if !o.skip("nightly") {

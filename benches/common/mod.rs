@@ -304,3 +304,97 @@ pub fn rs_erasure_encode(data: &[Vec<u8>], m: usize) -> Vec<Vec<u8>> {
     rs.encode_sep(data, &mut parity).expect("encode");
     parity
 }
+
+/// CPU seconds (user + system) the calling thread has used so far.
+#[allow(unsafe_code)]
+pub fn thread_cpu_secs() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `ts`, which lives on this stack frame for the call.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if r == 0 {
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    } else {
+        0.0
+    }
+}
+
+/// The kernel's part of receiving a request body: `bytes` sent over a loopback TCP connection by another
+/// thread and read in 256 KiB reads (hyper reads up to 400 KiB at a time). MB per CPU second of the reading
+/// thread, which pays what a server pays for a body: the copy out of the socket and the ACKs it sends.
+pub fn socket_receive_cpu(bytes: usize) -> std::io::Result<f64> {
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut s = TcpStream::connect(addr)?;
+        let buf = vec![0x3cu8; 1 << 20];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(buf.len());
+            s.write_all(&buf[..n])?;
+            left -= n;
+        }
+        Ok(())
+    });
+    let (mut conn, _) = listener.accept()?;
+    let mut buf = vec![0u8; 256 << 10];
+    let cpu = thread_cpu_secs();
+    let mut got = 0usize;
+    while got < bytes {
+        match conn.read(&mut buf)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    let spent = thread_cpu_secs() - cpu;
+    sender
+        .join()
+        .map_err(|_| std::io::Error::other("sender panicked"))??;
+    Ok(got as f64 / MB / spent.max(1e-9))
+}
+
+/// The kernel's part of storing shards: `containers` containers' shards (from `shards`, one container's k+m
+/// shards) written the way the store writes them, through the store's own `FileDisk::write_durable` (O_DIRECT
+/// write of header + shard + XXH3 trailer, fsync, rename into place, directory fsync) onto k+m directories
+/// under `dir`. MB of shard files per CPU second of the writing thread (the fsync's wait is not CPU).
+/// The files stay until `dir` is removed: deleting thousands of files right before an ingest phase makes
+/// ext4 without a journal skip the recently deleted inodes at every new file (`recently_deleted`), a tax the
+/// phase would then pay.
+pub fn shard_write_cpu(dir: &Path, shards: &[&[u8]], containers: usize) -> std::io::Result<f64> {
+    use cairn::core::ids::{ContainerId, StoreId};
+    use cairn::core::shard::{ShardHeader, encode_trailer};
+    use cairn::store::disk::{Disk, FileDisk, shard_path};
+    let disks: Vec<FileDisk> = (0..shards.len())
+        .map(|i| {
+            let root = dir.join(format!("disk-{i}"));
+            std::fs::create_dir_all(&root).map(|()| FileDisk::new(root))
+        })
+        .collect::<std::io::Result<_>>()?;
+    let store = StoreId([7; 16]);
+    let container_len = shards.iter().take(K as usize).map(|s| s.len() as u64).sum();
+    let cpu = thread_cpu_secs();
+    let mut written = 0usize;
+    for c in 0..containers {
+        let container = ContainerId(c as u64 + 1);
+        for (index, (disk, shard)) in disks.iter().zip(shards).enumerate() {
+            let header = ShardHeader {
+                k: K,
+                m: M,
+                index: index as u8,
+                container,
+                store,
+                container_len,
+                shard_len: shard.len() as u64,
+            }
+            .encode();
+            let trailer = encode_trailer(shard);
+            disk.write_durable(&shard_path(container, index), &[&header, shard, &trailer])?;
+            written += header.len() + shard.len() + trailer.len();
+        }
+    }
+    let spent = thread_cpu_secs() - cpu;
+    Ok(written as f64 / MB / spent.max(1e-9))
+}
