@@ -195,11 +195,12 @@ fn measure_stages(o: &Opts, data_file: &Path, work: &Path) -> Stages {
         }),
         disk_write: disk_write_fsync(work, disk_bytes).expect("disk write"),
         disk_read: disk_read_cold(work, disk_bytes).expect("disk read"),
-        socket_receive: socket_receive_cpu(disk_bytes).expect("socket receive"),
+        socket_receive: socket_receive_cpu(disk_bytes, 4).expect("socket receive"),
         shard_write: shard_write_cpu(
             &work.join("shard-stage"),
             &shard_refs,
-            if o.bench { 32 } else { 1 },
+            if o.bench { 16 } else { 1 },
+            4,
         )
         .expect("shard writes"),
     }
@@ -307,7 +308,26 @@ fn write_stream(path: &Path, mut r: impl Read) -> u64 {
     let mut f = std::io::BufWriter::with_capacity(4 << 20, File::create(path).expect("create"));
     let n = std::io::copy(&mut r, &mut f).expect("generate");
     f.flush().expect("flush");
+    // On disk before anything is measured: the kernel's writeback of GBs of dirty pages otherwise runs
+    // during the stage measurements (see `settle`).
+    f.get_ref().sync_all().expect("fsync");
     n
+}
+
+/// Waits, up to `max`, until the machine is quiet: under a tenth of a core busy over half a second. A stage
+/// limit is a stage's fastest call, and right after a previous run removed its GBs of files, or while the
+/// sample's pages were written back, zstd's stage measured 202-217 MB/s against 253-264 in quiet runs of
+/// the same hour. Returns (seconds waited, cores busy in the last half second).
+fn settle(max: Duration) -> (f64, f64) {
+    let start = Instant::now();
+    loop {
+        let busy = machine_busy_secs();
+        std::thread::sleep(Duration::from_millis(500));
+        let load = (machine_busy_secs() - busy) / 0.5;
+        if load < 0.1 || start.elapsed() >= max {
+            return (start.elapsed().as_secs_f64(), load);
+        }
+    }
 }
 
 fn upload_file(c: &Client, o: &Opts, key: &str, path: &Path) -> f64 {
@@ -530,6 +550,12 @@ fn main() {
     );
 
     // 1 + 2. Stage and pipeline limits.
+    if o.bench {
+        let (waited, load) = settle(Duration::from_secs(60));
+        println!(
+            "\nWaited {waited:.1} s for the machine to settle before the stages (then {load:.2} cores busy)."
+        );
+    }
     let s = measure_stages(&o, &data, work);
     let l = limits(&s);
     println!(
