@@ -1067,7 +1067,7 @@ fn main() {
     print_rows("End to end through `cairn serve` (S3), restic, RSS", &rows);
     print_cpu(&cpu, l.cores);
     if let Some(u) = cpu.first() {
-        let (_, srv, _, _) = u.cpu;
+        let (_, srv, client, _) = u.cpu;
         let stages = u.mb / l.unique_core;
         let io = u.mb / l.unique_io_core - stages;
         let rest = srv - stages - io;
@@ -1076,6 +1076,13 @@ fn main() {
              receive and shard writes {io:.1} + everything else {rest:.1} ({:.0}% of the server's CPU: HTTP, \
              catalog, copies, scheduling, stages running below their fastest)",
             rest / srv.max(1e-9) * 100.0
+        );
+        // 75% of the limit in wall time, on cores the client also uses: what the server may spend in all.
+        let allowed = l.cores as f64 * u.mb / (0.75 * l.unique) - client;
+        println!(
+            "The 75% target allows the server {allowed:.1} CPU s here (the client took {client:.1}): \
+             {:.1} beyond the stages and that I/O, against the {rest:.1} spent.",
+            allowed - stages - io
         );
     }
 
