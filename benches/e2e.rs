@@ -489,6 +489,27 @@ fn row(name: &str, mbs: f64, limit: Option<f64>, target: Option<(f64, &str)>) ->
     }
 }
 
+/// Whether `target` x limit is reachable here: `reach` (of `(reach, limit)`) is what a server doing only
+/// `minimum` would reach on cores the client's `client_cpu` seconds also take.
+fn reachable_row(
+    name: &str,
+    target: f64,
+    (reach, limit): (f64, f64),
+    minimum: &str,
+    client_cpu: f64,
+) -> Row {
+    text_row(
+        name,
+        format!(
+            "{}: a server doing only {minimum} would reach {:.0}% (client {client_cpu:.1} CPU s)",
+            if reach >= target * limit { "yes" } else { "no" },
+            reach / limit * 100.0
+        ),
+        "",
+        None,
+    )
+}
+
 fn text_row(name: &str, value: String, target: &str, holds: Option<bool>) -> Row {
     Row {
         name: name.into(),
@@ -685,20 +706,12 @@ fn main() {
     let unique_client_cpu = cpu[cpu.len() - 1].cpu;
     let unique_reach =
         limit_with_client(mb, l.unique_io_core, unique_client_cpu, l.cores).min(l.unique_disk);
-    rows.push(text_row(
+    rows.push(reachable_row(
         "  75% reachable with the client on these cores",
-        format!(
-            "{}: a server doing only the stages, the socket receive and the shard writes would reach {:.0}% (client {:.1} CPU s)",
-            if unique_reach >= 0.75 * l.unique {
-                "yes"
-            } else {
-                "no"
-            },
-            unique_reach / l.unique * 100.0,
-            unique_client_cpu.2
-        ),
-        "",
-        None,
+        0.75,
+        (unique_reach, l.unique),
+        "the stages, the socket receive and the shard writes",
+        unique_client_cpu.2,
     ));
     let stored_unique = tree_bytes(&srv.disks());
     let m = meter(Some(srv.pid()));
@@ -726,20 +739,12 @@ fn main() {
         Some(dup_shared),
         None,
     ));
-    rows.push(text_row(
+    rows.push(reachable_row(
         "  90% of hash-only reachable with the client on these cores",
-        format!(
-            "{}: a server doing only CDC+BLAKE3 would reach {:.0}% (client {:.1} CPU s)",
-            if dup_shared >= 0.9 * l.hash {
-                "yes"
-            } else {
-                "no"
-            },
-            dup_shared / l.hash * 100.0,
-            dup_client_cpu.2
-        ),
-        "",
-        None,
+        0.90,
+        (dup_shared, l.hash),
+        "CDC+BLAKE3",
+        dup_client_cpu.2,
     ));
     rows.push(row(
         "  same, against the limit incl. MD5",
