@@ -415,7 +415,11 @@ impl Upload {
         let upload = self.id;
         let (size, md5) = (self.size, self.digest());
         let store = self.store.clone();
-        store.seal_container(open.builder, &open.new_chunks, |tx| {
+        let segment_refs = segment
+            .as_ref()
+            .map(|seg| catalog::segment_refs(&seg.entries))
+            .unwrap_or_default();
+        store.seal_container(open.builder, &open.new_chunks, &segment_refs, |tx| {
             catalog::upsert_upload_open(tx, &upload, now_ms())?;
             if let Some(seg) = &segment {
                 catalog::insert_segment(
@@ -426,7 +430,6 @@ impl Upload {
                     container,
                     &encode_segment_entries(&seg.entries),
                 )?;
-                catalog::add_chunk_refs(tx, &seg.entries, 1)?;
             }
             match &finish {
                 None => Ok(()),

@@ -19,11 +19,13 @@ const MAX_PLACEMENT_ATTEMPTS: usize = 4;
 
 impl Store {
     /// Seals `builder`, writes its shards, then commits one catalog transaction holding the container, its
-    /// shard locations, its new chunk rows, and whatever `then` adds. Returns only when all of it is durable.
+    /// shard locations, its new chunk rows, the references of the segment sealed with it (`segment_refs`, from
+    /// `catalog::segment_refs`), and whatever `then` adds. Returns only when all of it is durable.
     pub(crate) fn seal_container(
         &self,
         builder: ContainerBuilder,
         new_chunks: &[(ChunkId, ChunkLocation)],
+        segment_refs: &[(ChunkId, i64)],
         then: impl FnOnce(&Transaction<'_>) -> Result<()>,
     ) -> Result<()> {
         let id = builder.id();
@@ -118,17 +120,18 @@ impl Store {
             created_unix_ms: created,
             disks: placed.clone(),
         };
-        let inserted = self.catalog.write(|tx| {
+        let inserted_ids = self.catalog.write(|tx| {
             catalog::insert_container(tx, &row)?;
-            let mut inserted = Vec::with_capacity(new_chunks.len());
-            for (cid, loc) in new_chunks {
-                if catalog::insert_chunk(tx, cid, loc)? {
-                    inserted.push((*cid, *loc));
-                }
-            }
+            let inserted = catalog::insert_chunks_with_refs(tx, new_chunks, segment_refs)?;
             then(tx)?;
             Ok(inserted)
         })?;
+        // In stream order, as the dedup cache keeps them.
+        let inserted: Vec<(ChunkId, ChunkLocation)> = new_chunks
+            .iter()
+            .filter(|(id, _)| inserted_ids.binary_search(id).is_ok())
+            .copied()
+            .collect();
         for d in placed.into_iter().flatten() {
             if let Some(e) = self.disks.get(d) {
                 e.shards.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -262,4 +262,76 @@ mod tests {
         cat.write(|tx| add_chunk_refs(tx, &entries, -1)).unwrap();
         assert_eq!(refs(&cat), vec![2, 1, 1, 4, 0]);
     }
+
+    /// A container's new chunk rows start with the references of the segment sealed with it; the segment's
+    /// other ids (stored before, or inserted first by a concurrent upload) are updated. The end state is the
+    /// one an insert with refs 0 and then `add_chunk_refs` gives, and an unknown id fails the whole call.
+    #[test]
+    fn new_chunks_start_with_their_segment_refs() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("catalog.sqlite")).unwrap();
+        let loc = |container: u64| ChunkLocation {
+            container: ContainerId(container),
+            offset: 0,
+            stored_len: 10,
+            raw_len: 20,
+            codec: Codec::Raw,
+            group: None,
+        };
+        let ids: Vec<ChunkId> = (0..6u8).map(|i| ChunkId::of(&[i])).collect();
+        // 0 and 1 were stored before (refs 1 each); 2 was inserted by a concurrent upload a moment ago.
+        cat.write(|tx| {
+            for (id, c) in [(ids[0], 1), (ids[1], 1), (ids[2], 2)] {
+                insert_chunk(tx, &id, &loc(c))?;
+            }
+            add_chunk_refs(tx, &[(ids[0], 20), (ids[1], 20)], 1)
+        })
+        .unwrap();
+        // This container stores 2 (lost the race), 3, 4 and 5; its segment names 5 (never), 4 three times.
+        let new_chunks: Vec<(ChunkId, ChunkLocation)> = [5usize, 3, 2, 4]
+            .iter()
+            .map(|&i| (ids[i], loc(9)))
+            .collect();
+        let named = [4usize, 0, 3, 4, 2, 0, 4];
+        let entries: Vec<(ChunkId, u32)> = named.iter().map(|&i| (ids[i], 20)).collect();
+        let refs = segment_refs(&entries);
+        let inserted = cat
+            .write(|tx| insert_chunks_with_refs(tx, &new_chunks, &refs))
+            .unwrap();
+        let mut expect_inserted = vec![ids[3], ids[4], ids[5]];
+        expect_inserted.sort();
+        assert_eq!(inserted, expect_inserted);
+        let state = |cat: &Catalog| -> Vec<(i64, i64)> {
+            ids.iter()
+                .map(|id| {
+                    cat.read(|c| {
+                        Ok(c.query_row(
+                            "SELECT refs, container_id FROM chunks WHERE id = ?1",
+                            [&id.0[..]],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )?)
+                    })
+                    .unwrap()
+                })
+                .collect()
+        };
+        assert_eq!(
+            state(&cat),
+            vec![(3, 1), (1, 1), (1, 2), (1, 9), (3, 9), (0, 9)]
+        );
+
+        let unknown = ChunkId::of(b"never stored");
+        let more = [(ChunkId::of(b"new"), loc(10))];
+        let bad = segment_refs(&[(ids[0], 20), (unknown, 20), (more[0].0, 20)]);
+        assert!(
+            cat.write(|tx| insert_chunks_with_refs(tx, &more, &bad))
+                .is_err()
+        );
+        assert_eq!(
+            state(&cat),
+            vec![(3, 1), (1, 1), (1, 2), (1, 9), (3, 9), (0, 9)],
+            "a failed call changes nothing"
+        );
+        assert_eq!(cat.read(|c| get_chunk(c, &more[0].0)).unwrap(), None);
+    }
 }

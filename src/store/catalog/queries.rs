@@ -176,9 +176,19 @@ pub fn add_event(
 /// chunk first; ours stays in our container as unreferenced bytes that compaction reclaims). Returns whether
 /// the row was inserted.
 pub fn insert_chunk(c: &Connection, id: &ChunkId, loc: &ChunkLocation) -> Result<bool> {
+    insert_chunk_with_refs(c, id, loc, 0)
+}
+
+/// `insert_chunk` with the row's refs starting at `refs`.
+fn insert_chunk_with_refs(
+    c: &Connection,
+    id: &ChunkId,
+    loc: &ChunkLocation,
+    refs: i64,
+) -> Result<bool> {
     let mut st = c.prepare_cached(
         "INSERT OR IGNORE INTO chunks(id, container_id, offset, stored_len, raw_len, codec, group_offset, group_raw, refs)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     let n = st.execute(params![
         &id.0[..],
@@ -188,9 +198,54 @@ pub fn insert_chunk(c: &Connection, id: &ChunkId, loc: &ChunkLocation) -> Result
         loc.raw_len,
         loc.codec as u8,
         loc.group.map_or(0, |g| g.offset),
-        loc.group.map_or(0, |g| g.group_raw)
+        loc.group.map_or(0, |g| g.group_raw),
+        refs
     ])?;
     Ok(n == 1)
+}
+
+/// The references a segment adds: its distinct chunk ids in ascending order, each with how often the segment
+/// names it (see `insert_chunks_with_refs`).
+pub fn segment_refs(entries: &[(ChunkId, u32)]) -> Vec<(ChunkId, i64)> {
+    merged_ids(entries)
+}
+
+/// Inserts a sealed container's new chunk rows and adds the references of the segment sealed with it
+/// (`refs`, from `segment_refs`), in id order. A new chunk's row starts with the references the segment gives
+/// it: a chunk is new where a stream first names it, so nearly always in the segment sealed with its own
+/// container, and its row is then one B-tree insert instead of an insert and an update of the same row
+/// (unique ingest wrote each chunk row twice). The segment's other ids (duplicates, chunks of the upload's
+/// earlier containers, and rows a concurrent upload inserted first, which `INSERT OR IGNORE` keeps) are
+/// updated as in `add_chunk_refs`. Returns the ids whose rows were inserted, ascending.
+pub fn insert_chunks_with_refs(
+    c: &Connection,
+    new_chunks: &[(ChunkId, ChunkLocation)],
+    refs: &[(ChunkId, i64)],
+) -> Result<Vec<ChunkId>> {
+    let refs_of = |id: &ChunkId| {
+        refs.binary_search_by_key(id, |(i, _)| *i)
+            .map_or(0, |at| refs[at].1)
+    };
+    let mut sorted: Vec<&(ChunkId, ChunkLocation)> = new_chunks.iter().collect();
+    sorted.sort_unstable_by_key(|(id, _)| *id);
+    let mut inserted = Vec::with_capacity(sorted.len());
+    for (id, loc) in sorted {
+        if insert_chunk_with_refs(c, id, loc, refs_of(id))? {
+            inserted.push(*id);
+        }
+    }
+    let mut st = c.prepare_cached("UPDATE chunks SET refs = refs + ?2 WHERE id = ?1")?;
+    for (id, times) in refs {
+        if inserted.binary_search(id).is_ok() {
+            continue;
+        }
+        if st.execute(params![&id.0[..], times])? != 1 {
+            return Err(StoreError::Config(format!(
+                "catalog integrity: segment references unknown chunk {id}"
+            )));
+        }
+    }
+    Ok(inserted)
 }
 
 pub fn get_chunk(c: &Connection, id: &ChunkId) -> Result<Option<ChunkLocation>> {
