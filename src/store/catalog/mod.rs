@@ -205,20 +205,41 @@ mod tests {
         assert_eq!(columns(&path), columns(&fresh));
     }
 
+    /// A chunk stored raw in its own entry of `container`.
+    fn raw_location(container: u64) -> ChunkLocation {
+        ChunkLocation {
+            container: ContainerId(container),
+            offset: 0,
+            stored_len: 10,
+            raw_len: 20,
+            codec: Codec::Raw,
+            group: None,
+        }
+    }
+
+    /// The refs column of each of `ids`' rows.
+    fn chunk_refs(cat: &Catalog, ids: &[ChunkId]) -> Vec<i64> {
+        ids.iter()
+            .map(|id| {
+                cat.read(|c| {
+                    Ok(
+                        c.query_row("SELECT refs FROM chunks WHERE id = ?1", [&id.0[..]], |r| {
+                            r.get(0)
+                        })?,
+                    )
+                })
+                .unwrap()
+            })
+            .collect()
+    }
+
     /// A segment naming chunks in any order and some of them many times adds one reference per entry (merged
     /// into one update per id); an unknown id fails the whole call, and a release takes the references back.
     #[test]
     fn chunk_refs_count_every_entry_of_a_segment() {
         let dir = tempfile::tempdir().unwrap();
         let cat = Catalog::open(&dir.path().join("catalog.sqlite")).unwrap();
-        let loc = ChunkLocation {
-            container: ContainerId(1),
-            offset: 0,
-            stored_len: 10,
-            raw_len: 20,
-            codec: Codec::Raw,
-            group: None,
-        };
+        let loc = raw_location(1);
         let ids: Vec<ChunkId> = (0..5u8).map(|i| ChunkId::of(&[i])).collect();
         cat.write(|tx| {
             for id in &ids {
@@ -230,20 +251,7 @@ mod tests {
         // Entry order as a stream would have it: id 3 (a zero block) repeats, id 4 is not named.
         let named = [3usize, 0, 3, 2, 3, 1, 0, 3];
         let entries: Vec<(ChunkId, u32)> = named.iter().map(|&i| (ids[i], 20)).collect();
-        let refs = |cat: &Catalog| -> Vec<i64> {
-            ids.iter()
-                .map(|id| {
-                    cat.read(|c| {
-                        Ok(c.query_row(
-                            "SELECT refs FROM chunks WHERE id = ?1",
-                            [&id.0[..]],
-                            |r| r.get(0),
-                        )?)
-                    })
-                    .unwrap()
-                })
-                .collect()
-        };
+        let refs = |cat: &Catalog| chunk_refs(cat, &ids);
         cat.write(|tx| add_chunk_refs(tx, &entries, 1)).unwrap();
         assert_eq!(refs(&cat), vec![2, 1, 1, 4, 0]);
         cat.write(|tx| add_chunk_refs(tx, &entries, 1)).unwrap();
@@ -270,14 +278,7 @@ mod tests {
     fn new_chunks_start_with_their_segment_refs() {
         let dir = tempfile::tempdir().unwrap();
         let cat = Catalog::open(&dir.path().join("catalog.sqlite")).unwrap();
-        let loc = |container: u64| ChunkLocation {
-            container: ContainerId(container),
-            offset: 0,
-            stored_len: 10,
-            raw_len: 20,
-            codec: Codec::Raw,
-            group: None,
-        };
+        let loc = raw_location;
         let ids: Vec<ChunkId> = (0..6u8).map(|i| ChunkId::of(&[i])).collect();
         // 0 and 1 were stored before (refs 1 each); 2 was inserted by a concurrent upload a moment ago.
         cat.write(|tx| {
@@ -301,19 +302,14 @@ mod tests {
         let mut expect_inserted = vec![ids[3], ids[4], ids[5]];
         expect_inserted.sort();
         assert_eq!(inserted, expect_inserted);
-        let state = |cat: &Catalog| -> Vec<(i64, i64)> {
-            ids.iter()
-                .map(|id| {
-                    cat.read(|c| {
-                        Ok(c.query_row(
-                            "SELECT refs, container_id FROM chunks WHERE id = ?1",
-                            [&id.0[..]],
-                            |r| Ok((r.get(0)?, r.get(1)?)),
-                        )?)
-                    })
+        // (refs, container) of each row.
+        let state = |cat: &Catalog| -> Vec<(i64, u64)> {
+            let containers = ids.iter().map(|id| {
+                cat.read(|c| get_chunk(c, id))
                     .unwrap()
-                })
-                .collect()
+                    .map_or(0, |l| l.container.0)
+            });
+            chunk_refs(cat, &ids).into_iter().zip(containers).collect()
         };
         assert_eq!(
             state(&cat),
