@@ -16,6 +16,9 @@
 
 use std::time::Instant;
 
+mod common;
+use common::thread_cpu_secs;
+
 use cairn::core::container::{Codec, GroupSlot};
 use cairn::core::ids::{ChunkId, ContainerId};
 use cairn::store::dedup::{ChunkLocation, DedupIndex};
@@ -113,17 +116,6 @@ fn insert(conn: &mut Connection, index: &DedupIndex, from: u64, to: u64) {
         index.note_inserted(&rows);
         i = end;
     }
-}
-
-/// CPU seconds of the calling thread (the fsyncs' waits are not CPU).
-fn thread_cpu_secs() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 /// The catalog's part of sealing containers, through the real `Catalog` (its pragmas, one transaction per

@@ -234,15 +234,10 @@ pub fn insert_chunks_with_refs(
             inserted.push(*id);
         }
     }
-    let mut st = c.prepare_cached("UPDATE chunks SET refs = refs + ?2 WHERE id = ?1")?;
+    let mut st = c.prepare_cached(ADD_REFS)?;
     for (id, times) in refs {
-        if inserted.binary_search(id).is_ok() {
-            continue;
-        }
-        if st.execute(params![&id.0[..], times])? != 1 {
-            return Err(StoreError::Config(format!(
-                "catalog integrity: segment references unknown chunk {id}"
-            )));
+        if inserted.binary_search(id).is_err() {
+            add_refs(&mut st, id, *times)?;
         }
     }
     Ok(inserted)
@@ -285,14 +280,21 @@ pub fn get_chunk(c: &Connection, id: &ChunkId) -> Result<Option<ChunkLocation>> 
 /// thousands of times): ids are random, so in stream order every update seeks a random leaf of the chunk
 /// index, and at scale, where the index outgrows the page cache, sorted updates share the leaves they touch.
 pub fn add_chunk_refs(c: &Connection, entries: &[(ChunkId, u32)], delta: i64) -> Result<()> {
-    let mut st = c.prepare_cached("UPDATE chunks SET refs = refs + ?2 WHERE id = ?1")?;
+    let mut st = c.prepare_cached(ADD_REFS)?;
     for (id, times) in merged_ids(entries) {
-        let n = st.execute(params![&id.0[..], delta * times])?;
-        if n != 1 {
-            return Err(StoreError::Config(format!(
-                "catalog integrity: segment references unknown chunk {id}"
-            )));
-        }
+        add_refs(&mut st, &id, delta * times)?;
+    }
+    Ok(())
+}
+
+const ADD_REFS: &str = "UPDATE chunks SET refs = refs + ?2 WHERE id = ?1";
+
+/// Runs `ADD_REFS` for one id; a segment naming a chunk the index lacks is a catalog integrity error.
+fn add_refs(st: &mut rusqlite::CachedStatement<'_>, id: &ChunkId, delta: i64) -> Result<()> {
+    if st.execute(params![&id.0[..], delta])? != 1 {
+        return Err(StoreError::Config(format!(
+            "catalog integrity: segment references unknown chunk {id}"
+        )));
     }
     Ok(())
 }
