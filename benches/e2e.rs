@@ -365,13 +365,8 @@ fn upload_file(c: &Client, o: &Opts, key: &str, path: &Path) -> f64 {
     let f = File::open(path).expect("open data");
     let len = f.metadata().expect("stat").len();
     let t = Instant::now();
-    c.put_multipart(key, len, o.part, o.parallel, |i, buf| {
-        let start = i as u64 * o.part as u64;
-        let n = (len - start).min(o.part as u64) as usize;
-        buf.resize(n, 0);
-        f.read_exact_at(buf, start).expect("read part");
-    })
-    .unwrap_or_else(|e| panic!("upload {key}: {e}"));
+    c.put_multipart_file(key, &f, len, o.part, o.parallel)
+        .unwrap_or_else(|e| panic!("upload {key}: {e}"));
     t.elapsed().as_secs_f64()
 }
 

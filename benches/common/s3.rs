@@ -83,17 +83,7 @@ impl Client {
         parallel: usize,
         read_part: impl FnMut(usize, &mut Vec<u8>) + Send,
     ) -> Res<()> {
-        let url = self
-            .bucket
-            .create_multipart_upload(Some(&self.creds), key)
-            .sign(SIGN_FOR);
-        let mut r = check(
-            self.agent.post(url.as_str()).send_empty(),
-            "CreateMultipartUpload",
-        )?;
-        let xml = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
-        let created = CreateMultipartUpload::parse_response(&xml).map_err(|e| format!("{e:?}"))?;
-        let upload_id = created.upload_id().to_string();
+        let upload_id = self.create_multipart(key)?;
         let parts = (len.div_ceil(part_size as u64) as usize).max(1);
         let etags: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; parts]);
         let err: Mutex<Option<String>> = Mutex::new(None);
@@ -152,6 +142,85 @@ impl Client {
         if let Some(e) = err.into_inner().expect("err") {
             return Err(e);
         }
+        self.complete_multipart(key, &upload_id, etags)
+    }
+
+    /// Multipart upload of the file `data` (`len` bytes): each of `parallel` uploaders takes the next part and
+    /// sends it with `sendfile(2)` over its own kept-alive HTTP/1.1 connection ([`put_part_sendfile`]).
+    ///
+    /// Why not ureq here: the client shares the 2 cores with the server, and through ureq each part cost a
+    /// zero-fill of the part buffer, a read copy out of the page cache and ureq's copy into its send buffer
+    /// before the kernel's own copy into the socket: 0.6 of the client's 1.2 CPU s per 2 GB in a profile.
+    /// With sendfile the kernel sends the file's cached pages as they are. A client on another host costs
+    /// the server nothing; this one costs it as little as this machine allows.
+    pub fn put_multipart_file(
+        &self,
+        key: &str,
+        data: &std::fs::File,
+        len: u64,
+        part_size: usize,
+        parallel: usize,
+    ) -> Res<()> {
+        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+        let upload_id = self.create_multipart(key)?;
+        let parts = (len.div_ceil(part_size as u64) as usize).max(1);
+        let etags: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; parts]);
+        let err: Mutex<Option<String>> = Mutex::new(None);
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..parallel.min(parts) {
+                let (etags, err, next, upload_id) = (&etags, &err, &next, &upload_id);
+                s.spawn(move || {
+                    let mut conn: Option<std::net::TcpStream> = None;
+                    loop {
+                        let i = next.fetch_add(1, Relaxed);
+                        if i >= parts || err.lock().expect("err").is_some() {
+                            return;
+                        }
+                        let url = self
+                            .bucket
+                            .upload_part(Some(&self.creds), key, (i + 1) as u16, upload_id)
+                            .sign(SIGN_FOR);
+                        let start = i as u64 * part_size as u64;
+                        let n = (len - start).min(part_size as u64);
+                        match put_part_sendfile(&mut conn, url.as_str(), data, start, n) {
+                            Ok(etag) => etags.lock().expect("etags")[i] = Some(etag),
+                            Err(e) => {
+                                *err.lock().expect("err") =
+                                    Some(format!("UploadPart {}: {e}", i + 1));
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = err.into_inner().expect("err") {
+            return Err(e);
+        }
+        self.complete_multipart(key, &upload_id, etags)
+    }
+
+    fn create_multipart(&self, key: &str) -> Res<String> {
+        let url = self
+            .bucket
+            .create_multipart_upload(Some(&self.creds), key)
+            .sign(SIGN_FOR);
+        let mut r = check(
+            self.agent.post(url.as_str()).send_empty(),
+            "CreateMultipartUpload",
+        )?;
+        let xml = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
+        let created = CreateMultipartUpload::parse_response(&xml).map_err(|e| format!("{e:?}"))?;
+        Ok(created.upload_id().to_string())
+    }
+
+    fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        etags: Mutex<Vec<Option<String>>>,
+    ) -> Res<()> {
         let etags: Vec<String> = etags
             .into_inner()
             .expect("etags")
@@ -161,7 +230,7 @@ impl Client {
         let action = self.bucket.complete_multipart_upload(
             Some(&self.creds),
             key,
-            &upload_id,
+            upload_id,
             etags.iter().map(|s| s.as_str()),
         );
         let url = action.sign(SIGN_FOR);
@@ -194,4 +263,100 @@ impl Client {
             total += n as u64;
         }
     }
+}
+
+/// One UploadPart over `conn` (opened, or reopened after the server closed it): the request head, then `len`
+/// bytes of `data` from `offset` by `sendfile(2)`, then the response head. Returns the part's ETag.
+fn put_part_sendfile(
+    conn: &mut Option<std::net::TcpStream>,
+    url: &str,
+    data: &std::fs::File,
+    offset: u64,
+    len: u64,
+) -> Res<String> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    // The bench's endpoint is plain http://host:port.
+    let rest = url.strip_prefix("http://").ok_or("not an http:// url")?;
+    let (authority, target) = rest.split_at(rest.find('/').ok_or("url without path")?);
+    let stream = match conn {
+        Some(s) => s,
+        None => conn.insert(std::net::TcpStream::connect(authority).map_err(|e| e.to_string())?),
+    };
+    let host = authority;
+    let head = format!("PUT {target} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len}\r\n\r\n");
+    stream
+        .write_all(head.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut off = offset as libc::off_t;
+    let end = (offset + len) as libc::off_t;
+    while off < end {
+        let want = (end - off).min(1 << 30) as usize;
+        // SAFETY: both descriptors are open for the call; `off` is a valid off_t the kernel advances.
+        let sent = unsafe { libc::sendfile(stream.as_raw_fd(), data.as_raw_fd(), &mut off, want) };
+        if sent <= 0 {
+            return Err(format!("sendfile: {}", std::io::Error::last_os_error()));
+        }
+    }
+    let (status, headers, body) = read_response(stream)?;
+    if headers
+        .get("connection")
+        .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    {
+        *conn = None;
+    }
+    if status != 200 {
+        return Err(format!("HTTP {status}: {body}"));
+    }
+    headers
+        .get("etag")
+        .cloned()
+        .ok_or_else(|| "no ETag".to_string())
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body (what the server sends for UploadPart):
+/// (status, lower-cased headers, body).
+fn read_response(
+    stream: &mut std::net::TcpStream,
+) -> Res<(u16, std::collections::HashMap<String, String>, String)> {
+    use std::io::Read as _;
+    let mut buf = Vec::with_capacity(1024);
+    let mut byte = [0u8; 512];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
+        let n = stream.read(&mut byte).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed before the response".into());
+        }
+        buf.extend_from_slice(&byte[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad status line in {head:?}"))?;
+    let headers: std::collections::HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    if headers.contains_key("transfer-encoding") {
+        return Err(format!("unexpected chunked response: {head:?}"));
+    }
+    let body_len: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < body_len {
+        let n = stream.read(&mut byte).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed in the response body".into());
+        }
+        body.extend_from_slice(&byte[..n]);
+    }
+    Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
 }
