@@ -615,3 +615,84 @@ fn parts_recorded_with_their_seal_replace_and_refuse_cleanly() {
         Err(StoreError::InvalidArgument(_))
     ));
 }
+
+/// Pseudo-random bytes: zstd cannot shrink them, so a container holds about as many bytes as it was given.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_declared_length_lets_the_last_container_take_the_rest_within_half_a_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    let target = 3 << 20;
+    cfg.container_target = target;
+    let store = Store::open(cfg).unwrap();
+    store.create_bucket("bkt").unwrap();
+    let containers = |root: &Path| shard_files(root).len() / 6;
+    let put_declared = |key: &str, bytes: &[u8], declared: Option<u64>| {
+        let mut up = store.begin_upload().unwrap();
+        if let Some(n) = declared {
+            up.expect_len(n);
+        }
+        for piece in bytes.chunks(70_001) {
+            up.write(piece).unwrap();
+        }
+        up.finish_object("bkt", key, ObjectMeta::default()).unwrap();
+    };
+
+    // 4.2 MB: one batch of 4 MiB fills a container past its 3 MiB target; the last 0.2 MB would be a
+    // container of its own.
+    let small_rest = noise(1, 4_400_000);
+    let empty = containers(dir.path());
+    put_declared("undeclared", &small_rest, None);
+    let before = containers(dir.path());
+    assert_eq!(
+        before - empty,
+        2,
+        "without a declared length the target seals"
+    );
+    put_declared("declared", &noise(2, 4_400_000), Some(4_400_000));
+    assert_eq!(
+        containers(dir.path()) - before,
+        1,
+        "the declared rest fits in 1.5 x the target: one container"
+    );
+
+    // A rest that does not fit is not taken: containers stay within 1.5 x the target plus one group.
+    let before = containers(dir.path());
+    let big = noise(3, 9 << 20);
+    put_declared("big", &big, Some(big.len() as u64));
+    assert!(containers(dir.path()) - before >= 2);
+    let max_shard = shard_files(dir.path())
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .max()
+        .unwrap();
+    assert!(
+        max_shard <= ((target + target / 2 + (2 << 20) + (256 << 10)) / 4) as u64,
+        "largest shard {max_shard} B"
+    );
+
+    // A declared length that is wrong only moves seals: every byte reads back.
+    put_declared("lied", &small_rest, Some(1));
+    for (key, want) in [
+        ("undeclared", &small_rest),
+        ("big", &big),
+        ("lied", &small_rest),
+    ] {
+        assert!(
+            get(&store, "bkt", key, None).unwrap() == *want,
+            "{key} reads back"
+        );
+    }
+    assert!(get(&store, "bkt", "declared", None).unwrap() == noise(2, 4_400_000));
+}

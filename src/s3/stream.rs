@@ -87,8 +87,15 @@ pub async fn ingest(
     let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(DEPTH);
     let store = store.clone();
     let mut hasher = Hasher::new(algos);
+    // The decoded length the client declared, if any (Content-Length, or x-amz-decoded-content-length).
+    let declared = body
+        .as_ref()
+        .and_then(|b| s3s::stream::ByteStream::remaining_length(b).exact());
     let writer = tokio::task::spawn_blocking(move || {
         let mut upload = store.begin_upload()?;
+        if let Some(n) = declared {
+            upload.expect_len(n as u64);
+        }
         let mut size = 0u64;
         while let Some(frames) = rx.blocking_recv() {
             for piece in frames {
