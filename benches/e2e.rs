@@ -2,7 +2,7 @@
 //!
 //! 1. Stage limits measured live (one core each) on the start of the unique data set.
 //! 2. Pipeline limits derived from them, per core and for all cores (and the disk).
-//! 3. Through the real `cairn serve` over S3 (client: rusty-s3 + ureq, see common/s3.rs): unique ingest,
+//! 3. Through the real `cairn serve` over S3 (client: rusty-s3 + ureq and sendfile, see common/s3.rs): unique ingest,
 //!    duplicate ingest (the same data again), restore healthy and with two disk directories removed, rebuild
 //!    and scrub, each against its limit.
 //! 4. The same data through restic into a local repository: throughput, stored bytes, Cairn/restic ratios.
@@ -582,7 +582,7 @@ fn main() {
         .expect("bench dir");
     let work = root.path();
     println!(
-        "# Cairn e2e bench ({} mode): unique {} MB, part {} MiB x {} in flight, {} cores, client rusty-s3 + ureq (UNSIGNED-PAYLOAD)",
+        "# Cairn e2e bench ({} mode): unique {} MB, part {} MiB x {} in flight, {} cores, client rusty-s3 + ureq, file parts by sendfile (UNSIGNED-PAYLOAD)",
         if o.bench { "bench" } else { "smoke" },
         o.unique as f64 / MB,
         o.part >> 20,

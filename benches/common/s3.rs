@@ -1,9 +1,10 @@
 //! The e2e bench's S3 client: rusty-s3 (SigV4 presigned URLs: UNSIGNED-PAYLOAD, so the client neither hashes
-//! the body nor makes the server verify a SHA-256) over ureq (blocking HTTP/1.1, keep-alive pool).
+//! the body nor makes the server verify a SHA-256) over ureq (blocking HTTP/1.1, keep-alive pool), except the
+//! parts of a file, which go out with `sendfile(2)` ([`Client::put_multipart_file`]).
 //!
 //! Chosen because on 2 cores the client shares the CPU with the server: boto3 / aws-cli over plain HTTP
-//! always sign the payload (SHA-256 on both sides) and add CRC32, and spend Python time per part; this
-//! client costs about one memcpy per byte. Uploads are multipart with parts sent in parallel (what aws-cli
+//! always sign the payload (SHA-256 on both sides) and add CRC32, and spend Python time per part; through
+//! ureq this client costs about two copies per byte, with sendfile the TCP stack alone. Uploads are multipart with parts sent in parallel (what aws-cli
 //! and rclone do for big files) or single streaming PUTs with a known Content-Length (what restic does).
 #![allow(dead_code)]
 
