@@ -2,9 +2,9 @@
 //!
 //! 1. Stage limits measured live (one core each) on the start of the unique data set.
 //! 2. Pipeline limits derived from them, per core and for all cores (and the disk).
-//! 3. Through the real `cairn serve` over S3 (client: rusty-s3 + ureq and sendfile, see common/s3.rs): unique ingest,
-//!    duplicate ingest (the same data again), restore healthy and with two disk directories removed, rebuild
-//!    and scrub, each against its limit.
+//! 3. Through the real `cairn serve` over S3 (client: rusty-s3 + ureq and sendfile, see common/s3.rs): unique
+//!    ingest, duplicate ingest (the same data again), restore healthy and with two disk directories removed,
+//!    rebuild and scrub, each against its limit.
 //! 4. The same data through restic into a local repository: throughput, stored bytes, Cairn/restic ratios.
 //! 5. Peak server RSS (VmHWM) during one big multipart upload and during 16 parallel uploads.
 //! 6. Stored bytes and dedup ratio over 7 nightly fulls of the three workloads, next to restic's.

@@ -4,8 +4,9 @@
 //!
 //! Chosen because on 2 cores the client shares the CPU with the server: boto3 / aws-cli over plain HTTP
 //! always sign the payload (SHA-256 on both sides) and add CRC32, and spend Python time per part; through
-//! ureq this client costs about two copies per byte, with sendfile the TCP stack alone. Uploads are multipart with parts sent in parallel (what aws-cli
-//! and rclone do for big files) or single streaming PUTs with a known Content-Length (what restic does).
+//! ureq this client costs about two copies per byte, with sendfile the TCP stack alone. Uploads are multipart
+//! with parts sent in parallel (what aws-cli and rclone do for big files) or single streaming PUTs with a known
+//! Content-Length (what restic does).
 #![allow(dead_code)]
 
 use std::io::Read;
@@ -284,8 +285,8 @@ fn put_part_sendfile(
         Some(s) => s,
         None => conn.insert(std::net::TcpStream::connect(authority).map_err(|e| e.to_string())?),
     };
-    let host = authority;
-    let head = format!("PUT {target} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len}\r\n\r\n");
+    let head =
+        format!("PUT {target} HTTP/1.1\r\nhost: {authority}\r\ncontent-length: {len}\r\n\r\n");
     stream
         .write_all(head.as_bytes())
         .map_err(|e| e.to_string())?;

@@ -358,12 +358,12 @@ impl Upload {
         Ok(())
     }
 
-    /// Whether the open container, `len` bytes so far, is sealed now (between spans, so it may pass a limit by
-    /// one span). At `container_target`, unless the client declared the stream's length and its rest is
-    /// expected to fit up to 1.5 x the target: that rest would otherwise end the stream as a container of its own of a
-    /// few MB, six more shard files, and each file costs a create, an fsync, a rename and a directory fsync
-    /// whatever its size (~0.3 ms of CPU here). A 16 MiB part of ~0.6 compressible data was an 8 MiB and a
-    /// ~2 MiB container; now it is one.
+    /// Whether the open container, `len` bytes so far, is sealed now (between spans, so it may pass a limit
+    /// by one span). At `container_target`, unless the client declared the stream's length and its rest is
+    /// expected to fit up to 1.5 x the target: that rest would otherwise end the stream as a container of its
+    /// own of a few MB, six more shard files, and each file costs a create, an fsync, a rename and a directory
+    /// fsync whatever its size (~0.3 ms of CPU here). A 16 MiB part of the bench's data was often an 8-10 MB
+    /// and a 2-6 MB container; now it is one whenever its rest fits.
     fn container_full(&self, len: usize) -> bool {
         let target = self.store.cfg.container_target;
         if len < target {
@@ -376,9 +376,9 @@ impl Upload {
         let Some(total) = self.expected_len else {
             return true;
         };
-        // What is left of the stream, stored as this container stored its bytes so far (compressed, deduplicated)
-        // with a quarter more for a rest that compresses worse, plus room for its entries' and segment's records.
-        // A rest that turns out bigger still stops at `limit`.
+        // What is left of the stream, stored as this container stored its bytes so far (compressed,
+        // deduplicated) with a quarter more for a rest that compresses worse, plus room for its entries' and
+        // segment's records. A rest that turns out bigger still stops at `limit`.
         let rest = total.saturating_sub(self.logical);
         let raw_here = self.logical.saturating_sub(self.segment_start).max(1);
         let rest_stored = rest.saturating_mul(len as u64) / raw_here * 5 / 4 + 64 * 1024;
