@@ -13,7 +13,7 @@ use super::repair::for_each_parallel;
 /// Containers scrubbed at once. Scrub is CPU-bound (every chunk is decompressed and hashed), and each
 /// container's shards are read one after another: six in flight keep both the disks and the cores busy,
 /// for about 6 x 20 MiB of buffers.
-const SCRUB_THREADS: usize = 6;
+pub const SCRUB_THREADS: usize = 6;
 use super::{Store, now_ms};
 use crate::core::ids::ContainerId;
 
