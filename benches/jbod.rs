@@ -4,9 +4,10 @@
 //! their reads over the disks of a real JBOD. Here each directory-disk is wrapped in a `PacedDisk`: one
 //! request at a time, each taking at least `bytes / rate` (a SATA disk streaming, seeks left out). The data
 //! goes in through the store's own ingest (`Store::begin_upload`), then `Store::run_scrub` and, after one disk
-//! is failed, `Store::run_rebuild` onto the spare run as the server runs them. Reported as ratios to the
-//! model's limits: scrub against all disks reading at once, rebuild against the spare writing (every
-//! rebuilt byte is written to that one disk).
+//! is failed, `Store::run_rebuild` onto the spare run as the server runs them, and a restore of the object
+//! (`Store::open_object`) before and with two more disks missing. Reported as ratios to the model's limits:
+//! scrub and restore against all disks reading at once, rebuild against the spare writing (every rebuilt byte
+//! is written to that one disk).
 //!
 //! `CAIRN_JBOD_DISKS=12` data disks (4+2 plus a spare), `CAIRN_JBOD_MBS=40` MB/s per disk (low enough that two
 //! cores verify faster than the disks read), `CAIRN_JBOD_MB=384` of data. Under `cargo test` it runs on 8 MB.
@@ -154,6 +155,30 @@ fn main() {
     println!("| job | MB/s | model limit MB/s | ratio |");
     println!("|---|---|---|---|");
 
+    // A restore reads the data shards' part of the containers (k of k + m), and checks every chunk.
+    let data_part = shard_bytes as f64 * f64::from(cfg.k) / f64::from(cfg.k + cfg.m);
+    let all_disks = disks as f64 * rate / MB;
+    let restore = |what: &str| {
+        let t = Instant::now();
+        let (_, mut reader) = store.open_object("jbod", "full", None).expect("open");
+        let mut out = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = reader.read(&mut out).expect("restore");
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        assert_eq!(total, bytes, "restored length");
+        let mbs = data_part / MB / t.elapsed().as_secs_f64();
+        println!(
+            "| {what} (MB/s of stored bytes) | {mbs:.0} | {all_disks:.0} (all disks at once) | {:.0}% |",
+            mbs / all_disks * 100.0
+        );
+    };
+    restore("restore, healthy");
+
     let job = Job::new(JobKind::Scrub, 0, false);
     let t = Instant::now();
     store.run_scrub(&job, false).expect("scrub");
@@ -164,7 +189,6 @@ fn main() {
         "scrub found problems on a healthy store: {p:?}"
     );
     let scrub = shard_bytes as f64 / MB / secs;
-    let all_disks = disks as f64 * rate / MB;
     println!(
         "| scrub (all {disks} disks read) | {scrub:.0} | {all_disks:.0} (all disks at once) | {:.0}% |",
         scrub / all_disks * 100.0
@@ -190,4 +214,11 @@ fn main() {
         rate / MB,
         mbs / (rate / MB) * 100.0
     );
+
+    // Two more disks go: every container still readable, from k of its shards.
+    for victim in &cfg.disks[1..3] {
+        std::fs::remove_dir_all(victim).expect("remove a disk");
+    }
+    assert_eq!(store.check_disks().len(), 2, "two more disks failed");
+    restore("restore, two disks missing");
 }

@@ -72,28 +72,54 @@ type ReadUnit = (
     Vec<(usize, ChunkId, ChunkLocation)>,
 );
 
-/// Chunks `first..` of segment `seg_no`, read ahead (each verified, or its error kept for when it is reached).
-struct Ahead {
-    seg_no: u32,
-    first: usize,
-    chunks: VecDeque<Result<Vec<u8>>>,
+/// Read-ahead windows in flight per reader, the one being served included. A window's shard reads touch one
+/// or two disks (a container's data is k contiguous shards, 2 MiB each at the default size), so a reader
+/// reading one window at a time kept about one disk of a JBOD busy (`cargo bench --bench jbod`: a restore
+/// at 9% of twelve disks); the windows after the current one are read and verified meanwhile on the read
+/// pool, which also keeps the cores busy while the client takes the current one. Bounds a reader's memory
+/// to this many windows (each up to `READ_AHEAD_BYTES` plus the rest of its last group).
+const READ_AHEAD_WINDOWS: usize = 4;
+
+/// A planned read-ahead window: where each chunk lies in the object, and the chunks, read and verified (or
+/// their errors, kept for when they are reached) on the read pool.
+struct Window {
+    /// (absolute offset in the object, length) of each chunk not yet served, in order.
+    spans: VecDeque<(u64, u64)>,
+    chunks: WindowChunks,
 }
 
-/// Streams an object's bytes; every chunk is verified against its BLAKE3 before a byte is returned.
-pub struct ObjectReader {
-    ahead: Option<Ahead>,
-    store: Arc<Store>,
+enum WindowChunks {
+    Ready(VecDeque<Result<Vec<u8>>>),
+    Reading(std::sync::mpsc::Receiver<VecDeque<Result<Vec<u8>>>>),
+    /// Planning failed (a catalog error, a missing segment): the reader returns it when it gets here.
+    Failed(Option<StoreError>),
+}
+
+/// Walks an object's sources and segments ahead of the reader, a window at a time.
+struct Planner {
     /// (upload, size) of each source, in order.
     sources: Vec<(UploadId, u64)>,
-    pos: u64,
+    /// Absolute offset where the next window starts (inside its first chunk for a range read).
+    at: u64,
     end: u64,
-    buf: Vec<u8>,
-    buf_pos: usize,
     src_idx: usize,
     src_base: u64,
     seg: Option<SegmentRow>,
     entry_idx: usize,
+    /// Logical start (within the source) of `seg.entries[entry_idx]`.
     entry_start: u64,
+    failed: bool,
+}
+
+/// Streams an object's bytes; every chunk is verified against its BLAKE3 before a byte is returned.
+pub struct ObjectReader {
+    store: Arc<Store>,
+    plan: Planner,
+    windows: VecDeque<Window>,
+    pos: u64,
+    end: u64,
+    buf: Vec<u8>,
+    buf_pos: usize,
 }
 
 impl Store {
@@ -117,18 +143,23 @@ impl Store {
             sources.push((id, s.size));
         }
         let reader = ObjectReader {
-            ahead: None,
             store: self.clone(),
-            sources,
+            plan: Planner {
+                sources,
+                at: range.start,
+                end: range.end,
+                src_idx: 0,
+                src_base: 0,
+                seg: None,
+                entry_idx: 0,
+                entry_start: 0,
+                failed: false,
+            },
+            windows: VecDeque::new(),
             pos: range.start,
             end: range.end,
             buf: Vec::new(),
             buf_pos: 0,
-            src_idx: 0,
-            src_base: 0,
-            seg: None,
-            entry_idx: 0,
-            entry_start: 0,
         };
         Ok((row.info, reader))
     }
@@ -527,11 +558,29 @@ fn combinations(items: &[usize], k: usize) -> Vec<Vec<usize>> {
     }
 }
 
-impl ObjectReader {
-    fn next_chunk(&mut self) -> Result<()> {
-        // Move to the source holding `pos`.
+impl Planner {
+    fn done(&self) -> bool {
+        self.failed || self.at >= self.end
+    }
+
+    /// The next window's chunk ids, their spans in the object and where each is; None at the end.
+    #[allow(clippy::type_complexity)]
+    fn next_window(
+        &mut self,
+        store: &Store,
+    ) -> Result<
+        Option<(
+            Vec<ChunkId>,
+            VecDeque<(u64, u64)>,
+            Vec<Result<(ChunkLocation, ContainerRow)>>,
+        )>,
+    > {
+        if self.done() {
+            return Ok(None);
+        }
+        // Move to the source holding `at`.
         while self.src_idx < self.sources.len()
-            && self.pos >= self.src_base + self.sources[self.src_idx].1
+            && self.at >= self.src_base + self.sources[self.src_idx].1
         {
             self.src_base += self.sources[self.src_idx].1;
             self.src_idx += 1;
@@ -543,7 +592,7 @@ impl ObjectReader {
                 detail: "object shorter than its size".into(),
             });
         };
-        let off = self.pos - self.src_base;
+        let off = self.at - self.src_base;
         loop {
             let need_seek = match &self.seg {
                 None => true,
@@ -551,12 +600,10 @@ impl ObjectReader {
             };
             if need_seek {
                 let next = match &self.seg {
-                    Some(seg) => self
-                        .store
+                    Some(seg) => store
                         .catalog
                         .read(|c| catalog::get_segment(c, &upload, seg.segment_no + 1))?,
-                    None => self
-                        .store
+                    None => store
                         .catalog
                         .read(|c| catalog::find_segment(c, &upload, off))?,
                 };
@@ -574,69 +621,139 @@ impl ObjectReader {
                 self.seg = Some(seg);
             }
             let Some(seg) = &self.seg else { continue };
-            let (id, len) = seg.entries[self.entry_idx];
-            let len = len as u64;
-            if off >= self.entry_start + len {
-                self.entry_start += len;
+            let (_, len) = seg.entries[self.entry_idx];
+            if off >= self.entry_start + u64::from(len) {
+                self.entry_start += u64::from(len);
                 self.entry_idx += 1;
                 continue;
             }
-            let fresh = matches!(&self.ahead, Some(a) if a.seg_no == seg.segment_no && a.first == self.entry_idx && !a.chunks.is_empty());
-            if !fresh {
-                // The window: entries from here that start before the end of the requested range.
-                let end_in_src = self.end - self.src_base;
-                let mut start = self.entry_start;
-                let mut window = 0u64;
-                let ids: Vec<ChunkId> = seg.entries[self.entry_idx..]
-                    .iter()
-                    .take_while(|(_, l)| {
-                        let take = start < end_in_src && (window < READ_AHEAD_BYTES);
-                        start += u64::from(*l);
-                        window += u64::from(*l);
-                        take
-                    })
-                    .take(READ_AHEAD_MAX_CHUNKS)
-                    .map(|(c, _)| *c)
-                    .collect();
-                let (ids, located) = self.store.locate_window(
-                    ids,
-                    &seg.entries[self.entry_idx..],
-                    self.entry_start,
-                    end_in_src,
-                );
-                let chunks = self.store.read_window(&ids, located);
-                self.ahead = Some(Ahead {
-                    seg_no: seg.segment_no,
-                    first: self.entry_idx,
-                    chunks,
-                });
+            // The window: entries from here that start before the end of the requested range.
+            let end_in_src = self.end - self.src_base;
+            let mut start = self.entry_start;
+            let mut window = 0u64;
+            let ids: Vec<ChunkId> = seg.entries[self.entry_idx..]
+                .iter()
+                .take_while(|(_, l)| {
+                    let take = start < end_in_src && (window < READ_AHEAD_BYTES);
+                    start += u64::from(*l);
+                    window += u64::from(*l);
+                    take
+                })
+                .take(READ_AHEAD_MAX_CHUNKS)
+                .map(|(c, _)| *c)
+                .collect();
+            let (ids, located) = store.locate_window(
+                ids,
+                &seg.entries[self.entry_idx..],
+                self.entry_start,
+                end_in_src,
+            );
+            let mut spans = VecDeque::with_capacity(ids.len());
+            for (_, len) in &seg.entries[self.entry_idx..self.entry_idx + ids.len()] {
+                spans.push_back((self.src_base + self.entry_start, u64::from(*len)));
+                self.entry_start += u64::from(*len);
             }
-            let next = self.ahead.as_mut().and_then(|a| {
-                a.first += 1;
-                a.chunks.pop_front()
-            });
-            let Some(raw) = next else {
-                return Err(StoreError::Corrupt {
-                    container: ContainerId(0),
-                    detail: "read-ahead window empty".into(),
-                });
-            };
-            let raw = raw?;
-            if raw.len() as u64 != len {
-                return Err(StoreError::Corrupt {
-                    container: ContainerId(0),
-                    detail: format!("chunk {id} has the wrong length"),
-                });
-            }
-            let skip = (off - self.entry_start) as usize;
-            let take = ((self.end - self.pos) as usize).min(raw.len() - skip);
-            self.buf = raw;
-            self.buf.truncate(skip + take);
-            self.buf_pos = skip;
-            self.entry_start += len;
-            self.entry_idx += 1;
-            return Ok(());
+            self.entry_idx += ids.len();
+            self.at = self.src_base + self.entry_start;
+            return Ok(Some((ids, spans, located)));
         }
+    }
+}
+
+impl ObjectReader {
+    /// Plans windows and starts reading them on the read pool until `READ_AHEAD_WINDOWS` are in flight.
+    fn fill_windows(&mut self) {
+        while self.windows.len() < READ_AHEAD_WINDOWS && !self.plan.done() {
+            let window = match self.plan.next_window(&self.store) {
+                Ok(None) => break,
+                Ok(Some((ids, spans, located))) => {
+                    let chunks = match read_pool() {
+                        Some(pool) => {
+                            let (tx, rx) = std::sync::mpsc::channel();
+                            let store = self.store.clone();
+                            pool.spawn(move || {
+                                // The reader may be gone (client hung up): nobody to tell then.
+                                let _ = tx.send(store.read_window(&ids, located));
+                            });
+                            WindowChunks::Reading(rx)
+                        }
+                        None => WindowChunks::Ready(self.store.read_window(&ids, located)),
+                    };
+                    Window { spans, chunks }
+                }
+                Err(e) => {
+                    self.plan.failed = true;
+                    Window {
+                        spans: VecDeque::new(),
+                        chunks: WindowChunks::Failed(Some(e)),
+                    }
+                }
+            };
+            self.windows.push_back(window);
+        }
+    }
+
+    fn next_chunk(&mut self) -> Result<()> {
+        while self
+            .windows
+            .front()
+            .is_some_and(|w| w.spans.is_empty() && !matches!(w.chunks, WindowChunks::Failed(_)))
+        {
+            self.windows.pop_front();
+        }
+        self.fill_windows();
+        let Some(window) = self.windows.front_mut() else {
+            return Err(StoreError::Corrupt {
+                container: ContainerId(0),
+                detail: "object shorter than its size".into(),
+            });
+        };
+        if let WindowChunks::Reading(rx) = &window.chunks {
+            let chunks = rx.recv().unwrap_or_else(|_| {
+                VecDeque::from([Err(StoreError::Corrupt {
+                    container: ContainerId(0),
+                    detail: "read-ahead worker stopped".into(),
+                })])
+            });
+            window.chunks = WindowChunks::Ready(chunks);
+        }
+        let chunks = match &mut window.chunks {
+            WindowChunks::Ready(chunks) => chunks,
+            WindowChunks::Failed(e) => {
+                return Err(e.take().unwrap_or_else(|| StoreError::Corrupt {
+                    container: ContainerId(0),
+                    detail: "object read failed earlier".into(),
+                }));
+            }
+            WindowChunks::Reading(_) => {
+                return Err(StoreError::Corrupt {
+                    container: ContainerId(0),
+                    detail: "read-ahead window not received".into(),
+                });
+            }
+        };
+        let (Some((start, len)), Some(raw)) = (window.spans.pop_front(), chunks.pop_front()) else {
+            return Err(StoreError::Corrupt {
+                container: ContainerId(0),
+                detail: "read-ahead window empty".into(),
+            });
+        };
+        let raw = raw?;
+        if raw.len() as u64 != len || self.pos < start || self.pos >= start + len {
+            return Err(StoreError::Corrupt {
+                container: ContainerId(0),
+                detail: format!(
+                    "chunk at object offset {start} has {} bytes, the segment says {len}",
+                    raw.len()
+                ),
+            });
+        }
+        let skip = (self.pos - start) as usize;
+        let take = ((self.end - self.pos) as usize).min(raw.len() - skip);
+        self.buf = raw;
+        self.buf.truncate(skip + take);
+        self.buf_pos = skip;
+        Ok(())
     }
 }
 
