@@ -95,6 +95,13 @@ enum WindowChunks {
     Failed(Option<StoreError>),
 }
 
+/// A window as planned: its chunk ids, (absolute offset, length) of each, and where each is stored.
+type PlannedWindow = (
+    Vec<ChunkId>,
+    VecDeque<(u64, u64)>,
+    Vec<Result<(ChunkLocation, ContainerRow)>>,
+);
+
 /// Walks an object's sources and segments ahead of the reader, a window at a time.
 struct Planner {
     /// (upload, size) of each source, in order.
@@ -563,18 +570,8 @@ impl Planner {
         self.failed || self.at >= self.end
     }
 
-    /// The next window's chunk ids, their spans in the object and where each is; None at the end.
-    #[allow(clippy::type_complexity)]
-    fn next_window(
-        &mut self,
-        store: &Store,
-    ) -> Result<
-        Option<(
-            Vec<ChunkId>,
-            VecDeque<(u64, u64)>,
-            Vec<Result<(ChunkLocation, ContainerRow)>>,
-        )>,
-    > {
+    /// The next window: its chunk ids, their spans in the object and where each is; None at the end.
+    fn next_window(&mut self, store: &Store) -> Result<Option<PlannedWindow>> {
         if self.done() {
             return Ok(None);
         }
