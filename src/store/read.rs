@@ -669,8 +669,11 @@ impl ObjectReader {
                             let (tx, rx) = std::sync::mpsc::channel();
                             let store = self.store.clone();
                             pool.spawn(move || {
-                                // The reader may be gone (client hung up): nobody to tell then.
-                                let _ = tx.send(store.read_window(&ids, located));
+                                let chunks = store.read_window(&ids, located);
+                                // Let go of the store before the reader can learn the window is done:
+                                // see `Drop for ObjectReader`.
+                                drop(store);
+                                let _ = tx.send(chunks);
                             });
                             WindowChunks::Reading(rx)
                         }
@@ -751,6 +754,19 @@ impl ObjectReader {
         self.buf.truncate(skip + take);
         self.buf_pos = skip;
         Ok(())
+    }
+}
+
+impl Drop for ObjectReader {
+    /// Waits for the windows still being read (a few reads and checks at most): once a reader is gone, no
+    /// work it started holds the store, so a store closed right after a read (or a read abandoned by its
+    /// client) releases its data directory's lock at once.
+    fn drop(&mut self) {
+        for window in &self.windows {
+            if let WindowChunks::Reading(rx) = &window.chunks {
+                let _ = rx.recv();
+            }
+        }
     }
 }
 
