@@ -21,7 +21,6 @@ mod common;
 use common::{MB, tree_bytes};
 
 use cairn::store::disk::{Disk, FileDisk};
-use cairn::store::diskset::DiskState;
 use cairn::store::jobs::{Job, JobKind};
 use cairn::store::{ObjectMeta, Store, StoreConfig};
 use cairn::workload::TarTree;
@@ -114,12 +113,7 @@ fn main() {
     cfg.disks = (0..disks)
         .map(|i| cfg.data_dir.join("disks").join(format!("d{i:02}")))
         .collect();
-    let configured: Vec<(PathBuf, DiskState)> = cfg
-        .disks
-        .iter()
-        .map(|p| (p.clone(), DiskState::Active))
-        .chain(cfg.spares.iter().map(|p| (p.clone(), DiskState::Spare)))
-        .collect();
+    let configured = cfg.configured_disks();
     let make = |p: &Path| -> Arc<dyn Disk> {
         Arc::new(PacedDisk {
             inner: FileDisk::new(p),

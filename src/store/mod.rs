@@ -65,6 +65,15 @@ pub struct StoreConfig {
 
 impl StoreConfig {
     /// The embedded default: six directory-disks (4+2) and one hot spare under `<data>/disks`.
+    /// The data disks (active) and the hot spares, as `Store::open_with` takes them.
+    pub fn configured_disks(&self) -> Vec<(PathBuf, DiskState)> {
+        self.disks
+            .iter()
+            .map(|p| (p.clone(), DiskState::Active))
+            .chain(self.spares.iter().map(|p| (p.clone(), DiskState::Spare)))
+            .collect()
+    }
+
     pub fn embedded(data_dir: impl Into<PathBuf>) -> StoreConfig {
         let data_dir = data_dir.into();
         let disks = (0..6)
@@ -150,12 +159,7 @@ pub(crate) fn lock_data_dir(dir: &Path) -> Result<File> {
 
 impl Store {
     pub fn open(cfg: StoreConfig) -> Result<Arc<Store>> {
-        let disks: Vec<(PathBuf, DiskState)> = cfg
-            .disks
-            .iter()
-            .map(|p| (p.clone(), DiskState::Active))
-            .chain(cfg.spares.iter().map(|p| (p.clone(), DiskState::Spare)))
-            .collect();
+        let disks = cfg.configured_disks();
         Self::open_with(cfg, &|p| Arc::new(FileDisk::new(p)) as Arc<dyn Disk>, disks)
     }
 

@@ -124,7 +124,6 @@ pub struct ObjectReader {
     plan: Planner,
     windows: VecDeque<Window>,
     pos: u64,
-    end: u64,
     buf: Vec<u8>,
     buf_pos: usize,
 }
@@ -164,7 +163,6 @@ impl Store {
             },
             windows: VecDeque::new(),
             pos: range.start,
-            end: range.end,
             buf: Vec::new(),
             buf_pos: 0,
         };
@@ -749,7 +747,7 @@ impl ObjectReader {
             });
         }
         let skip = (self.pos - start) as usize;
-        let take = ((self.end - self.pos) as usize).min(raw.len() - skip);
+        let take = ((self.plan.end - self.pos) as usize).min(raw.len() - skip);
         self.buf = raw;
         self.buf.truncate(skip + take);
         self.buf_pos = skip;
@@ -775,7 +773,7 @@ impl ObjectReader {
     /// current one is used up; empty at the end.
     fn next_bytes(&mut self, max: usize) -> io::Result<&[u8]> {
         if self.buf_pos >= self.buf.len() {
-            if self.pos >= self.end {
+            if self.pos >= self.plan.end {
                 return Ok(&[]);
             }
             self.next_chunk().map_err(io::Error::other)?;
