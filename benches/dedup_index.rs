@@ -22,12 +22,7 @@ use common::thread_cpu_secs;
 use cairn::core::container::{Codec, GroupSlot};
 use cairn::core::ids::{ChunkId, ContainerId};
 use cairn::store::dedup::{ChunkLocation, DedupIndex};
-use rusqlite::{Connection, params};
-
-const SCHEMA: &str = "CREATE TABLE chunks(id BLOB PRIMARY KEY, container_id INTEGER NOT NULL, \
-    offset INTEGER NOT NULL, stored_len INTEGER NOT NULL, raw_len INTEGER NOT NULL, codec INTEGER NOT NULL, \
-    refs INTEGER NOT NULL, group_offset INTEGER NOT NULL DEFAULT 0, group_raw INTEGER NOT NULL DEFAULT 0) \
-    WITHOUT ROWID; CREATE INDEX chunks_by_container ON chunks(container_id);";
+use rusqlite::Connection;
 const PER_CONTAINER: u64 = 100;
 const PER_TXN: u64 = 1000;
 const CACHE_CONTAINERS: usize = 64;
@@ -91,26 +86,8 @@ fn insert(conn: &mut Connection, index: &DedupIndex, from: u64, to: u64) {
         let end = (i + PER_TXN).min(to);
         let rows: Vec<(ChunkId, ChunkLocation)> = (i..end).map(|j| (id(j), location(j))).collect();
         let tx = conn.transaction().unwrap();
-        {
-            let mut st = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO chunks(id, container_id, offset, stored_len, raw_len, codec, refs, \
-                     group_offset, group_raw) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8)",
-                )
-                .unwrap();
-            for (cid, l) in &rows {
-                st.execute(params![
-                    &cid.0[..],
-                    l.container.0 as i64,
-                    l.offset as i64,
-                    l.stored_len,
-                    l.raw_len,
-                    l.codec as u8,
-                    l.group.map_or(0, |g| g.offset),
-                    l.group.map_or(0, |g| g.group_raw)
-                ])
-                .unwrap();
-            }
+        for (cid, l) in &rows {
+            cairn::store::catalog::insert_chunk(&tx, cid, l).unwrap();
         }
         tx.commit().unwrap();
         index.note_inserted(&rows);
@@ -196,7 +173,8 @@ fn main() {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
     let mut conn = open(&path);
-    conn.execute_batch(SCHEMA).unwrap();
+    conn.execute_batch(&cairn::store::catalog::schema::current())
+        .unwrap();
     println!(
         "dedup_index bench: up to {max} chunks, {PER_CONTAINER} per container, {PER_TXN} per transaction, \
          db {}",

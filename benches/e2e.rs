@@ -19,6 +19,9 @@
 //!   CAIRN_BENCH_SKIP=restic,rss,nightly   sections to skip
 //!   CAIRN_BENCH_DIR             where the data, the store and the restic repos go (default: $TMPDIR)
 //!   CAIRN_BENCH_BIN             the `cairn` binary to run (default: this build), to compare two builds
+//!   CAIRN_BENCH_PERF=dup:/tmp/p.data  record the server with `perf record -g` during one phase (unique, dup,
+//!                               restore, degraded, rebuild, scrub) into the file named, to profile it
+//!   CAIRN_BENCH_PERF_ARGS="-F 999 -g"  perf record's options (e.g. --call-graph dwarf,32768)
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -45,6 +48,8 @@ struct Opts {
     parallel: usize,
     skip: Vec<String>,
     dir: PathBuf,
+    /// (phase, perf output file)
+    perf: Option<(String, PathBuf)>,
 }
 
 fn env_mb(name: &str, bench: bool, full: f64, tiny: f64) -> u64 {
@@ -86,6 +91,10 @@ impl Opts {
             dir: std::env::var_os("CAIRN_BENCH_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(std::env::temp_dir),
+            perf: std::env::var("CAIRN_BENCH_PERF").ok().map(|v| {
+                let (phase, file) = v.split_once(':').unwrap_or((&v, "perf.data"));
+                (phase.to_string(), PathBuf::from(file))
+            }),
         }
     }
     fn skip(&self, s: &str) -> bool {
@@ -195,7 +204,7 @@ fn measure_stages(o: &Opts, data_file: &Path, work: &Path) -> Stages {
         }),
         disk_write: disk_write_fsync(work, disk_bytes).expect("disk write"),
         disk_read: disk_read_cold(work, disk_bytes).expect("disk read"),
-        socket_receive: socket_receive_cpu(disk_bytes, 4).expect("socket receive"),
+        socket_receive: socket_receive_cpu(data_file, disk_bytes, 4).expect("socket receive"),
         shard_write: shard_write_cpu(
             &work.join("shard-stage"),
             &shard_refs,
@@ -427,9 +436,30 @@ struct Meter {
     me: f64,
     all: f64,
     pid: String,
+    perf: Option<std::process::Child>,
 }
 
-fn meter(pid: Option<u32>) -> Meter {
+/// Starts metering one phase; with `CAIRN_BENCH_PERF=<phase>:<file>` also records the server with perf.
+fn meter(o: &Opts, pid: Option<u32>, phase: &str) -> Meter {
+    let perf = match (&o.perf, pid) {
+        (Some((p, file)), Some(pid)) if p == phase => {
+            let args = std::env::var("CAIRN_BENCH_PERF_ARGS").unwrap_or("-F 999 -g".into());
+            let child = Command::new("perf")
+                .arg("record")
+                .args(args.split_whitespace())
+                .arg("-o")
+                .arg(file)
+                .args(["-p", &pid.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("CAIRN_BENCH_PERF needs `perf` on PATH");
+            // perf attaches to every thread before it samples.
+            std::thread::sleep(Duration::from_millis(500));
+            Some(child)
+        }
+        _ => None,
+    };
     let pid = pid.map(|p| p.to_string()).unwrap_or_default();
     Meter {
         t: Instant::now(),
@@ -437,11 +467,12 @@ fn meter(pid: Option<u32>) -> Meter {
         me: proc_cpu_secs("self"),
         all: machine_busy_secs(),
         pid,
+        perf,
     }
 }
 
 /// (wall s, server CPU s, client CPU s, other CPU s)
-fn stop_meter(m: &Meter) -> (f64, f64, f64, f64) {
+fn stop_meter(m: Meter) -> (f64, f64, f64, f64) {
     let wall = m.t.elapsed().as_secs_f64();
     let server = if m.pid.is_empty() {
         0.0
@@ -450,6 +481,13 @@ fn stop_meter(m: &Meter) -> (f64, f64, f64, f64) {
     };
     let me = proc_cpu_secs("self") - m.me;
     let other = (machine_busy_secs() - m.all - server - me).max(0.0);
+    if let Some(mut perf) = m.perf {
+        // SIGINT makes perf write its file out and exit.
+        let _ = Command::new("kill")
+            .args(["-INT", &perf.id().to_string()])
+            .status();
+        let _ = perf.wait();
+    }
     (wall, server, me, other)
 }
 
@@ -722,12 +760,12 @@ fn main() {
     let mut cpu = Vec::new();
     let mb = unique_len as f64 / MB;
     srv.reset_peak_rss();
-    let m = meter(Some(srv.pid()));
+    let m = meter(&o, Some(srv.pid()), "unique");
     let t_unique = upload_file(&client, &o, "full-1", &data);
     cpu.push(CpuRow {
         phase: "unique ingest".into(),
         mb,
-        cpu: stop_meter(&m),
+        cpu: stop_meter(m),
         per_core_limit: Some(l.unique_core),
     });
     let unique = unique_len as f64 / MB / t_unique;
@@ -758,12 +796,12 @@ fn main() {
         unique_client_cpu.2,
     ));
     let stored_unique = tree_bytes(&srv.disks());
-    let m = meter(Some(srv.pid()));
+    let m = meter(&o, Some(srv.pid()), "dup");
     let t_dup = upload_file(&client, &o, "full-2", &data);
     cpu.push(CpuRow {
         phase: "duplicate ingest (hash-only limit)".into(),
         mb,
-        cpu: stop_meter(&m),
+        cpu: stop_meter(m),
         per_core_limit: Some(l.hash_core),
     });
     let dup = unique_len as f64 / MB / t_dup;
@@ -800,12 +838,12 @@ fn main() {
     ));
 
     evict_tree(&srv.disks());
-    let m = meter(Some(srv.pid()));
+    let m = meter(&o, Some(srv.pid()), "restore");
     let healthy = unique_len as f64 / MB / restore_file(&client, "full-1", &data);
     cpu.push(CpuRow {
         phase: "restore, healthy".into(),
         mb,
-        cpu: stop_meter(&m),
+        cpu: stop_meter(m),
         per_core_limit: Some(l.restore_core),
     });
     rows.push(row(
@@ -826,12 +864,12 @@ fn main() {
         let _ = std::fs::remove_dir_all(srv.disks().join(d));
     }
     evict_tree(&srv.disks());
-    let m = meter(Some(srv.pid()));
+    let m = meter(&o, Some(srv.pid()), "degraded");
     let degraded = unique_len as f64 / MB / restore_file(&client, "full-1", &data);
     cpu.push(CpuRow {
         phase: "restore, 2 disks removed".into(),
         mb,
-        cpu: stop_meter(&m),
+        cpu: stop_meter(m),
         per_core_limit: None,
     });
     rows.push(row(
@@ -849,9 +887,9 @@ fn main() {
     if jobs {
         // Rebuild of one removed disk onto the hot spare (the other stays failed: one spare), then a scrub.
         evict_tree(&srv.disks());
-        let m = meter(Some(srv.pid()));
+        let m = meter(&o, Some(srv.pid()), "rebuild");
         let p = admin_job(&srv.data, "rebuild");
-        let c = stop_meter(&m);
+        let c = stop_meter(m);
         let rebuilt = tree_bytes(&srv.disks().join("spare00"));
         let mbs = rebuilt as f64 / MB / c.0;
         // One physical disk under all directory-disks: per rebuilt byte it reads k bytes and writes one.
@@ -870,9 +908,9 @@ fn main() {
         });
         evict_tree(&srv.disks());
         let on_disks = tree_bytes(&srv.disks());
-        let m = meter(Some(srv.pid()));
+        let m = meter(&o, Some(srv.pid()), "scrub");
         let p = admin_job(&srv.data, "scrub");
-        let c = stop_meter(&m);
+        let c = stop_meter(m);
         let mbs = on_disks as f64 / MB / c.0;
         rows.push(row(
             &format!("scrub ({} read; {p})", gb(on_disks)),
@@ -947,12 +985,12 @@ fn main() {
         let repo = work.join("restic-unique");
         restic(&repo, &["init"], None).expect("restic init");
         let src = data.to_string_lossy().into_owned();
-        let m = meter(None);
+        let m = meter(&o, None, "restic");
         let t = restic(&repo, &["backup", &src], None).expect("restic backup");
         cpu.push(CpuRow {
             phase: "restic unique backup (its CPU is under other)".into(),
             mb,
-            cpu: stop_meter(&m),
+            cpu: stop_meter(m),
             per_core_limit: None,
         });
         let restic_unique = unique_len as f64 / MB / t;

@@ -147,7 +147,7 @@ fn round_trip_ranges_overwrite_delete() {
         .catalog()
         .read(|c| {
             Ok(
-                c.query_row("SELECT COUNT(*) FROM chunks WHERE refs > 0", [], |r| {
+                c.query_row("SELECT COUNT(*) FROM chunk_refs WHERE refs > 0", [], |r| {
                     r.get(0)
                 })?,
             )
@@ -204,14 +204,35 @@ fn duplicate_ingest_stores_almost_nothing() {
     let store = Store::open(config(dir.path())).unwrap();
     store.create_bucket("bkt").unwrap();
     let a = data(3, 8_000_000);
+    // (chunks, sum of their references) in `chunk_refs`.
+    let refs = |store: &Arc<Store>| -> (i64, i64) {
+        store
+            .catalog()
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT COUNT(*), COALESCE(SUM(refs), 0) FROM chunk_refs",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?)
+            })
+            .unwrap()
+    };
     put(&store, "bkt", "full-1", &a);
     let once = stored_bytes(dir.path());
+    let (chunks, refs_once) = refs(&store);
+    assert!(
+        chunks > 100 && refs_once >= chunks,
+        "{chunks} chunks, {refs_once} refs"
+    );
     put(&store, "bkt", "full-2", &a);
     let twice = stored_bytes(dir.path());
     assert!(
         (twice as f64) < once as f64 * 1.01,
         "once {once}, twice {twice}"
     );
+    // The second full added one reference per entry to the rows the first one made, and no row.
+    assert_eq!(refs(&store), (chunks, 2 * refs_once));
+    assert!(store.catalog().read(check_catalog).unwrap().is_empty());
     assert_eq!(get(&store, "bkt", "full-2", None).unwrap(), a);
     // A copy shares chunks too.
     store
@@ -222,6 +243,51 @@ fn duplicate_ingest_stores_almost_nothing() {
     assert_eq!(
         store.head_object("bkt", "copy").unwrap().etag(),
         store.head_object("bkt", "full-1").unwrap().etag()
+    );
+
+    // The catalog check finds a reference count that disagrees with the segments, and a chunk whose
+    // `chunk_refs` row sits under another container than its `chunks` row names.
+    let (first, second): (Vec<u8>, Vec<u8>) = store
+        .catalog()
+        .read(|c| {
+            let mut st = c.prepare("SELECT id FROM chunk_refs ORDER BY id LIMIT 2")?;
+            let ids: Vec<Vec<u8>> = st
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok((ids[0].clone(), ids[1].clone()))
+        })
+        .unwrap();
+    store
+        .catalog()
+        .write(|tx| {
+            tx.execute(
+                "UPDATE chunk_refs SET refs = refs + 1 WHERE id = ?1",
+                [&first],
+            )?;
+            tx.execute(
+                "UPDATE chunk_refs SET container_id = 999999 WHERE id = ?1",
+                [&second],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+    let problems = store.catalog().read(check_catalog).unwrap();
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains(&hex(&first)) && p.contains("segments reference it"))
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains(&hex(&second)) && p.contains("no chunk_refs row"))
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains(&hex(&second)) && p.contains("container 999999"))
     );
 }
 

@@ -73,7 +73,7 @@ const BITS_PER_ITEM: f64 = 9.585;
 /// Probes per id. Optimal is 9.585 * ln 2 = 6.6.
 const PROBES: usize = 7;
 /// Startup sizing (see [`DedupIndex::load`]): catalog bytes per chunk row. benches/dedup_index.rs measures
-/// ~107 (row in the WITHOUT ROWID table + its `chunks_by_container` entry); other tables only make the
+/// ~107 (row in the WITHOUT ROWID table + its `chunk_refs` row); other tables only make the
 /// estimate larger, i.e. err towards more RAM and fewer false positives, never towards an overfull filter.
 const CATALOG_BYTES_PER_CHUNK: u64 = 100;
 
@@ -350,14 +350,15 @@ impl DedupIndex {
         Ok(Some(loc))
     }
 
-    /// All chunks of one container (the `chunks_by_container` index).
+    /// All chunks of one container: its range of `chunk_refs`, each chunk's location from `chunks`.
     fn container_chunks(
         &self,
         conn: &Connection,
         c: ContainerId,
     ) -> Result<Vec<(ChunkId, ChunkLocation)>, rusqlite::Error> {
         let mut st = conn.prepare_cached(
-            "SELECT id, offset, stored_len, raw_len, codec, group_offset, group_raw FROM chunks WHERE container_id = ?1",
+            "SELECT c.id, c.offset, c.stored_len, c.raw_len, c.codec, c.group_offset, c.group_raw
+             FROM chunk_refs r JOIN chunks c ON c.id = r.id WHERE r.container_id = ?1",
         )?;
         st.query_map([c.0 as i64], |r| Ok((chunk_id(r, 0)?, location(r, c, 1)?)))?
             .collect()
@@ -402,10 +403,9 @@ impl DedupIndex {
 mod tests {
     use super::*;
 
-    const SCHEMA: &str = "CREATE TABLE chunks(id BLOB PRIMARY KEY, container_id INTEGER NOT NULL, \
-        offset INTEGER NOT NULL, stored_len INTEGER NOT NULL, raw_len INTEGER NOT NULL, codec INTEGER NOT NULL, \
-        refs INTEGER NOT NULL, group_offset INTEGER NOT NULL DEFAULT 0, group_raw INTEGER NOT NULL DEFAULT 0) \
-        WITHOUT ROWID; CREATE INDEX chunks_by_container ON chunks(container_id);";
+    fn schema() -> String {
+        crate::store::catalog::schema::current()
+    }
 
     fn id(i: u64) -> ChunkId {
         ChunkId::of(&i.to_le_bytes())
@@ -432,27 +432,15 @@ mod tests {
     /// Containers 1..=n of 10 chunks each: chunk c*10+i is chunk i of container c.
     fn db(containers: u64) -> Connection {
         let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
-        let mut st = conn
-            .prepare("INSERT INTO chunks VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8)")
-            .unwrap();
+        conn.execute_batch(&schema()).unwrap();
         for c in 1..=containers {
             for i in 0..10 {
-                let l = loc(c, i);
-                st.execute(rusqlite::params![
-                    &id(c * 10 + i).0[..],
-                    c as i64,
-                    l.offset as i64,
-                    l.stored_len,
-                    l.raw_len,
-                    l.codec as u8,
-                    l.group.map_or(0, |g| g.offset),
-                    l.group.map_or(0, |g| g.group_raw)
-                ])
-                .unwrap();
+                assert!(
+                    crate::store::catalog::insert_chunk(&conn, &id(c * 10 + i), &loc(c, i))
+                        .unwrap()
+                );
             }
         }
-        drop(st);
         conn
     }
 
@@ -562,17 +550,16 @@ mod tests {
         {
             let conn = Connection::open(&path).unwrap();
             conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-            conn.execute_batch(SCHEMA).unwrap();
-            conn.execute(
-                "INSERT INTO chunks VALUES (?1, 7, 32, 10, 20, 9, 1, 0, 0)",
-                [&id(1).0[..]],
-            )
-            .unwrap();
-            conn.execute(
-                "INSERT INTO chunks VALUES (?1, 7, 80, 10, 20, 0, 1, 0, 0)",
-                [&id(2).0[..]],
-            )
-            .unwrap();
+            conn.execute_batch(&schema()).unwrap();
+            for (i, offset, codec) in [(1, 32, 9), (2, 80, 0)] {
+                conn.execute(
+                    "INSERT INTO chunks VALUES (?1, 7, ?2, 10, 20, ?3, 0, 0)",
+                    rusqlite::params![&id(i).0[..], offset, codec],
+                )
+                .unwrap();
+                conn.execute("INSERT INTO chunk_refs VALUES (7, ?1, 1)", [&id(i).0[..]])
+                    .unwrap();
+            }
         }
         let conn = Connection::open(&path).unwrap();
         let x = DedupIndex::load(&conn, 4).unwrap();

@@ -3,7 +3,7 @@
 //! Memory per upload is bounded: one batch of chunks (`BATCH_BYTES`), one open container
 //! (`container_target`) and one segment of at most `MAX_SEGMENT_ENTRIES` entries, whatever the object size.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use md5::{Digest, Md5};
@@ -22,7 +22,7 @@ use crate::core::container::{
     Codec, ContainerBuilder, EntryType, GroupSlot, compress_chunk_reusing, compress_group,
     compress_group_bytes, plan_group_spans,
 };
-use crate::core::ids::{ChunkId, UploadId};
+use crate::core::ids::{ChunkId, ContainerId, UploadId};
 use crate::core::records::{ObjectCommitRecord, SegmentRecord, SourceRef, encode_segment_entries};
 
 /// Chunks are hashed and compressed in parallel batches of about this many bytes.
@@ -78,6 +78,9 @@ pub struct Upload {
     segment_no: u32,
     segment_start: u64,
     segment: Vec<(ChunkId, u32)>,
+    /// The container of each `segment` entry where known (the catalog then updates the chunk's references by
+    /// (container, id), reading nothing else: `catalog::ChunkRefs`).
+    segment_homes: Vec<Option<ContainerId>>,
     logical: u64,
     /// The stream's length when the client declared it (Content-Length): lets the last container of a stream
     /// take the stream's rest instead of leaving it to a small container of its own (`container_full`).
@@ -120,6 +123,7 @@ impl Store {
             segment_no: 0,
             segment_start: 0,
             segment: Vec::new(),
+            segment_homes: Vec::new(),
             logical: 0,
             expected_len: None,
             registered: false,
@@ -252,16 +256,31 @@ impl Upload {
         }
 
         // Classify in stream order: a chunk is new unless the open container, this batch or the index has it.
+        // `homes` learns the container of every chunk the batch names: from the index, the open container, or
+        // where a new chunk is stored below (a repeat of it later in the batch follows its first copy).
         let mut is_new = vec![false; chunks.len()];
         let mut batch_new: HashSet<ChunkId> = HashSet::new();
+        let mut homes: HashMap<ChunkId, ContainerId> = HashMap::new();
+        let open_id = self.open.as_ref().map(|o| o.builder.id());
         self.store.catalog.read(|conn| {
             for (i, id) in ids.iter().enumerate() {
-                if self.open_ids.contains(id) || batch_new.contains(id) {
+                if batch_new.contains(id) || homes.contains_key(id) {
                     continue;
                 }
-                if self.store.dedup.lookup(conn, id)?.is_none() {
-                    is_new[i] = true;
-                    batch_new.insert(*id);
+                if self.open_ids.contains(id) {
+                    if let Some(open) = open_id {
+                        homes.insert(*id, open);
+                    }
+                    continue;
+                }
+                match self.store.dedup.lookup(conn, id)? {
+                    Some(loc) => {
+                        homes.insert(*id, loc.container);
+                    }
+                    None => {
+                        is_new[i] = true;
+                        batch_new.insert(*id);
+                    }
                 }
             }
             Ok(())
@@ -342,9 +361,16 @@ impl Upload {
                     self.open_ids.extend(members.iter().map(|(id, _)| *id));
                 }
             }
+            if let Some(open) = &self.open {
+                let here = open.builder.id();
+                for i in span.clone().filter(|&i| is_new[i]) {
+                    homes.entry(ids[i]).or_insert(here);
+                }
+            }
             for i in span {
                 let raw_len = chunks[i].len() as u32;
                 self.segment.push((ids[i], raw_len));
+                self.segment_homes.push(homes.get(&ids[i]).copied());
                 self.logical += u64::from(raw_len);
             }
             let full = self
@@ -435,6 +461,7 @@ impl Upload {
             return Ok(());
         };
         let entries = std::mem::take(&mut self.segment);
+        let homes = std::mem::take(&mut self.segment_homes);
         let segment = (!entries.is_empty()).then_some(SegmentRecord {
             upload: self.id,
             segment_no: self.segment_no,
@@ -454,7 +481,7 @@ impl Upload {
         let store = self.store.clone();
         let segment_refs = segment
             .as_ref()
-            .map(|seg| catalog::segment_refs(&seg.entries))
+            .map(|seg| catalog::segment_refs_with_homes(&seg.entries, &homes))
             .unwrap_or_default();
         store.seal_container(open.builder, &open.new_chunks, &segment_refs, |tx| {
             catalog::upsert_upload_open(tx, &upload, now_ms())?;

@@ -366,14 +366,22 @@ pub fn check_catalog(c: &Connection) -> Result<Vec<String>> {
         }
     }
     {
+        // A chunk's references are its `chunk_refs` row, keyed by the container its `chunks` row names.
         let mut st = c.prepare(
-            "SELECT id, refs, container_id, codec, raw_len, group_offset, group_raw FROM chunks",
+            "SELECT c.id, r.refs, c.container_id, c.codec, c.raw_len, c.group_offset, c.group_raw
+             FROM chunks c LEFT JOIN chunk_refs r ON r.container_id = c.container_id AND r.id = c.id",
         )?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
             let id = ChunkId::from_slice(&r.get::<_, Vec<u8>>(0)?).unwrap_or(ChunkId([0; 32]));
-            let refs: i64 = r.get(1)?;
             let want = expected.remove(&id).unwrap_or(0);
+            let Some(refs) = r.get::<_, Option<i64>>(1)? else {
+                problems.push(format!(
+                    "chunk {id}: no chunk_refs row in container {}",
+                    r.get::<_, i64>(2)?
+                ));
+                continue;
+            };
             if refs != want {
                 problems.push(format!(
                     "chunk {id}: refs {refs}, segments reference it {want} times"
@@ -401,6 +409,20 @@ pub fn check_catalog(c: &Connection) -> Result<Vec<String>> {
         problems.push(format!(
             "segments reference chunk {id} ({n} times) that is not in the index"
         ));
+    }
+    {
+        let mut st = c.prepare(
+            "SELECT r.id, r.container_id FROM chunk_refs r
+             LEFT JOIN chunks c ON c.id = r.id AND c.container_id = r.container_id WHERE c.id IS NULL",
+        )?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let id = ChunkId::from_slice(&r.get::<_, Vec<u8>>(0)?).unwrap_or(ChunkId([0; 32]));
+            problems.push(format!(
+                "chunk_refs row of chunk {id} in container {} that the chunk index does not place there",
+                r.get::<_, i64>(1)?
+            ));
+        }
     }
     // Upload refs = objects + parts using them; every object's uploads complete and sized right.
     let mut upload_users: HashMap<Vec<u8>, i64> = HashMap::new();

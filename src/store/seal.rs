@@ -20,12 +20,12 @@ const MAX_PLACEMENT_ATTEMPTS: usize = 4;
 impl Store {
     /// Seals `builder`, writes its shards, then commits one catalog transaction holding the container, its
     /// shard locations, its new chunk rows, the references of the segment sealed with it (`segment_refs`, from
-    /// `catalog::segment_refs`), and whatever `then` adds. Returns only when all of it is durable.
+    /// `catalog::segment_refs_with_homes`), and whatever `then` adds. Returns only when all of it is durable.
     pub(crate) fn seal_container(
         &self,
         builder: ContainerBuilder,
         new_chunks: &[(ChunkId, ChunkLocation)],
-        segment_refs: &[(ChunkId, i64)],
+        segment_refs: &[catalog::ChunkRefs],
         then: impl FnOnce(&Transaction<'_>) -> Result<()>,
     ) -> Result<()> {
         let id = builder.id();

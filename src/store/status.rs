@@ -128,9 +128,9 @@ impl Store {
             })?;
             c.query_row(
                 // A group member (§4.5) is charged its share of the group's frame, by raw size.
-                "SELECT COALESCE(SUM(raw_len), 0),
-                        COALESCE(SUM(CASE WHEN group_raw > 0 THEN stored_len * raw_len / group_raw ELSE stored_len END), 0)
-                 FROM chunks WHERE refs > 0",
+                "SELECT COALESCE(SUM(c.raw_len), 0),
+                        COALESCE(SUM(CASE WHEN c.group_raw > 0 THEN c.stored_len * c.raw_len / c.group_raw ELSE c.stored_len END), 0)
+                 FROM chunk_refs r JOIN chunks c ON c.id = r.id WHERE r.refs > 0",
                 [],
                 |r| {
                     data.unique_bytes = r.get::<_, i64>(0)? as u64;

@@ -141,7 +141,7 @@ mod tests {
     use crate::store::dedup::ChunkLocation;
 
     /// A catalog written by schema version 1 (a store from before chunk groups) opens, is migrated in place,
-    /// keeps its rows, and then stores group locations.
+    /// keeps its rows (references moved to `chunk_refs`), and then stores group locations.
     #[test]
     fn version_1_catalog_is_migrated() {
         let dir = tempfile::tempdir().unwrap();
@@ -186,23 +186,41 @@ mod tests {
             }),
             ..loc
         };
+        // Version 3: the old row's 3 references moved to `chunk_refs`, next to its container's other chunks.
+        assert_eq!(chunk_refs(&cat, &[old]), vec![3]);
         cat.write(|tx| insert_chunk(tx, &member, &grouped)).unwrap();
         assert_eq!(cat.read(|c| get_chunk(c, &member)).unwrap(), Some(grouped));
+        cat.write(|tx| add_chunk_refs(tx, &[(old, 1), (member, 1), (member, 1)], 1))
+            .unwrap();
+        assert_eq!(chunk_refs(&cat, &[old, member]), vec![4, 2]);
+        let in_container_5: Vec<Vec<u8>> = cat
+            .read(|c| {
+                let mut st =
+                    c.prepare("SELECT id FROM chunk_refs WHERE container_id = 5 ORDER BY id")?;
+                let ids = st.query_map([], |r| r.get(0))?;
+                Ok(ids.collect::<rusqlite::Result<_>>()?)
+            })
+            .unwrap();
+        let mut want = vec![old.0.to_vec(), member.0.to_vec()];
+        want.sort();
+        assert_eq!(in_container_5, want);
         drop(cat);
         // A fresh catalog ends with the same tables as a migrated one.
         let fresh = dir.path().join("fresh.sqlite");
         drop(Catalog::open(&fresh).unwrap());
-        let columns = |p: &Path| -> Vec<String> {
+        let columns = |p: &Path, table: &str| -> Vec<String> {
             let c = Connection::open(p).unwrap();
             let mut st = c
-                .prepare("SELECT name FROM pragma_table_info('chunks')")
+                .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))
                 .unwrap();
             st.query_map([], |r| r.get(0))
                 .unwrap()
                 .collect::<rusqlite::Result<_>>()
                 .unwrap()
         };
-        assert_eq!(columns(&path), columns(&fresh));
+        assert_eq!(columns(&path, "chunks"), columns(&fresh, "chunks"));
+        assert_eq!(columns(&path, "chunk_refs"), columns(&fresh, "chunk_refs"));
+        assert_eq!(columns(&path, "chunk_refs"), ["container_id", "id", "refs"]);
     }
 
     /// A chunk stored raw in its own entry of `container`.
@@ -217,16 +235,17 @@ mod tests {
         }
     }
 
-    /// The refs column of each of `ids`' rows.
+    /// The references of each of `ids` (its `chunk_refs` row, found through its container).
     fn chunk_refs(cat: &Catalog, ids: &[ChunkId]) -> Vec<i64> {
         ids.iter()
             .map(|id| {
                 cat.read(|c| {
-                    Ok(
-                        c.query_row("SELECT refs FROM chunks WHERE id = ?1", [&id.0[..]], |r| {
-                            r.get(0)
-                        })?,
-                    )
+                    Ok(c.query_row(
+                        "SELECT r.refs FROM chunks c JOIN chunk_refs r
+                             ON r.container_id = c.container_id AND r.id = c.id WHERE c.id = ?1",
+                        [&id.0[..]],
+                        |r| r.get(0),
+                    )?)
                 })
                 .unwrap()
             })
@@ -329,5 +348,65 @@ mod tests {
             "a failed call changes nothing"
         );
         assert_eq!(cat.read(|c| get_chunk(c, &more[0].0)).unwrap(), None);
+    }
+
+    /// A segment's references land on the `chunk_refs` row under the container the upload knew, or, where
+    /// that is stale (a concurrent upload indexed the chunk in its own container first), under the container
+    /// the chunk index names; a sealed container's many new rows go in in batches and one by one.
+    #[test]
+    fn references_land_under_known_containers_and_fall_back_when_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("catalog.sqlite")).unwrap();
+        let loc = raw_location;
+        let old: Vec<ChunkId> = (0..3u8).map(|i| ChunkId::of(&[b'o', i])).collect();
+        cat.write(|tx| {
+            insert_chunk(tx, &old[0], &loc(1))?;
+            insert_chunk(tx, &old[1], &loc(1))?;
+            insert_chunk(tx, &old[2], &loc(2))?;
+            Ok(())
+        })
+        .unwrap();
+        // 40 new chunks in container 9 (more than one batch of rows), and old[2], which this upload stored in
+        // container 9 too but a concurrent upload indexed in container 2 first.
+        let fresh: Vec<ChunkId> = (0..40u8).map(|i| ChunkId::of(&[b'n', i])).collect();
+        let mut new_chunks: Vec<(ChunkId, ChunkLocation)> =
+            fresh.iter().map(|id| (*id, loc(9))).collect();
+        new_chunks.push((old[2], loc(9)));
+        let mut entries: Vec<(ChunkId, u32)> = fresh.iter().map(|id| (*id, 20)).collect();
+        let mut homes: Vec<Option<ContainerId>> = vec![Some(ContainerId(9)); fresh.len()];
+        // old[0] named twice, its container known; old[1] with a wrong one; old[2] with our own (stale).
+        for (id, home) in [(old[0], 1), (old[0], 1), (old[1], 7), (old[2], 9)] {
+            entries.push((id, 20));
+            homes.push(Some(ContainerId(home)));
+        }
+        // The last entry has no home at all: looked up through `chunks`.
+        entries.push((old[1], 20));
+        let refs = segment_refs_with_homes(&entries, &homes);
+        assert_eq!(refs.len(), fresh.len() + 3);
+        let inserted = cat
+            .write(|tx| insert_chunks_with_refs(tx, &new_chunks, &refs))
+            .unwrap();
+        assert_eq!(inserted.len(), fresh.len());
+        assert_eq!(chunk_refs(&cat, &fresh), vec![1; fresh.len()]);
+        assert_eq!(chunk_refs(&cat, &old), vec![2, 2, 1]);
+        // Every chunk has its one `chunk_refs` row, under the container its `chunks` row names.
+        let (rows, placed): (i64, i64) = cat
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT (SELECT COUNT(*) FROM chunk_refs),
+                            (SELECT COUNT(*) FROM chunks c JOIN chunk_refs r
+                               ON r.container_id = c.container_id AND r.id = c.id)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?)
+            })
+            .unwrap();
+        assert_eq!((rows, placed), (43, 43));
+        assert_eq!(
+            cat.read(|c| get_chunk(c, &old[2]))
+                .unwrap()
+                .map(|l| l.container),
+            Some(ContainerId(2))
+        );
     }
 }

@@ -179,16 +179,27 @@ pub fn insert_chunk(c: &Connection, id: &ChunkId, loc: &ChunkLocation) -> Result
     insert_chunk_with_refs(c, id, loc, 0)
 }
 
-/// `insert_chunk` with the row's refs starting at `refs`.
+/// `insert_chunk` with the chunk's refs starting at `refs`: its `chunks` row (where it is) and its
+/// `chunk_refs` row (how often segments name it, next to its container's other chunks).
 fn insert_chunk_with_refs(
     c: &Connection,
     id: &ChunkId,
     loc: &ChunkLocation,
     refs: i64,
 ) -> Result<bool> {
+    if !insert_chunk_row(c, id, loc)? {
+        return Ok(false);
+    }
+    c.prepare_cached(INSERT_REFS)?
+        .execute(params![loc.container.0 as i64, &id.0[..], refs])?;
+    Ok(true)
+}
+
+/// The `chunks` row alone (its `chunk_refs` row is the caller's): false if the id is already indexed.
+fn insert_chunk_row(c: &Connection, id: &ChunkId, loc: &ChunkLocation) -> Result<bool> {
     let mut st = c.prepare_cached(
-        "INSERT OR IGNORE INTO chunks(id, container_id, offset, stored_len, raw_len, codec, group_offset, group_raw, refs)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT OR IGNORE INTO chunks(id, container_id, offset, stored_len, raw_len, codec, group_offset, group_raw)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     let n = st.execute(params![
         &id.0[..],
@@ -199,46 +210,131 @@ fn insert_chunk_with_refs(
         loc.codec as u8,
         loc.group.map_or(0, |g| g.offset),
         loc.group.map_or(0, |g| g.group_raw),
-        refs
     ])?;
     Ok(n == 1)
 }
 
+const INSERT_REFS: &str = "INSERT INTO chunk_refs(container_id, id, refs) VALUES (?1, ?2, ?3)";
+/// `chunk_refs` rows of a sealed container's new chunks go in this many per statement: one statement per row
+/// cost a bind, step and reset each, beside the `chunks` insert every new chunk needs anyway.
+const REFS_PER_INSERT: usize = 32;
+
+/// One chunk a segment names: how often, and the container the upload found it in, when it knows (the update
+/// of its `chunk_refs` row then reads nothing else; at 10^9 chunks a read of its `chunks` row would be a
+/// random page of an index far bigger than RAM, per repeated chunk).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkRefs {
+    pub id: ChunkId,
+    pub times: i64,
+    pub home: Option<ContainerId>,
+}
+
 /// The references a segment adds: its distinct chunk ids in ascending order, each with how often the segment
-/// names it (see `insert_chunks_with_refs`).
-pub fn segment_refs(entries: &[(ChunkId, u32)]) -> Vec<(ChunkId, i64)> {
+/// names it (see `insert_chunks_with_refs`), and no known container.
+pub fn segment_refs(entries: &[(ChunkId, u32)]) -> Vec<ChunkRefs> {
     merged_ids(entries)
+        .into_iter()
+        .map(|(id, times)| ChunkRefs {
+            id,
+            times,
+            home: None,
+        })
+        .collect()
+}
+
+/// `segment_refs` with the container of each entry where the upload knows it (`homes[i]` for `entries[i]`;
+/// shorter `homes` leave the rest unknown).
+pub fn segment_refs_with_homes(
+    entries: &[(ChunkId, u32)],
+    homes: &[Option<ContainerId>],
+) -> Vec<ChunkRefs> {
+    let mut named: Vec<(ChunkId, Option<ContainerId>)> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, (id, _))| (*id, homes.get(i).copied().flatten()))
+        .collect();
+    named.sort_unstable_by_key(|(id, _)| *id);
+    let mut merged: Vec<ChunkRefs> = Vec::with_capacity(named.len());
+    for (id, home) in named {
+        match merged.last_mut() {
+            Some(last) if last.id == id => {
+                last.times += 1;
+                last.home = last.home.or(home);
+            }
+            _ => merged.push(ChunkRefs { id, times: 1, home }),
+        }
+    }
+    merged
 }
 
 /// Inserts a sealed container's new chunk rows and adds the references of the segment sealed with it
-/// (`refs`, from `segment_refs`), in id order. A new chunk's row starts with the references the segment gives
+/// (`refs`, from `segment_refs*`), in id order. A new chunk's rows start with the references the segment gives
 /// it: a chunk is new where a stream first names it, so nearly always in the segment sealed with its own
-/// container, and its row is then one B-tree insert instead of an insert and an update of the same row
+/// container, and its `chunk_refs` row is then inserted with its count instead of inserted and updated
 /// (unique ingest wrote each chunk row twice). The segment's other ids (duplicates, chunks of the upload's
 /// earlier containers, and rows a concurrent upload inserted first, which `INSERT OR IGNORE` keeps) are
-/// updated as in `add_chunk_refs`. Returns the ids whose rows were inserted, ascending.
+/// updated in place: by (container, id) where the upload knew the container, else through the chunk's
+/// `chunks` row. Returns the ids whose rows were inserted, ascending.
 pub fn insert_chunks_with_refs(
     c: &Connection,
     new_chunks: &[(ChunkId, ChunkLocation)],
-    refs: &[(ChunkId, i64)],
+    refs: &[ChunkRefs],
 ) -> Result<Vec<ChunkId>> {
     let refs_of = |id: &ChunkId| {
-        refs.binary_search_by_key(id, |(i, _)| *i)
-            .map_or(0, |at| refs[at].1)
+        refs.binary_search_by_key(id, |r| r.id)
+            .map_or(0, |at| refs[at].times)
     };
     let mut sorted: Vec<&(ChunkId, ChunkLocation)> = new_chunks.iter().collect();
     sorted.sort_unstable_by_key(|(id, _)| *id);
     let mut inserted = Vec::with_capacity(sorted.len());
+    let mut rows: Vec<(i64, ChunkId, i64)> = Vec::with_capacity(sorted.len());
     for (id, loc) in sorted {
-        if insert_chunk_with_refs(c, id, loc, refs_of(id))? {
+        if insert_chunk_row(c, id, loc)? {
             inserted.push(*id);
+            rows.push((loc.container.0 as i64, *id, refs_of(id)));
         }
     }
-    let mut st = c.prepare_cached(ADD_REFS)?;
-    for (id, times) in refs {
-        if inserted.binary_search(id).is_err() {
-            add_refs(&mut st, id, *times)?;
+    // In (container, id) order, so each row appends to the container's range.
+    rows.sort_unstable_by_key(|(container, id, _)| (*container, *id));
+    let mut batches = rows.chunks_exact(REFS_PER_INSERT);
+    if batches.len() > 0 {
+        let sql = format!(
+            "INSERT INTO chunk_refs(container_id, id, refs) VALUES {}",
+            vec!["(?, ?, ?)"; REFS_PER_INSERT].join(", ")
+        );
+        let mut st = c.prepare_cached(&sql)?;
+        for batch in &mut batches {
+            let values: Vec<&dyn rusqlite::ToSql> = batch
+                .iter()
+                .flat_map(|(container, id, n)| {
+                    [
+                        container as &dyn rusqlite::ToSql,
+                        &id.0 as &dyn rusqlite::ToSql,
+                        n,
+                    ]
+                })
+                .collect();
+            st.execute(values.as_slice())?;
         }
+    }
+    let mut one = c.prepare_cached(INSERT_REFS)?;
+    for (container, id, n) in batches.remainder() {
+        one.execute(params![container, &id.0[..], n])?;
+    }
+    let mut by_home = c.prepare_cached(ADD_REFS_IN)?;
+    let mut by_id = c.prepare_cached(ADD_REFS)?;
+    for r in refs {
+        if inserted.binary_search(&r.id).is_ok() {
+            continue;
+        }
+        // A stale or missing home (a concurrent upload indexed the chunk in its own container first) falls
+        // back to the lookup through `chunks`.
+        if let Some(home) = r.home
+            && by_home.execute(params![home.0 as i64, &r.id.0[..], r.times])? == 1
+        {
+            continue;
+        }
+        add_refs(&mut by_id, &r.id, r.times)?;
     }
     Ok(inserted)
 }
@@ -287,7 +383,13 @@ pub fn add_chunk_refs(c: &Connection, entries: &[(ChunkId, u32)], delta: i64) ->
     Ok(())
 }
 
-const ADD_REFS: &str = "UPDATE chunks SET refs = refs + ?2 WHERE id = ?1";
+/// The chunk's container comes from its `chunks` row (a read); the update itself lands in `chunk_refs` next to
+/// the container's other chunks, which a repeated stream names one after another.
+const ADD_REFS: &str = "UPDATE chunk_refs SET refs = refs + ?2
+     WHERE container_id = (SELECT container_id FROM chunks WHERE id = ?1) AND id = ?1";
+/// `ADD_REFS` where the container is known.
+const ADD_REFS_IN: &str =
+    "UPDATE chunk_refs SET refs = refs + ?3 WHERE container_id = ?1 AND id = ?2";
 
 /// Runs `ADD_REFS` for one id; a segment naming a chunk the index lacks is a catalog integrity error.
 fn add_refs(st: &mut rusqlite::CachedStatement<'_>, id: &ChunkId, delta: i64) -> Result<()> {
@@ -624,7 +726,7 @@ pub fn objects_using_container(
     limit: usize,
 ) -> Result<Vec<String>> {
     let mut st = c.prepare(
-        "SELECT DISTINCT o.bucket || '/' || o.key FROM objects o, json_each(o.sources_json) s, segments g, chunks ch
+        "SELECT DISTINCT o.bucket || '/' || o.key FROM objects o, json_each(o.sources_json) s, segments g, chunk_refs ch
          WHERE g.upload_id = unhex(json_extract(s.value, '$.upload_id'))
            AND ch.container_id = ?1
            AND instr(g.entries, ch.id) > 0
