@@ -66,6 +66,15 @@ impl Catalog {
                     "PRAGMA user_version = {}; COMMIT;",
                     schema::SCHEMA_VERSION
                 ));
+                if version > 0 {
+                    // Version 3 rewrites the chunk index: on a big catalog the admin should know why the
+                    // start takes a while (the WAL grows by about the catalog's size meanwhile).
+                    tracing::info!(
+                        from = version,
+                        to = schema::SCHEMA_VERSION,
+                        "migrating the catalog schema in one transaction; this rewrites the chunk index"
+                    );
+                }
                 conn.execute_batch(&steps)?;
                 if version > 0 {
                     tracing::info!(
