@@ -228,7 +228,10 @@ fn main() {
         let t = Instant::now();
         for k in 0..n_rand {
             let i = fmix(k ^ 0xC0FFEE) % cp;
-            assert_eq!(index.lookup(&conn, &id(i)).unwrap(), Some(location(i)));
+            assert_eq!(
+                index.lookup(&conn, &id(i)).unwrap(),
+                Some(location(i).container)
+            );
         }
         let rand_rate = rate(n_rand, t);
         // ... and what the point query alone costs (without loading the container's 100 neighbours).

@@ -26,7 +26,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use rusqlite::{Connection, Row};
+use rusqlite::{Connection, OptionalExtension, Row};
 
 use crate::core::container::{Codec, GroupSlot};
 use crate::core::ids::{ChunkId, ContainerId};
@@ -121,10 +121,11 @@ impl Bloom {
     }
 }
 
-/// LRU of whole containers' chunk lists.
+/// LRU of whole containers' chunk lists: which container holds each cached chunk (all ingest needs to know:
+/// that the chunk is stored, and where its references go).
 struct LocalityCache {
     capacity: usize,
-    chunks: HashMap<ChunkId, ChunkLocation>,
+    chunks: HashMap<ChunkId, ContainerId>,
     /// container -> (tick of last use, its cached ids)
     containers: HashMap<ContainerId, (u64, Vec<ChunkId>)>,
     /// Use order with lazy deletion: an entry is live when its tick equals the container's last use.
@@ -145,10 +146,10 @@ impl LocalityCache {
         }
     }
 
-    fn get(&mut self, id: &ChunkId) -> Option<ChunkLocation> {
-        let loc = *self.chunks.get(id)?;
-        self.touch(loc.container);
-        Some(loc)
+    fn get(&mut self, id: &ChunkId) -> Option<ContainerId> {
+        let c = *self.chunks.get(id)?;
+        self.touch(c);
+        Some(c)
     }
 
     fn touch(&mut self, c: ContainerId) {
@@ -170,18 +171,14 @@ impl LocalityCache {
         }
     }
 
-    fn insert(
-        &mut self,
-        c: ContainerId,
-        entries: impl IntoIterator<Item = (ChunkId, ChunkLocation)>,
-    ) {
+    fn insert(&mut self, c: ContainerId, entries: impl IntoIterator<Item = ChunkId>) {
         let ids = &mut self
             .containers
             .entry(c)
             .or_insert_with(|| (0, Vec::new()))
             .1;
-        for (id, loc) in entries {
-            if self.chunks.insert(id, loc).is_none() {
+        for id in entries {
+            if self.chunks.insert(id, c).is_none() {
                 ids.push(id);
             }
         }
@@ -200,7 +197,7 @@ impl LocalityCache {
     fn remove(&mut self, c: ContainerId) {
         if let Some((_, ids)) = self.containers.remove(&c) {
             for id in ids {
-                if self.chunks.get(&id).is_some_and(|l| l.container == c) {
+                if self.chunks.get(&id) == Some(&c) {
                     self.chunks.remove(&id);
                 }
             }
@@ -226,25 +223,6 @@ pub struct DedupIndex {
 /// The catalog's (group_offset, group_raw) pair: group_raw 0 means "not in a group" (§7).
 pub(crate) fn group_slot(offset: u32, group_raw: u32) -> Option<GroupSlot> {
     (group_raw > 0).then_some(GroupSlot { offset, group_raw })
-}
-
-fn location(r: &Row<'_>, container: ContainerId, first: usize) -> rusqlite::Result<ChunkLocation> {
-    let codec: u8 = r.get(first + 3)?;
-    let codec = Codec::from_u8(codec).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            first + 3,
-            rusqlite::types::Type::Integer,
-            format!("unknown chunk codec {codec}").into(),
-        )
-    })?;
-    Ok(ChunkLocation {
-        container,
-        offset: r.get::<_, i64>(first)? as u64,
-        stored_len: r.get(first + 1)?,
-        raw_len: r.get(first + 2)?,
-        codec,
-        group: group_slot(r.get(first + 4)?, r.get(first + 5)?),
-    })
 }
 
 fn chunk_id(r: &Row<'_>, i: usize) -> rusqlite::Result<ChunkId> {
@@ -318,50 +296,47 @@ impl DedupIndex {
     }
 
     /// "Surely new" from RAM; else the locality cache; else one indexed SELECT, and on a hit all chunks of
-    /// that container go into the LRU locality cache.
+    /// that container go into the LRU locality cache. Returns the container holding the chunk, if it is
+    /// stored. (Only the container: a container's chunk ids are one range of `chunk_refs`, so loading them
+    /// reads a few pages, where their locations would take a seek into `chunks` each.)
     pub fn lookup(
         &self,
         conn: &Connection,
         id: &ChunkId,
-    ) -> Result<Option<ChunkLocation>, rusqlite::Error> {
+    ) -> Result<Option<ContainerId>, rusqlite::Error> {
         self.lookups.fetch_add(1, Relaxed);
         if !self.bloom.may_contain(id) {
             self.bloom_negatives.fetch_add(1, Relaxed);
             return Ok(None);
         }
-        if let Some(loc) = self.cache().get(id) {
+        if let Some(c) = self.cache().get(id) {
             self.cache_hits.fetch_add(1, Relaxed);
-            return Ok(Some(loc));
+            return Ok(Some(c));
         }
         self.db_lookups.fetch_add(1, Relaxed);
-        let mut st = conn.prepare_cached(
-            "SELECT container_id, offset, stored_len, raw_len, codec, group_offset, group_raw FROM chunks WHERE id = ?1",
-        )?;
-        let mut rows = st.query([&id.0[..]])?;
-        let Some(r) = rows.next()? else {
+        let mut st = conn.prepare_cached("SELECT container_id FROM chunks WHERE id = ?1")?;
+        let Some(c) = st
+            .query_row([&id.0[..]], |r| r.get::<_, i64>(0))
+            .optional()?
+        else {
             return Ok(None);
         };
-        let loc = location(r, ContainerId(r.get::<_, i64>(0)? as u64), 1)?;
-        drop(rows);
+        let c = ContainerId(c as u64);
         self.db_hits.fetch_add(1, Relaxed);
-        let neighbours = self.container_chunks(conn, loc.container)?;
+        let neighbours = self.container_chunks(conn, c)?;
         self.container_loads.fetch_add(1, Relaxed);
-        self.cache().insert(loc.container, neighbours);
-        Ok(Some(loc))
+        self.cache().insert(c, neighbours);
+        Ok(Some(c))
     }
 
-    /// All chunks of one container: its range of `chunk_refs`, each chunk's location from `chunks`.
+    /// The ids of all chunks of one container: its range of `chunk_refs`.
     fn container_chunks(
         &self,
         conn: &Connection,
         c: ContainerId,
-    ) -> Result<Vec<(ChunkId, ChunkLocation)>, rusqlite::Error> {
-        let mut st = conn.prepare_cached(
-            "SELECT c.id, c.offset, c.stored_len, c.raw_len, c.codec, c.group_offset, c.group_raw
-             FROM chunk_refs r JOIN chunks c ON c.id = r.id WHERE r.container_id = ?1",
-        )?;
-        st.query_map([c.0 as i64], |r| Ok((chunk_id(r, 0)?, location(r, c, 1)?)))?
-            .collect()
+    ) -> Result<Vec<ChunkId>, rusqlite::Error> {
+        let mut st = conn.prepare_cached("SELECT id FROM chunk_refs WHERE container_id = ?1")?;
+        st.query_map([c.0 as i64], |r| chunk_id(r, 0))?.collect()
     }
 
     /// After the catalog committed new chunk rows: records them in the Bloom filter, and in the cache (the
@@ -372,7 +347,7 @@ impl DedupIndex {
         }
         let mut cache = self.cache();
         for group in ids.chunk_by(|a, b| a.1.container == b.1.container) {
-            cache.insert(group[0].1.container, group.iter().copied());
+            cache.insert(group[0].1.container, group.iter().map(|(id, _)| *id));
         }
     }
 
@@ -450,7 +425,7 @@ mod tests {
         let x = DedupIndex::load(&conn, 2).unwrap();
         // Stream order through container 3: one point query, then cache hits.
         for i in 0..10 {
-            assert_eq!(x.lookup(&conn, &id(30 + i)).unwrap(), Some(loc(3, i)));
+            assert_eq!(x.lookup(&conn, &id(30 + i)).unwrap(), Some(ContainerId(3)));
         }
         let s = x.stats();
         assert_eq!(
@@ -533,7 +508,7 @@ mod tests {
         let rows: Vec<_> = (0..10).map(|i| (id(90 + i), loc(9, i))).collect();
         x.note_inserted(&rows);
         for (i, (cid, l)) in rows.iter().enumerate() {
-            assert_eq!(x.lookup(&conn, cid).unwrap(), Some(*l), "{i}");
+            assert_eq!(x.lookup(&conn, cid).unwrap(), Some(l.container), "{i}");
         }
         assert_eq!(x.stats().db_lookups, 0, "answered from the cache");
         x.forget_container(ContainerId(9));
@@ -564,9 +539,13 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         let x = DedupIndex::load(&conn, 4).unwrap();
         assert_eq!(x.stats().bloom_items, 2);
-        // Codec 9 is not a codec: a clean error, not a panic or a wrong location.
-        assert!(x.lookup(&conn, &id(1)).is_err());
+        // Dedup needs only the container; both rows load with it.
+        assert_eq!(x.lookup(&conn, &id(1)).unwrap(), Some(ContainerId(7)));
+        assert_eq!(x.lookup(&conn, &id(2)).unwrap(), Some(ContainerId(7)));
+        assert_eq!(x.stats().container_loads, 1);
         assert!(x.lookup(&conn, &id(3)).unwrap().is_none());
+        // Codec 9 is not a codec: a read of the location is a clean error, not a panic or a wrong location.
+        assert!(crate::store::catalog::get_chunk(&conn, &id(1)).is_err());
     }
 
     #[test]

@@ -274,8 +274,8 @@ impl Upload {
                     continue;
                 }
                 match self.store.dedup.lookup(conn, id)? {
-                    Some(loc) => {
-                        homes.insert(*id, loc.container);
+                    Some(container) => {
+                        homes.insert(*id, container);
                     }
                     None => {
                         is_new[i] = true;
