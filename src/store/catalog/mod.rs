@@ -361,7 +361,7 @@ mod tests {
 
     /// A segment's references land on the `chunk_refs` row under the container the upload knew, or, where
     /// that is stale (a concurrent upload indexed the chunk in its own container first), under the container
-    /// the chunk index names; a sealed container's many new rows go in in batches and one by one.
+    /// the chunk index names.
     #[test]
     fn references_land_under_known_containers_and_fall_back_when_stale() {
         let dir = tempfile::tempdir().unwrap();
@@ -375,7 +375,7 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        // 40 new chunks in container 9 (more than one batch of rows), and old[2], which this upload stored in
+        // 40 new chunks in container 9, and old[2], which this upload stored in
         // container 9 too but a concurrent upload indexed in container 2 first.
         let fresh: Vec<ChunkId> = (0..40u8).map(|i| ChunkId::of(&[b'n', i])).collect();
         let mut new_chunks: Vec<(ChunkId, ChunkLocation)> =

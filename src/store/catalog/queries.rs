@@ -187,16 +187,6 @@ fn insert_chunk_with_refs(
     loc: &ChunkLocation,
     refs: i64,
 ) -> Result<bool> {
-    if !insert_chunk_row(c, id, loc)? {
-        return Ok(false);
-    }
-    c.prepare_cached(INSERT_REFS)?
-        .execute(params![loc.container.0 as i64, &id.0[..], refs])?;
-    Ok(true)
-}
-
-/// The `chunks` row alone (its `chunk_refs` row is the caller's): false if the id is already indexed.
-fn insert_chunk_row(c: &Connection, id: &ChunkId, loc: &ChunkLocation) -> Result<bool> {
     let mut st = c.prepare_cached(
         "INSERT OR IGNORE INTO chunks(id, container_id, offset, stored_len, raw_len, codec, group_offset, group_raw)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -211,13 +201,13 @@ fn insert_chunk_row(c: &Connection, id: &ChunkId, loc: &ChunkLocation) -> Result
         loc.group.map_or(0, |g| g.offset),
         loc.group.map_or(0, |g| g.group_raw),
     ])?;
-    Ok(n == 1)
+    if n != 1 {
+        return Ok(false);
+    }
+    c.prepare_cached("INSERT INTO chunk_refs(container_id, id, refs) VALUES (?1, ?2, ?3)")?
+        .execute(params![loc.container.0 as i64, &id.0[..], refs])?;
+    Ok(true)
 }
-
-const INSERT_REFS: &str = "INSERT INTO chunk_refs(container_id, id, refs) VALUES (?1, ?2, ?3)";
-/// `chunk_refs` rows of a sealed container's new chunks go in this many per statement: one statement per row
-/// cost a bind, step and reset each, beside the `chunks` insert every new chunk needs anyway.
-const REFS_PER_INSERT: usize = 32;
 
 /// One chunk a segment names: how often, and the container the upload found it in, when it knows (the update
 /// of its `chunk_refs` row then reads nothing else; at 10^9 chunks a read of its `chunks` row would be a
@@ -232,14 +222,7 @@ pub struct ChunkRefs {
 /// The references a segment adds: its distinct chunk ids in ascending order, each with how often the segment
 /// names it (see `insert_chunks_with_refs`), and no known container.
 pub fn segment_refs(entries: &[(ChunkId, u32)]) -> Vec<ChunkRefs> {
-    merged_ids(entries)
-        .into_iter()
-        .map(|(id, times)| ChunkRefs {
-            id,
-            times,
-            home: None,
-        })
-        .collect()
+    segment_refs_with_homes(entries, &[])
 }
 
 /// `segment_refs` with the container of each entry where the upload knows it (`homes[i]` for `entries[i]`;
@@ -287,39 +270,10 @@ pub fn insert_chunks_with_refs(
     let mut sorted: Vec<&(ChunkId, ChunkLocation)> = new_chunks.iter().collect();
     sorted.sort_unstable_by_key(|(id, _)| *id);
     let mut inserted = Vec::with_capacity(sorted.len());
-    let mut rows: Vec<(i64, ChunkId, i64)> = Vec::with_capacity(sorted.len());
     for (id, loc) in sorted {
-        if insert_chunk_row(c, id, loc)? {
+        if insert_chunk_with_refs(c, id, loc, refs_of(id))? {
             inserted.push(*id);
-            rows.push((loc.container.0 as i64, *id, refs_of(id)));
         }
-    }
-    // In (container, id) order, so each row appends to the container's range.
-    rows.sort_unstable_by_key(|(container, id, _)| (*container, *id));
-    let mut batches = rows.chunks_exact(REFS_PER_INSERT);
-    if batches.len() > 0 {
-        let sql = format!(
-            "INSERT INTO chunk_refs(container_id, id, refs) VALUES {}",
-            vec!["(?, ?, ?)"; REFS_PER_INSERT].join(", ")
-        );
-        let mut st = c.prepare_cached(&sql)?;
-        for batch in &mut batches {
-            let values: Vec<&dyn rusqlite::ToSql> = batch
-                .iter()
-                .flat_map(|(container, id, n)| {
-                    [
-                        container as &dyn rusqlite::ToSql,
-                        &id.0 as &dyn rusqlite::ToSql,
-                        n,
-                    ]
-                })
-                .collect();
-            st.execute(values.as_slice())?;
-        }
-    }
-    let mut one = c.prepare_cached(INSERT_REFS)?;
-    for (container, id, n) in batches.remainder() {
-        one.execute(params![container, &id.0[..], n])?;
     }
     let mut by_home = c.prepare_cached(ADD_REFS_IN)?;
     let mut by_id = c.prepare_cached(ADD_REFS)?;
@@ -377,8 +331,8 @@ pub fn get_chunk(c: &Connection, id: &ChunkId) -> Result<Option<ChunkLocation>> 
 /// index, and at scale, where the index outgrows the page cache, sorted updates share the leaves they touch.
 pub fn add_chunk_refs(c: &Connection, entries: &[(ChunkId, u32)], delta: i64) -> Result<()> {
     let mut st = c.prepare_cached(ADD_REFS)?;
-    for (id, times) in merged_ids(entries) {
-        add_refs(&mut st, &id, delta * times)?;
+    for r in segment_refs(entries) {
+        add_refs(&mut st, &r.id, delta * r.times)?;
     }
     Ok(())
 }
@@ -399,20 +353,6 @@ fn add_refs(st: &mut rusqlite::CachedStatement<'_>, id: &ChunkId, delta: i64) ->
         )));
     }
     Ok(())
-}
-
-/// The distinct ids of `entries` in ascending order, each with how often it occurs.
-fn merged_ids(entries: &[(ChunkId, u32)]) -> Vec<(ChunkId, i64)> {
-    let mut ids: Vec<ChunkId> = entries.iter().map(|(id, _)| *id).collect();
-    ids.sort_unstable();
-    let mut merged: Vec<(ChunkId, i64)> = Vec::with_capacity(ids.len());
-    for id in ids {
-        match merged.last_mut() {
-            Some((last, n)) if *last == id => *n += 1,
-            _ => merged.push((id, 1)),
-        }
-    }
-    merged
 }
 
 // ---------- uploads and segments ----------
