@@ -34,7 +34,7 @@ use crate::core::md5x::{LANES, Md5State, update_many_pieces_while_wide};
 /// hand-over first waits for the oldest. A stream's backlog is the company other streams find in the lanes
 /// when they must be hashed at once (a part's end): measured with 8 uploads of 16 MiB parts, 2 left 12% of
 /// MD5's bytes to the scalar kernel, 4 left 2%. Four pieces hold at most four batch buffers; peak RSS with 16
-/// parallel uploads stayed below what it was with 2 and the carry copies (README, issue 5).
+/// parallel uploads stayed below what it was with 2 (README, issue 5).
 const MAX_OUTSTANDING: usize = 4;
 /// Remembered checkpoint states (~200 B each with the table's overhead): ~13 MiB, covering the last ~150 GB
 /// of streams at one checkpoint per ~2.3 MB.
@@ -265,10 +265,10 @@ impl Md5Stream {
             match known {
                 Some(state) => {
                     self.remembered += (end - start) as u64;
-                    self.remembered += pieces
-                        .drain(..)
-                        .map(|(_, r, _)| r.len() as u64)
-                        .sum::<u64>();
+                    for (buf, range, _) in pieces.drain(..) {
+                        self.remembered += range.len() as u64;
+                        self.shared.release(buf);
+                    }
                     resume = Some(state);
                 }
                 None => {
@@ -282,13 +282,11 @@ impl Md5Stream {
         if self.diverged && start < data.len() {
             pieces.push((data.clone(), start..data.len(), None));
         } else if start < data.len() {
-            // A copy (on average half a checkpoint interval), so that this batch's buffer can go back. Its
-            // capacity is rounded up to whole MiB: freed carries are then reused by later ones instead of
-            // fragmenting the heap (RSS with 16 uploads).
-            let n = data.len() - start;
-            let mut rest = Vec::with_capacity(n.next_multiple_of(1 << 20));
-            rest.extend_from_slice(&data[start..]);
-            self.carry = Some((Arc::new(rest), 0..n));
+            // Held in the batch's own buffer, which goes back to the pool once the carry is hashed or found
+            // remembered. (It was copied out, on average half a checkpoint interval per batch, so that the
+            // buffer could go back at once: that copy was 2.8% of the server's CPU in duplicate ingest. A
+            // stream holds back only while it has not diverged, so unique data never holds a buffer here.)
+            self.carry = Some((data.clone(), start..data.len()));
         }
         if let Some(state) = resume {
             self.resume_at(state)?;
@@ -398,7 +396,10 @@ impl Md5Stream {
         let carry = self.carry.take();
         match known {
             Some(state) => {
-                self.remembered += carry.map_or(0, |(_, r)| r.len() as u64);
+                if let Some((buf, range)) = carry {
+                    self.remembered += range.len() as u64;
+                    self.shared.release(buf);
+                }
                 self.resume_at(state)?;
             }
             None => {
@@ -443,6 +444,9 @@ impl Drop for Md5Stream {
     /// An abandoned upload takes its pieces out of the queue (no one would hash them for nothing).
     fn drop(&mut self) {
         self.close();
+        if let Some((buf, _)) = self.carry.take() {
+            self.shared.release(buf);
+        }
         let mut q = lock(queue());
         q.retain(|j| !Arc::ptr_eq(&j.stream, &self.shared));
         lock(&self.shared.inner).abandoned = true;
@@ -696,9 +700,10 @@ mod tests {
                     let want: [u8; 16] = md5::Md5::digest(s).into();
                     assert_eq!(got, want);
                     assert_eq!(md5.unhashed(), 0);
-                    // feed_all's own batch copies: each recycled at most once (the carries are copies).
+                    // feed_all's batch buffers (a carry holds its batch's own buffer): each recycled at most
+                    // once, by whoever dropped its last piece (feed_all drops its own hold without recycling).
                     let batches = s.len().div_ceil(65_537usize.div_ceil(chunk) * chunk);
-                    assert!((1..=2 * batches).contains(&recycled.load(Ordering::Relaxed)));
+                    assert!((1..=batches).contains(&recycled.load(Ordering::Relaxed)));
                 });
             }
         });
@@ -773,6 +778,45 @@ mod tests {
         assert_eq!(md5.remembered(), 0);
         let want: [u8; 16] = md5::Md5::digest(&data).into();
         assert_eq!(md5.state().expect("hashed").finalize(), want);
+    }
+
+    #[test]
+    fn a_held_back_tail_stays_in_its_buffer_and_returns_it() {
+        let _queue = shared_queue();
+        let recycled = Arc::new(AtomicUsize::new(0));
+        let counting = || -> Option<Recycle> {
+            let counter = recycled.clone();
+            Some(Box::new(move |_| {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }))
+        };
+        // A chunk that ends no checkpoint (its id's first byte has bits of the mask set).
+        let mut not_checkpoint = *ChunkId::of(b"held back tail").as_bytes();
+        not_checkpoint[0] = 0xff;
+        let data: Vec<u8> = (0..3000u32).map(|i| (i * 13 + 5) as u8).collect();
+        let mut md5 = Md5Stream::new(counting());
+        let buffer = Arc::new(data.clone());
+        md5.feed(buffer.clone(), &[3000], &[ChunkId(not_checkpoint)])
+            .expect("feed");
+        let (held, range) = md5.carry.clone().expect("held back: the memo may know it");
+        assert!(
+            Arc::ptr_eq(&held, &buffer),
+            "no copy: the batch's own buffer"
+        );
+        assert_eq!(range, 0..3000);
+        drop((held, buffer));
+        assert_eq!(recycled.load(Ordering::Relaxed), 0, "still held");
+        // The stream's end hashes the tail; its buffer then goes back to the pool.
+        let want: [u8; 16] = md5::Md5::digest(&data).into();
+        assert_eq!(md5.state().expect("hashed").finalize(), want);
+        assert_eq!(recycled.load(Ordering::Relaxed), 1);
+        // An upload dropped while holding a tail back gives its buffer back too.
+        let mut abandoned = Md5Stream::new(counting());
+        abandoned
+            .feed(Arc::new(data), &[3000], &[ChunkId(not_checkpoint)])
+            .expect("feed");
+        drop(abandoned);
+        assert_eq!(recycled.load(Ordering::Relaxed), 2);
     }
 
     #[test]
