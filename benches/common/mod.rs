@@ -410,7 +410,9 @@ pub fn socket_receive_cpu(from: &Path, bytes: usize, rounds: usize) -> std::io::
         Ok(())
     });
     let (mut conn, _) = listener.accept()?;
-    let mut buf = vec![0u8; 256 << 10];
+    // Reads as large as the server's (its connections read up to `HTTP1_READ_BUFFER_MAX`, 1 MiB, at a time;
+    // fewer, larger reads send fewer window updates, whose loopback softirqs the reader pays).
+    let mut buf = vec![0u8; 1 << 20];
     let mut best = 0f64;
     for _ in 0..rounds.max(1) {
         let cpu = thread_cpu_secs();
