@@ -266,8 +266,7 @@ impl Md5Stream {
                 Some(state) => {
                     self.remembered += (end - start) as u64;
                     for (buf, range, _) in pieces.drain(..) {
-                        self.remembered += range.len() as u64;
-                        self.shared.release(buf);
+                        self.skip_remembered(buf, range);
                     }
                     resume = Some(state);
                 }
@@ -303,6 +302,13 @@ impl Md5Stream {
             return None;
         }
         lock(memo()).states.get(&self.fingerprint).cloned()
+    }
+
+    /// `buf[range]` is covered by a state taken from the memo: counted as remembered, never hashed, and its hold
+    /// on the buffer dropped (the last holder gives it back to the pool).
+    fn skip_remembered(&mut self, buf: Arc<Vec<u8>>, range: Range<usize>) {
+        self.remembered += range.len() as u64;
+        self.shared.release(buf);
     }
 
     /// Bytes whose MD5 state came from the memo.
@@ -397,8 +403,7 @@ impl Md5Stream {
         match known {
             Some(state) => {
                 if let Some((buf, range)) = carry {
-                    self.remembered += range.len() as u64;
-                    self.shared.release(buf);
+                    self.skip_remembered(buf, range);
                 }
                 self.resume_at(state)?;
             }
