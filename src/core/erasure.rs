@@ -93,6 +93,18 @@ impl Erasure {
     /// from it instead of copied: only the zero-padded tail shard and the parity are allocated. Copying every
     /// data shard made the store's encode 15x slower than the RS arithmetic itself (copies and page faults).
     pub fn encode_borrowed<'a>(&self, container: &'a [u8]) -> EncodedShards<'a> {
+        self.encode_borrowed_reusing(container, Vec::new())
+    }
+
+    /// [`Erasure::encode_borrowed`] writing the parity into `spare` buffers (any contents, any length; taken
+    /// from the back, fresh ones made if too few) instead of fresh ones: the encode overwrites every parity
+    /// byte, so a reused buffer is neither zeroed nor faulted in again. `EncodedShards::into_parity_buffers`
+    /// gives them back.
+    pub fn encode_borrowed_reusing<'a>(
+        &self,
+        container: &'a [u8],
+        mut spare: Vec<Vec<u8>>,
+    ) -> EncodedShards<'a> {
         let s = self.geometry.shard_len(container.len());
         let k = usize::from(self.geometry.k);
         let data: Vec<Cow<'a, [u8]>> = (0..k)
@@ -109,12 +121,26 @@ impl Erasure {
                 }
             })
             .collect();
-        let mut parity: Vec<Vec<u8>> = (0..self.geometry.m).map(|_| vec![0u8; s]).collect();
+        let mut parity: Vec<Vec<u8>> = (0..self.geometry.m)
+            .map(|_| {
+                let mut v = spare.pop().unwrap_or_default();
+                // Only growth is zeroed (by resize); a buffer at least S long keeps its length and bytes.
+                if v.len() < s {
+                    v.resize(s, 0);
+                }
+                v
+            })
+            .collect();
+        let mut outputs: Vec<&mut [u8]> = parity.iter_mut().map(|v| &mut v[..s]).collect();
         // Cannot fail: k data and m parity shards of equal, non-zero length were built just above.
         self.rs
-            .encode_sep(&data, &mut parity)
+            .encode_sep(&data, &mut outputs)
             .expect("k+m equal non-empty shards");
-        EncodedShards { data, parity }
+        EncodedShards {
+            data,
+            parity,
+            shard_len: s,
+        }
     }
 
     /// `shards.len() == k+m`; present entries all have the same length (any length: RS is bytewise, so this
@@ -189,7 +215,9 @@ impl Erasure {
 /// The k+m shards of one container: data shards mostly borrowed from it, parity owned.
 pub struct EncodedShards<'a> {
     data: Vec<Cow<'a, [u8]>>,
+    /// Each at least `shard_len` long (a reused buffer may be longer); the shard is its front.
     parity: Vec<Vec<u8>>,
+    shard_len: usize,
 }
 
 impl EncodedShards<'_> {
@@ -197,13 +225,18 @@ impl EncodedShards<'_> {
     pub fn shard(&self, index: usize) -> &[u8] {
         match self.data.get(index) {
             Some(d) => d,
-            None => &self.parity[index - self.data.len()],
+            None => &self.parity[index - self.data.len()][..self.shard_len],
         }
     }
 
     /// S: every shard has this length.
     pub fn shard_len(&self) -> usize {
-        self.data.first().map_or(0, |d| d.len())
+        self.shard_len
+    }
+
+    /// The parity buffers, for the next `encode_borrowed_reusing`.
+    pub fn into_parity_buffers(self) -> Vec<Vec<u8>> {
+        self.parity
     }
 }
 
@@ -293,6 +326,37 @@ mod tests {
                 prop_assert_eq!(&got, &full);
             }
             prop_assert_eq!(e.join(&full[..usize::from(g.k)], data.len()), data);
+        }
+
+        #[test]
+        fn reused_parity_buffers_give_the_same_shards(
+            g in geometry(),
+            data in proptest::collection::vec(any::<u8>(), 0..5000),
+            spare_lens in proptest::collection::vec(0usize..3000, 0..=3),
+            junk: u8,
+        ) {
+            let e = Erasure::new(g).unwrap();
+            let fresh = e.encode(&data);
+            // Spare buffers of any length, full of junk: shorter ones grow, longer ones keep their tail.
+            let spare: Vec<Vec<u8>> = spare_lens.iter().map(|&n| vec![junk; n]).collect();
+            // Taken from the back: the last m spares are the ones used.
+            let used_from = spare.len().saturating_sub(usize::from(g.m));
+            let long_enough: Vec<*const u8> = spare[used_from..]
+                .iter()
+                .filter(|v| v.len() >= g.shard_len(data.len()))
+                .map(|v| v.as_ptr())
+                .collect();
+            let reused = e.encode_borrowed_reusing(&data, spare);
+            prop_assert_eq!(reused.shard_len(), g.shard_len(data.len()));
+            for (i, want) in fresh.iter().enumerate() {
+                prop_assert_eq!(reused.shard(i), &want[..]);
+            }
+            let back = reused.into_parity_buffers();
+            prop_assert_eq!(back.len(), usize::from(g.m));
+            // A spare that was long enough is written in place, not reallocated.
+            for p in &long_enough {
+                prop_assert!(back.iter().any(|v| v.as_ptr() == *p));
+            }
         }
 
         #[test]

@@ -147,7 +147,7 @@ impl Store {
                     }
                 }
                 if let Some(payload) = &shards[*idx]
-                    && self.write_shard(row, *idx, disk, payload).is_ok()
+                    && self.write_shard(row, *idx, disk, payload.bytes()).is_ok()
                 {
                     moves.push((*idx, disk, Some(disk)));
                 }
