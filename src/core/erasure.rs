@@ -59,6 +59,11 @@ impl Geometry {
     }
 }
 
+/// A shard buffer reconstruction can work in: its bytes in place, and a way to make a missing one (`Vec<u8>`,
+/// or a payload left inside the buffer it was read into).
+pub trait Shard: AsRef<[u8]> + AsMut<[u8]> + FromIterator<u8> {}
+impl<T: AsRef<[u8]> + AsMut<[u8]> + FromIterator<u8>> Shard for T {}
+
 /// Encoder/decoder for one geometry. `Send + Sync`: the decode-matrix cache inside is behind a mutex.
 pub struct Erasure {
     geometry: Geometry,
@@ -145,18 +150,18 @@ impl Erasure {
 
     /// `shards.len() == k+m`; present entries all have the same length (any length: RS is bytewise, so this
     /// works on a sub-range of every shard). Fills in every missing shard (data and parity).
-    pub fn reconstruct(&self, shards: &mut [Option<Vec<u8>>]) -> Result<(), CoreError> {
+    pub fn reconstruct<S: Shard>(&self, shards: &mut [Option<S>]) -> Result<(), CoreError> {
         self.reconstruct_inner(shards, false)
     }
 
     /// Same as [`Erasure::reconstruct`], but only the data shards are guaranteed filled (cheaper, for reads).
-    pub fn reconstruct_data(&self, shards: &mut [Option<Vec<u8>>]) -> Result<(), CoreError> {
+    pub fn reconstruct_data<S: Shard>(&self, shards: &mut [Option<S>]) -> Result<(), CoreError> {
         self.reconstruct_inner(shards, true)
     }
 
-    fn reconstruct_inner(
+    fn reconstruct_inner<S: Shard>(
         &self,
-        shards: &mut [Option<Vec<u8>>],
+        shards: &mut [Option<S>],
         data_only: bool,
     ) -> Result<(), CoreError> {
         let (k, width) = (usize::from(self.geometry.k), self.geometry.width());
@@ -170,7 +175,7 @@ impl Erasure {
         if have < k {
             return Err(CoreError::TooFewShards { have, need: k });
         }
-        let mut lens = shards.iter().flatten().map(Vec::len);
+        let mut lens = shards.iter().flatten().map(|s| s.as_ref().len());
         let len = lens.next().unwrap_or(0);
         if lens.any(|l| l != len) {
             return Err(CoreError::Malformed {
@@ -183,7 +188,7 @@ impl Erasure {
             shards
                 .iter_mut()
                 .filter(|s| s.is_none())
-                .for_each(|s| *s = Some(Vec::new()));
+                .for_each(|s| *s = Some(S::from_iter(std::iter::empty())));
             return Ok(());
         }
         let r = if data_only {

@@ -135,7 +135,10 @@ impl Store {
                     let Some(payload) = &shards[*idx] else {
                         continue;
                     };
-                    if self.write_shard(row, *idx, *target, payload.bytes()).is_ok() {
+                    if self
+                        .write_shard(row, *idx, *target, payload.bytes())
+                        .is_ok()
+                    {
                         moves.push((*idx, *target, row.disks.get(*idx).copied().flatten()));
                     }
                 }

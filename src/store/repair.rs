@@ -28,10 +28,9 @@ use crate::core::shard::{SHARD_HEADER_LEN, ShardHeader, encode_trailer, verify_s
 type ShardProblem = (usize, String);
 
 /// A verified shard's payload where it was read: `buf[at..at + len]` (the O_DIRECT buffer holds the header in
-/// front of it and the trailer behind). A healthy container is parsed from these slices as they lie; only a
-/// reconstruction, which needs whole equal-length buffers, moves payloads to the front of their buffers.
-/// (Moving every payload was ~half of scrub's copying: each shard's bytes once, then the data shards again
-/// to join them.)
+/// front of it and the trailer behind). Containers are parsed and reconstructed from these slices as they lie;
+/// a reconstructed shard is a buffer of its own. (Moving every payload to the front of its buffer was ~half of
+/// scrub's copying: each shard's bytes once, then the data shards again to join them.)
 pub(super) struct ShardPayload {
     buf: Vec<u8>,
     at: usize,
@@ -48,13 +47,24 @@ impl ShardPayload {
     pub(super) fn bytes(&self) -> &[u8] {
         &self.buf[self.at..self.at + self.len]
     }
+}
 
-    /// The payload alone, moved to the front of its buffer (no second allocation).
-    fn into_front(self) -> Vec<u8> {
-        let ShardPayload { mut buf, at, len } = self;
-        buf.copy_within(at..at + len, 0);
-        buf.truncate(len);
-        buf
+impl AsRef<[u8]> for ShardPayload {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
+impl AsMut<[u8]> for ShardPayload {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.at..self.at + self.len]
+    }
+}
+
+/// How reconstruction makes a missing shard.
+impl FromIterator<u8> for ShardPayload {
+    fn from_iter<I: IntoIterator<Item = u8>>(bytes: I) -> ShardPayload {
+        ShardPayload::whole(bytes.into_iter().collect())
     }
 }
 
@@ -335,19 +345,10 @@ impl Store {
         check_chunks: bool,
     ) -> Result<()> {
         let erasure = Erasure::new(Geometry::new(row.k, row.m)?)?;
-        if shards.iter().any(Option::is_none) {
-            let have = shards.iter().filter(|s| s.is_some()).count();
-            let mut owned: Vec<Option<Vec<u8>>> = shards
-                .iter_mut()
-                .map(|s| s.take().map(ShardPayload::into_front))
-                .collect();
-            erasure
-                .reconstruct(&mut owned)
-                .map_err(|_| self.data_lost(row.id, have, row.k as usize))?;
-            for (slot, shard) in shards.iter_mut().zip(owned) {
-                *slot = shard.map(ShardPayload::whole);
-            }
-        }
+        let have = shards.iter().filter(|s| s.is_some()).count();
+        erasure
+            .reconstruct(shards)
+            .map_err(|_| self.data_lost(row.id, have, row.k as usize))?;
         let data: Vec<&[u8]> = shards
             .iter()
             .take(row.k as usize)
@@ -555,5 +556,44 @@ impl Store {
         let new = self.add_disk(path, DiskState::Rebuilding)?;
         self.set_disk_state(id, DiskState::Failed, &format!("replaced by disk {new}"));
         Ok(new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Payloads left inside larger read buffers (junk in front and behind, as header and trailer lie)
+    /// reconstruct in place: the missing shards come back equal to the encoder's, the present ones untouched.
+    #[test]
+    fn payloads_reconstruct_where_they_were_read() {
+        let erasure = Erasure::new(Geometry::new(4, 2).unwrap()).unwrap();
+        let container: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let want = erasure.encode(&container);
+        let mut shards: Vec<Option<ShardPayload>> = want
+            .iter()
+            .map(|s| {
+                let mut buf = vec![0xAA; 64];
+                buf.extend_from_slice(s);
+                buf.extend_from_slice(&[0x55; 32]);
+                Some(ShardPayload {
+                    buf,
+                    at: 64,
+                    len: s.len(),
+                })
+            })
+            .collect();
+        shards[1] = None;
+        shards[4] = None;
+        erasure.reconstruct(&mut shards).unwrap();
+        for (got, want) in shards.iter().zip(&want) {
+            assert_eq!(got.as_ref().unwrap().bytes(), &want[..]);
+        }
+        let data: Vec<&[u8]> = shards[..4]
+            .iter()
+            .flatten()
+            .map(ShardPayload::bytes)
+            .collect();
+        assert_eq!(erasure.join(&data, container.len()), container);
     }
 }
