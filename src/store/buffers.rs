@@ -35,6 +35,12 @@ impl BufferPool {
         }
     }
 
+    /// A kept buffer as it was given back, length and bytes included, or None when none is kept: for writers
+    /// that overwrite what they use (the encoder's parity), which then neither clear nor zero it again.
+    pub fn take_as_is(&self) -> Option<Vec<u8>> {
+        self.free.lock().ok().and_then(|mut f| f.pop())
+    }
+
     /// Returns a buffer for reuse; dropped if the pool is full or the buffer is not of the pool's kind.
     pub fn give(&self, buf: Vec<u8>) {
         if buf.capacity() < self.size || buf.capacity() > 2 * self.size {
@@ -78,5 +84,13 @@ mod tests {
         small.give(Vec::with_capacity(10));
         small.give(Vec::with_capacity(5000));
         assert_eq!(small.held(), 0, "foreign sizes are dropped");
+        let kept = BufferPool::new(1, 1000);
+        assert!(kept.take_as_is().is_none(), "nothing kept, nothing made");
+        kept.give(vec![7u8; 1000]);
+        assert_eq!(
+            kept.take_as_is(),
+            Some(vec![7u8; 1000]),
+            "length and bytes as given"
+        );
     }
 }

@@ -128,10 +128,11 @@ pub struct Store {
     /// Uploads' batch buffers and containers' build buffers, reused (see buffers.rs).
     batch_buffers: buffers::BufferPool,
     container_buffers: buffers::BufferPool,
-    /// Parity shard buffers of sealed containers, reused by the next seal (`Erasure::encode_borrowed_reusing`):
-    /// fresh ones were faulted in and zeroed by the kernel at every seal, ~55% of unique ingest's page faults
-    /// once the server was warm. At most `PARITY_BUFFERS_KEPT` (~3 MiB each at the default container size).
-    parity_buffers: Mutex<Vec<Vec<u8>>>,
+    /// Parity shard buffers of sealed containers, reused as they are by the next seal
+    /// (`Erasure::encode_borrowed_reusing`): fresh ones were faulted in and zeroed by the kernel at every seal,
+    /// ~55% of unique ingest's page faults once the server was warm. At most `PARITY_BUFFERS_KEPT` (~2-3 MiB
+    /// each at the default container size).
+    parity_buffers: buffers::BufferPool,
     jobs: jobs::Jobs,
     _lock: File,
 }
@@ -303,6 +304,11 @@ impl Store {
             ingest::batch_capacity(cfg.chunker.max as usize),
         );
         let container_buffers = buffers::BufferPool::new(BUFFERS_KEPT, container_capacity(&cfg));
+        // Sized for containers from the target up to twice it (they are sealed at up to 1.5x).
+        let parity_buffers = buffers::BufferPool::new(
+            PARITY_BUFFERS_KEPT,
+            geometry.shard_len(cfg.container_target),
+        );
         let store = Store {
             erasure: Erasure::new(geometry)?,
             cfg,
@@ -315,7 +321,7 @@ impl Store {
             commit_lock: Mutex::new(()),
             batch_buffers,
             container_buffers,
-            parity_buffers: Mutex::new(Vec::new()),
+            parity_buffers,
             jobs: jobs::Jobs::default(),
             _lock: lock,
         };

@@ -8,7 +8,7 @@ use super::catalog::{self, ContainerRow};
 use super::dedup::ChunkLocation;
 use super::disk::shard_path;
 use super::error::{Result, StoreError};
-use super::{PARITY_BUFFERS_KEPT, Store, now_ms};
+use super::{Store, now_ms};
 use crate::core::container::ContainerBuilder;
 use crate::core::ids::{ChunkId, DiskId};
 use crate::core::placement::place;
@@ -32,11 +32,9 @@ impl Store {
         let created = now_ms();
         let bytes = builder.seal();
         let geometry = self.erasure.geometry();
-        let spare = {
-            let mut pool = self.parity_buffers();
-            let from = pool.len().saturating_sub(usize::from(geometry.m));
-            pool.split_off(from)
-        };
+        let spare: Vec<Vec<u8>> = (0..geometry.m)
+            .filter_map(|_| self.parity_buffers.take_as_is())
+            .collect();
         let shards = self.erasure.encode_borrowed_reusing(&bytes, spare);
         let container_len = bytes.len() as u64;
         let shard_len = shards.shard_len();
@@ -115,11 +113,8 @@ impl Store {
 
         // The shard images are on disk: free them before the catalog commit waits on its fsync (the parity
         // buffers back to their pool, up to its bound).
-        let mut parity = shards.into_parity_buffers();
-        {
-            let mut pool = self.parity_buffers();
-            parity.truncate(PARITY_BUFFERS_KEPT.saturating_sub(pool.len()));
-            pool.append(&mut parity);
+        for buffer in shards.into_parity_buffers() {
+            self.parity_buffers.give(buffer);
         }
         self.container_buffers.give(bytes);
         let row = ContainerRow {
@@ -150,12 +145,5 @@ impl Store {
         }
         self.dedup.note_inserted(&inserted);
         Ok(())
-    }
-
-    fn parity_buffers(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
-        // A list of spare buffers: consistent at every step, so a panic elsewhere does not poison it.
-        self.parity_buffers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
     }
 }
