@@ -229,6 +229,9 @@ struct Limits {
     /// Per core, with the kernel's socket receive of the body added: what a server doing nothing but CDC,
     /// BLAKE3 and receiving the bytes reaches.
     hash_io_core: f64,
+    /// Per core, BLAKE3 and the socket receive alone: what a server following a remembered chunk sequence
+    /// (no CDC scan, core::follow) and doing nothing else reaches.
+    follow_io_core: f64,
     hash: f64,
     dup_md5: f64,
     restore_core: f64,
@@ -266,6 +269,7 @@ fn limits(s: &Stages) -> Limits {
         unique: unique_cpu.min(unique_disk),
         hash_core: 1.0 / hash,
         hash_io_core: 1.0 / (hash + 1.0 / s.socket_receive),
+        follow_io_core: 1.0 / (1.0 / s.blake3 + 1.0 / s.socket_receive),
         hash: cores as f64 / hash,
         dup_md5: cores as f64 / (hash + 1.0 / s.md5_lanes),
         restore_core: 1.0 / restore,
@@ -828,6 +832,15 @@ fn main() {
         0.90,
         (dup_reach, l.hash),
         "CDC+BLAKE3 and the socket receive",
+        dup_client_cpu.2,
+    ));
+    // A repeated stream is cut by following what the memo remembers: no CDC scan, only the BLAKE3 that checks it.
+    let follow_reach = limit_with_client(mb, l.follow_io_core, dup_client_cpu, l.cores);
+    rows.push(reachable_row(
+        "  same, for a server that follows remembered chunk sequences (no CDC)",
+        0.90,
+        (follow_reach, l.hash),
+        "BLAKE3 and the socket receive",
         dup_client_cpu.2,
     ));
     rows.push(row(

@@ -5,7 +5,8 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
-use cairn::core::chunker::ChunkerParams;
+use cairn::core::chunker::{ChunkerParams, chunk_ranges};
+use cairn::core::records::decode_segment_entries;
 use cairn::store::recover::{check_catalog, rebuild_catalog};
 use cairn::store::{ObjectMeta, PartRecord, PutCondition, Store, StoreConfig, StoreError};
 
@@ -774,4 +775,80 @@ fn a_declared_length_lets_the_last_container_take_the_rest_within_half_a_target(
         );
     }
     assert!(get(&store, "bkt", "declared", None).unwrap() == noise(2, 4_400_000));
+}
+
+/// A stream written in pieces of `piece` bytes and sealed: its MD5, the bytes cut by following a remembered
+/// chunk sequence, and its chunk lengths in stream order as its segments in the catalog record them.
+fn sealed_stream(store: &Arc<Store>, bytes: &[u8], piece: usize) -> ([u8; 16], u64, Vec<usize>) {
+    let mut up = store.begin_upload().unwrap();
+    for p in bytes.chunks(piece) {
+        up.write(p).unwrap();
+    }
+    let md5 = up.md5().unwrap();
+    let followed = up.followed_bytes();
+    let sealed = up.finish_sealed().unwrap();
+    let lens = store
+        .catalog()
+        .read(|c| {
+            let mut st =
+                c.prepare("SELECT entries FROM segments WHERE upload_id = ?1 ORDER BY segment_no")?;
+            let blobs: Vec<Vec<u8>> = st
+                .query_map([&sealed.upload_id.0[..]], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(blobs)
+        })
+        .unwrap()
+        .iter()
+        .flat_map(|b| decode_segment_entries(b).unwrap())
+        .map(|(_, len)| len as usize)
+        .collect();
+    (md5, followed, lens)
+}
+
+#[test]
+fn a_repeated_stream_is_cut_by_following_it_exactly_where_scanning_cuts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let params = cfg.chunker;
+    let store = Store::open(cfg).unwrap();
+    let scanned = |b: &[u8]| -> Vec<usize> {
+        chunk_ranges(b, params)
+            .into_iter()
+            .map(|r| r.len())
+            .collect()
+    };
+    let night1 = data(5, 6_000_000);
+    let (md5, followed, lens) = sealed_stream(&store, &night1, 70_001);
+    assert_eq!(md5, md5_of(&night1).to_be_bytes());
+    assert_eq!(followed, 0, "nothing remembered yet");
+    assert_eq!(lens, scanned(&night1));
+
+    // The same stream in other pieces (so other batch boundaries): every chunk but the first (nothing
+    // precedes it) and the last (its cut was the stream's end, never remembered) is followed.
+    let (md5, followed, again) = sealed_stream(&store, &night1, 1_000_003);
+    assert_eq!(md5, md5_of(&night1).to_be_bytes());
+    assert_eq!(again, lens);
+    assert_eq!(
+        followed as usize,
+        night1.len() - lens[0] - lens[lens.len() - 1]
+    );
+
+    // The next night: scattered 4 KiB blocks rewritten, an insertion and a deletion. Cuts stay scanning's;
+    // the stream is back on the remembered sequence a chunk or two after each change.
+    let mut night2 = night1.clone();
+    for i in 0..12 {
+        let at = (i * 487_001 + 1234) % (night2.len() - 4096);
+        night2[at..at + 4096].fill(i as u8);
+    }
+    night2.splice(3_000_000..3_000_000, b"inserted ".repeat(100));
+    night2.drain(5_000_000..5_010_000);
+    let (md5, followed, lens2) = sealed_stream(&store, &night2, 262_144);
+    assert_eq!(md5, md5_of(&night2).to_be_bytes());
+    assert_eq!(lens2, scanned(&night2));
+    assert!(
+        followed as f64 > 0.8 * night2.len() as f64,
+        "followed {followed} of {}",
+        night2.len()
+    );
+    assert!(store.catalog().read(check_catalog).unwrap().is_empty());
 }

@@ -149,6 +149,15 @@ pub fn final_cuts(params: ChunkerParams, buf: &[u8], at_end: bool, ends: &mut Ve
     consumed
 }
 
+/// The end of `buf`'s first final chunk (`buf` starts at a cut), as [`final_cuts`] would find it; None if more
+/// input may still extend it. Scans only that chunk.
+pub fn first_cut(params: ChunkerParams, buf: &[u8], at_end: bool) -> Option<usize> {
+    debug_assert!(params.validate().is_ok(), "invalid {params:?}");
+    let c = params.cdc(buf).next()?;
+    let end = c.offset + c.length;
+    (at_end || end < buf.len()).then_some(end)
+}
+
 /// The chunks of `buf` that end at `ends` (ascending, the first chunk starting at 0), in order.
 pub fn chunks_at<'a>(buf: &'a [u8], ends: &'a [usize]) -> impl Iterator<Item = &'a [u8]> + 'a {
     ends.iter().scan(0usize, move |start, &end| {

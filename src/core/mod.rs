@@ -4,6 +4,7 @@ pub mod chunker;
 pub mod container;
 pub mod erasure;
 pub mod error;
+pub mod follow;
 pub mod ids;
 pub mod md5x;
 pub mod placement;

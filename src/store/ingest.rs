@@ -17,11 +17,12 @@ use super::dedup::ChunkLocation;
 use super::error::Result;
 use super::objects::PartRecord;
 use super::{Store, now_ms};
-use crate::core::chunker::{chunks_at, final_cuts};
+use crate::core::chunker::chunks_at;
 use crate::core::container::{
     Codec, ContainerBuilder, EntryType, GroupSlot, compress_chunk_reusing, compress_group,
     compress_group_bytes, plan_group_spans,
 };
+use crate::core::follow::{NextChunk, follow_cuts};
 use crate::core::ids::{ChunkId, ContainerId, UploadId};
 use crate::core::records::{ObjectCommitRecord, SegmentRecord, SourceRef, encode_segment_entries};
 
@@ -72,6 +73,13 @@ pub struct Upload {
     /// The last chunk of the batch just processed, not final yet: the front of the next batch buffer.
     unfinished: Vec<u8>,
     pending_ends: Vec<usize>,
+    /// Ids of a leading run of the chunks ending at `pending_ends`, hashed while cutting (core::follow); the
+    /// rest are hashed in parallel when the batch is processed.
+    pending_ids: Vec<ChunkId>,
+    /// The last final chunk cut so far: where following a remembered sequence resumes.
+    last_chunk: Option<ChunkId>,
+    /// Bytes cut by following a remembered sequence instead of scanning (for tests and figures).
+    followed: u64,
     open: Option<OpenContainer>,
     /// Chunk ids stored in the open container, so repeats within it dedup.
     open_ids: HashSet<ChunkId>,
@@ -118,6 +126,9 @@ impl Store {
             pending: Vec::new(),
             unfinished: Vec::new(),
             pending_ends: Vec::new(),
+            pending_ids: Vec::new(),
+            last_chunk: None,
+            followed: 0,
             open: None,
             open_ids: HashSet::new(),
             segment_no: 0,
@@ -172,7 +183,8 @@ impl Upload {
 
     /// Cuts the batch buffer's final chunks (all of them `at_end`) and processes them. The last chunk, which
     /// more input may still extend, is kept for the next batch buffer: only those bytes (at most `max`) are
-    /// copied, where pushing the body through a chunker of its own copied every byte twice.
+    /// copied, where pushing the body through a chunker of its own copied every byte twice. Where the stream
+    /// repeats a remembered chunk sequence, cuts are taken from the memo instead of scanning (core::follow).
     fn cut_batch(&mut self, at_end: bool) -> Result<()> {
         if self.pending.is_empty() && self.unfinished.is_empty() {
             // Nothing to cut (an empty stream, or one that ended right after a cut): no buffer is taken.
@@ -180,19 +192,31 @@ impl Upload {
         }
         self.fill_batch_buffer();
         self.pending_ends.clear();
-        let consumed = final_cuts(
+        self.pending_ids.clear();
+        let sequences = &self.store.sequences;
+        let cuts = follow_cuts(
             self.store.cfg.chunker,
             &self.pending,
             at_end,
+            self.last_chunk,
+            |id| lock(sequences).next_of(id),
             &mut self.pending_ends,
+            &mut self.pending_ids,
         );
+        self.followed += cuts.followed as u64;
+        let consumed = cuts.consumed;
         if consumed == 0 {
             // No final chunk yet (only when `max` exceeds BATCH_BYTES): keep filling.
             return Ok(());
         }
         self.unfinished.extend_from_slice(&self.pending[consumed..]);
         self.pending.truncate(consumed);
-        self.process_batch()
+        self.process_batch(at_end)
+    }
+
+    /// Bytes cut by following a remembered chunk sequence instead of scanning.
+    pub fn followed_bytes(&self) -> u64 {
+        self.followed
     }
 
     /// Bytes written so far.
@@ -216,7 +240,7 @@ impl Upload {
     /// they remember by chunk ids and hand the buffer back to the pool once its pieces are hashed, and then
     /// stores the chunks. The MD5 pieces are handed over before compressing: other uploads' combiners take
     /// them along in the lanes meanwhile, where at a part's end they would be hashed alone.
-    fn process_batch(&mut self) -> Result<()> {
+    fn process_batch(&mut self, at_end: bool) -> Result<()> {
         let buffer = std::mem::take(&mut self.pending);
         let ends = std::mem::take(&mut self.pending_ends);
         let result = if buffer.is_empty() {
@@ -225,8 +249,15 @@ impl Upload {
         } else {
             let shared = Arc::new(buffer);
             let chunks: Vec<&[u8]> = chunks_at(&shared, &ends).collect();
-            // Chunk ids first: the MD5 lanes skip what they remember by its chunk ids (md5_lanes.rs).
-            let ids: Vec<ChunkId> = chunks.par_iter().map(|c| ChunkId::of(c)).collect();
+            // Chunk ids first: the MD5 lanes skip what they remember by its chunk ids (md5_lanes.rs). Those
+            // hashed while cutting are kept.
+            let mut ids = std::mem::take(&mut self.pending_ids);
+            let rest: Vec<ChunkId> = chunks[ids.len().min(chunks.len())..]
+                .par_iter()
+                .map(|c| ChunkId::of(c))
+                .collect();
+            ids.extend(rest);
+            self.remember_sequence(&chunks, &ids, at_end);
             self.md5
                 .feed(shared.clone(), &ends, &ids)
                 .map_err(md5_lost)?;
@@ -241,6 +272,25 @@ impl Upload {
         self.pending_ends = ends;
         self.pending_ends.clear();
         result
+    }
+
+    /// Remembers which chunk followed which (core::follow), except the stream's last chunk, which its end cut.
+    fn remember_sequence(&mut self, chunks: &[&[u8]], ids: &[ChunkId], at_end: bool) {
+        let remembered = if at_end {
+            ids.len().saturating_sub(1)
+        } else {
+            ids.len()
+        };
+        let mut prev = self.last_chunk;
+        let mut memo = lock(&self.store.sequences);
+        for (chunk, id) in chunks.iter().zip(ids).take(remembered) {
+            if let (Some(p), Some(next)) = (prev, NextChunk::new(chunk.len(), id)) {
+                memo.remember(&p, next);
+            }
+            prev = Some(*id);
+        }
+        drop(memo);
+        self.last_chunk = ids.last().copied();
     }
 
     /// Stores the batch's chunks: `chunks` (of `buffer`, ending at `ends`) with their ids.
@@ -534,6 +584,7 @@ impl Upload {
                 upload = %self.id.to_hex(),
                 bytes = self.size,
                 md5_remembered = self.md5.remembered(),
+                cut_by_following = self.followed,
                 "upload drained"
             );
             self.md5_digest = Some(state.finalize());
@@ -649,6 +700,11 @@ impl Drop for Upload {
             }
         }
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The memo is consistent at every step: a panic elsewhere does not poison it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn md5_lost(e: super::md5_lanes::Md5LaneError) -> super::StoreError {
