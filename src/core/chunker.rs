@@ -177,7 +177,7 @@ pub fn chunk_ranges(data: &[u8], params: ChunkerParams) -> Vec<Range<usize>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::HashSet;
 
     use super::*;
@@ -185,13 +185,13 @@ mod tests {
     use rand::{RngExt, SeedableRng, rngs::StdRng};
 
     /// Small limits so proptest inputs of a few hundred KiB produce many chunks.
-    const SMALL: ChunkerParams = ChunkerParams {
+    pub(crate) const SMALL: ChunkerParams = ChunkerParams {
         min: 1024,
         avg: 4096,
         max: 16384,
     };
 
-    fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    pub(crate) fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut v = vec![0u8; len];
         rng.fill(&mut v[..]);
@@ -221,31 +221,43 @@ mod tests {
         batch: usize,
         params: ChunkerParams,
     ) -> Vec<Range<usize>> {
-        let mut cuts: Vec<usize> = splits.iter().map(|s| s % (data.len() + 1)).collect();
-        cuts.sort_unstable();
-        cuts.push(data.len());
-        let (mut out, mut buf, mut ends) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut pos, mut buf_start) = (0, 0);
-        let mut cut_buf = |buf: &mut Vec<u8>, buf_start: &mut usize, at_end: bool| {
+        let (mut out, mut ends) = (Vec::new(), Vec::new());
+        feed_in_batches(data, splits, batch, |buf, buf_start, at_end| {
             ends.clear();
             let consumed = final_cuts(params, buf, at_end, &mut ends);
             let mut start = 0;
             for &end in &ends {
-                out.push(*buf_start + start..*buf_start + end);
+                out.push(buf_start + start..buf_start + end);
                 start = end;
             }
-            buf.drain(..consumed);
-            *buf_start += consumed;
-        };
-        for cut in cuts {
-            buf.extend_from_slice(&data[pos..cut]);
-            pos = cut;
+            consumed
+        });
+        out
+    }
+
+    /// Feeds `data` as ingest does: pieces ending at `splits` are appended to a buffer that starts with the
+    /// carried unfinished chunk; once it holds `batch` bytes, and at the end, `cut(buffer, its offset in data,
+    /// at_end)` cuts it and returns how many bytes it consumed (the rest is carried).
+    pub(crate) fn feed_in_batches(
+        data: &[u8],
+        splits: &[usize],
+        batch: usize,
+        mut cut: impl FnMut(&[u8], usize, bool) -> usize,
+    ) {
+        let mut ends: Vec<usize> = splits.iter().map(|s| s % (data.len() + 1)).collect();
+        ends.sort_unstable();
+        ends.push(data.len());
+        let (mut buf, mut pos, mut buf_start) = (Vec::new(), 0, 0);
+        for end in ends {
+            buf.extend_from_slice(&data[pos..end]);
+            pos = end;
             if buf.len() >= batch {
-                cut_buf(&mut buf, &mut buf_start, false);
+                let consumed = cut(&buf, buf_start, false);
+                buf.drain(..consumed);
+                buf_start += consumed;
             }
         }
-        cut_buf(&mut buf, &mut buf_start, true);
-        out
+        cut(&buf, buf_start, true);
     }
 
     #[test]

@@ -207,21 +207,8 @@ mod tests {
 
     use super::*;
     use crate::core::chunker::chunk_ranges;
+    use crate::core::chunker::tests::{SMALL, feed_in_batches, random_bytes};
     use proptest::prelude::*;
-    use rand::{RngExt, SeedableRng, rngs::StdRng};
-
-    const SMALL: ChunkerParams = ChunkerParams {
-        min: 1024,
-        avg: 4096,
-        max: 16384,
-    };
-
-    fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut v = vec![0u8; len];
-        rng.fill(&mut v[..]);
-        v
-    }
 
     /// Ingest's way: `data` arrives in pieces ending at `splits`, is cut into batches of `batch` bytes with
     /// follow_cuts, the unfinished chunk carried over; every final chunk is remembered after its predecessor
@@ -232,12 +219,8 @@ mod tests {
         splits: &[usize],
         batch: usize,
     ) -> (Vec<Range<usize>>, usize) {
-        let mut cuts: Vec<usize> = splits.iter().map(|s| s % (data.len() + 1)).collect();
-        cuts.sort_unstable();
-        cuts.push(data.len());
-        let (mut out, mut buf, mut followed) = (Vec::new(), Vec::new(), 0);
-        let (mut pos, mut buf_start, mut prev) = (0, 0, None::<ChunkId>);
-        let mut cut_buf = |buf: &mut Vec<u8>, buf_start: &mut usize, at_end: bool| {
+        let (mut out, mut followed, mut prev) = (Vec::new(), 0, None::<ChunkId>);
+        feed_in_batches(data, splits, batch, |buf, buf_start, at_end| {
             let (mut ends, mut ids) = (Vec::new(), Vec::new());
             let cuts = follow_cuts(
                 SMALL,
@@ -259,22 +242,13 @@ mod tests {
                 if let (Some(p), false) = (prev, last_of_stream) {
                     memo.remember(&p, NextChunk::new(end - start, &id).unwrap());
                 }
-                out.push(*buf_start + start..*buf_start + end);
+                out.push(buf_start + start..buf_start + end);
                 (start, prev) = (end, Some(id));
             }
             assert_eq!(start, cuts.consumed);
             followed += cuts.followed;
-            buf.drain(..cuts.consumed);
-            *buf_start += cuts.consumed;
-        };
-        for cut in cuts {
-            buf.extend_from_slice(&data[pos..cut]);
-            pos = cut;
-            if buf.len() >= batch {
-                cut_buf(&mut buf, &mut buf_start, false);
-            }
-        }
-        cut_buf(&mut buf, &mut buf_start, true);
+            cuts.consumed
+        });
         (out, followed)
     }
 
