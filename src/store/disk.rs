@@ -44,6 +44,11 @@ pub trait Disk: Send + Sync {
     fn write_durable(&self, rel: &Path, parts: &[&[u8]]) -> io::Result<()>;
     /// Reads exactly `buf.len()` bytes at `offset`.
     fn read_at(&self, rel: &Path, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// `read_at` for bytes read once (a restore's healthy path): a real disk reads large ranges with O_DIRECT,
+    /// past the page cache.
+    fn read_at_once(&self, rel: &Path, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.read_at(rel, offset, buf)
+    }
     fn read_all(&self, rel: &Path) -> io::Result<Vec<u8>>;
     /// Reads a whole file that is read once (scrub, rebuild): its bytes are `buf[range]`. A real disk reads
     /// large files with O_DIRECT into an aligned part of the buffer.
@@ -266,10 +271,11 @@ impl FileDisk {
 
 impl FileDisk {
     /// Reads `buf.len()` bytes at `offset` with O_DIRECT: the block-aligned span around them into an aligned,
-    /// pooled buffer, then the bytes out of it. A restore reads every byte once; through the page cache the
-    /// kernel's copy out of freshly filled pages was 21-35% of a restore's CPU on this project's VMs (README,
-    /// issue 5), and a large restore would evict everything else the server has cached. Ok(false) where the
-    /// filesystem takes no O_DIRECT here (the caller reads through the page cache).
+    /// pooled buffer, then the bytes out of it. A healthy restore reads every byte once; through the page
+    /// cache the kernel's copy out of freshly filled pages was 21-35% of a restore's CPU on this project's VMs
+    /// (README, issue 5), and a large restore would evict everything else the server has cached. (A degraded
+    /// read re-reads the same shard rows for each frame of a container: it stays on the page cache.) Ok(false)
+    /// where the filesystem takes no O_DIRECT here (the caller reads through the page cache).
     fn read_at_direct(&self, rel: &Path, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
         let f = match self.direct_read_handle(rel) {
             Ok(f) => f,
@@ -376,7 +382,7 @@ impl Disk for FileDisk {
         result
     }
 
-    fn read_at(&self, rel: &Path, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read_at_once(&self, rel: &Path, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         if buf.len() >= DIRECT_MIN_LEN && self.direct.load(Ordering::Relaxed) {
             match self.read_at_direct(rel, offset, buf) {
                 Ok(true) => return Ok(()),
@@ -387,6 +393,10 @@ impl Disk for FileDisk {
                 }
             }
         }
+        self.read_at(rel, offset, buf)
+    }
+
+    fn read_at(&self, rel: &Path, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let f = self.read_handle(rel)?;
         let r = f.read_exact_at(buf, offset);
         if r.is_err() {
@@ -688,21 +698,31 @@ mod tests {
             (len - 5, 5),
             (100, 10),
         ] {
-            let mut buf = vec![0u8; n];
-            d.read_at(&p, offset as u64, &mut buf).unwrap();
-            assert!(buf == data[offset..offset + n], "{n} bytes at {offset}");
+            for once in [true, false] {
+                let mut buf = vec![0u8; n];
+                if once {
+                    d.read_at_once(&p, offset as u64, &mut buf).unwrap();
+                } else {
+                    d.read_at(&p, offset as u64, &mut buf).unwrap();
+                }
+                assert!(buf == data[offset..offset + n], "{n} bytes at {offset}");
+            }
         }
         if d.direct.load(Ordering::Relaxed) {
             assert!(d.direct_handles.lock().unwrap().contains_key(&p));
         }
         // Past the end: an error on both paths, as `read_exact_at` gives.
         for (offset, n) in [(len - DIRECT_MIN_LEN + 1, DIRECT_MIN_LEN), (len - 3, 4)] {
-            let err = d.read_at(&p, offset as u64, &mut vec![0; n]).unwrap_err();
+            let err = d
+                .read_at_once(&p, offset as u64, &mut vec![0; n])
+                .unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{n} at {offset}");
         }
         // A removed file is not read through a kept handle.
         d.remove(&p).unwrap();
-        let err = d.read_at(&p, 0, &mut vec![0; DIRECT_MIN_LEN]).unwrap_err();
+        let err = d
+            .read_at_once(&p, 0, &mut vec![0; DIRECT_MIN_LEN])
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
     }
 

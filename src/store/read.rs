@@ -362,12 +362,14 @@ impl Store {
         (disk.state() != DiskState::Failed && disk.state() != DiskState::Retired).then_some(disk)
     }
 
+    /// Reads bytes `within` shard `idx`; `once` for bytes not read again soon (`Disk::read_at_once`).
     fn read_shard_range(
         &self,
         row: &ContainerRow,
         idx: usize,
         within: u64,
         buf: &mut [u8],
+        once: bool,
     ) -> io::Result<()> {
         let Some(d) = self.shard_source(row, idx) else {
             return Err(io::Error::new(
@@ -375,11 +377,12 @@ impl Store {
                 "shard's disk is failed or unknown",
             ));
         };
-        let r = d.disk.read_at(
-            &shard_path(row.id, idx),
-            SHARD_HEADER_LEN as u64 + within,
-            buf,
-        );
+        let (path, offset) = (shard_path(row.id, idx), SHARD_HEADER_LEN as u64 + within);
+        let r = if once {
+            d.disk.read_at_once(&path, offset, buf)
+        } else {
+            d.disk.read_at(&path, offset, buf)
+        };
         if let Err(e) = &r
             && e.kind() != io::ErrorKind::NotFound
         {
@@ -403,7 +406,7 @@ impl Store {
             let idx = (pos / s) as usize;
             let within = pos % s;
             let n = (s - within).min(range.end - pos) as usize;
-            self.read_shard_range(row, idx, within, &mut out[filled..filled + n])?;
+            self.read_shard_range(row, idx, within, &mut out[filled..filled + n], true)?;
             pos += n as u64;
             filled += n;
         }
@@ -452,7 +455,7 @@ impl Store {
                 }
                 tried[i] = true;
                 let mut b = vec![0u8; (hi - lo) as usize];
-                if self.read_shard_range(row, i, lo, &mut b).is_ok() {
+                if self.read_shard_range(row, i, lo, &mut b, false).is_ok() {
                     pieces[i] = Some(b);
                     have += 1;
                 }
