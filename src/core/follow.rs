@@ -18,9 +18,6 @@
 //! within a chunk or two. Beyond that the rest of the buffer is cut in one scan (and hashed in parallel by
 //! the caller), as without a memo.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
 use super::chunker::{ChunkerParams, final_cuts, first_cut};
 use super::ids::ChunkId;
 
@@ -67,67 +64,113 @@ fn tag(id: &ChunkId) -> u64 {
     u64::from_le_bytes(b) >> LEN_BITS
 }
 
-/// Keys are already uniform: hashing them again would only cost time.
-#[derive(Default)]
-struct KeyHasher(u64);
+/// A slot no key occupies (a real key of this value is stored as its neighbour: see `slot_key`).
+const EMPTY: u64 = u64::MAX;
 
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+/// One generation: an open-addressing table of (key, successor) slots, sized once and never grown, so its
+/// memory is fixed from the start (no rehash doubling it for a moment, no RSS growing with the stream).
+struct Table {
+    slots: Vec<[u64; 2]>,
+    len: usize,
+}
+
+impl Table {
+    fn new(slots: usize) -> Table {
+        // Filled with a non-zero value: the pages are written (resident) now, not as the first streams arrive.
+        Table {
+            slots: vec![[EMPTY, 0]; slots],
+            len: 0,
         }
     }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
+
+    /// The slot holding `key`, or the empty one where it would go (the table is never full: see `remember`).
+    fn find(&self, key: u64) -> usize {
+        let mask = self.slots.len() - 1;
+        let mut i = key as usize & mask;
+        while self.slots[i][0] != key && self.slots[i][0] != EMPTY {
+            i = (i + 1) & mask;
+        }
+        i
+    }
+
+    fn get(&self, key: u64) -> Option<NextChunk> {
+        let slot = self.slots[self.find(key)];
+        (slot[0] == key).then_some(NextChunk(slot[1]))
+    }
+
+    fn insert(&mut self, key: u64, next: NextChunk) {
+        let i = self.find(key);
+        if self.slots[i][0] == EMPTY {
+            self.len += 1;
+        }
+        self.slots[i] = [key, next.0];
+    }
+
+    fn clear(&mut self) {
+        self.slots.fill([EMPTY, 0]);
+        self.len = 0;
     }
 }
 
-type Table = HashMap<u64, NextChunk, BuildHasherDefault<KeyHasher>>;
+/// Keys are uniform hashes; the one value that means "empty" moves to its neighbour.
+fn slot_key(id: &ChunkId) -> u64 {
+    match key(id) {
+        EMPTY => EMPTY - 1,
+        k => k,
+    }
+}
 
-/// Chunk -> the chunk that followed it, for the most recent chunks ingested. Bounded: two generations of at
-/// most `generation` entries each; when the current one is full it becomes the previous one and the oldest
-/// generation is dropped. Every chunk ingested is remembered again, so a sequence that keeps repeating stays.
+/// Chunk -> the chunk that followed it, for the most recent chunks ingested. Two generations of at most
+/// `generation` entries each, in tables of fixed size allocated (and written) up front: ~16 bytes x 8/7 per
+/// entry, so memory is the same from the first stream on. When the current generation is full, the older
+/// one is cleared and becomes the current one. Every chunk ingested is remembered again, so a sequence that
+/// keeps repeating stays.
 pub struct SequenceMemo {
-    current: Table,
-    previous: Table,
+    tables: [Table; 2],
+    current: usize,
     generation: usize,
 }
 
 impl SequenceMemo {
     pub fn new(generation: usize) -> SequenceMemo {
+        let generation = generation.max(1);
+        // At most 7/8 full, so probes stay short and a probe always ends at an empty slot.
+        let slots = (generation * 8).div_ceil(7).next_power_of_two();
         SequenceMemo {
-            current: Table::default(),
-            previous: Table::default(),
-            generation: generation.max(1),
+            tables: [Table::new(slots), Table::new(slots)],
+            current: 0,
+            generation,
         }
     }
 
     /// The remembered successor of chunk `id`.
     pub fn next_of(&self, id: &ChunkId) -> Option<NextChunk> {
-        let k = key(id);
-        self.current
-            .get(&k)
-            .or_else(|| self.previous.get(&k))
-            .copied()
+        let k = slot_key(id);
+        self.tables[self.current]
+            .get(k)
+            .or_else(|| self.tables[1 - self.current].get(k))
     }
 
     /// Chunk `prev` was followed by `next`. Only for cuts found by content or at `max` (module doc).
     pub fn remember(&mut self, prev: &ChunkId, next: NextChunk) {
-        if self.current.len() >= self.generation {
-            self.previous = std::mem::take(&mut self.current);
+        if self.tables[self.current].len >= self.generation {
+            self.current = 1 - self.current;
+            self.tables[self.current].clear();
         }
-        self.current.insert(key(prev), next);
+        self.tables[self.current].insert(slot_key(prev), next);
     }
 
     pub fn len(&self) -> usize {
-        self.current.len() + self.previous.len()
+        self.tables[0].len + self.tables[1].len
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Bytes the tables take (allocated and written when the memo is made).
+    pub fn table_bytes(&self) -> usize {
+        self.tables.iter().map(|t| t.slots.len() * 16).sum()
     }
 }
 
@@ -274,6 +317,11 @@ mod tests {
         }
         // 7 remembered with generations of 3: the last generation holds 1, the previous 3, the oldest 3 went.
         assert_eq!(memo.len(), 4);
+        assert_eq!(
+            memo.table_bytes(),
+            2 * 4 * 16,
+            "3 entries fit 4 slots at most 7/8 full"
+        );
         assert!(memo.next_of(&ids[2]).is_none());
         assert!(memo.next_of(&ids[3]).unwrap().is(&ids[4]));
         assert!(memo.next_of(&ids[6]).unwrap().is(&ids[7]));
@@ -281,9 +329,35 @@ mod tests {
     }
 
     #[test]
+    fn a_full_table_still_answers_and_keys_of_every_value_are_kept() {
+        // Generations of 7 in 8 slots: the table is as full as it gets; lookups of absent keys end.
+        let mut memo = SequenceMemo::new(7);
+        assert_eq!(memo.table_bytes(), 2 * 8 * 16);
+        let mut id_with_key = |k: u64| {
+            let mut id = ChunkId::of(&k.to_le_bytes());
+            id.0[..8].copy_from_slice(&k.to_le_bytes());
+            id
+        };
+        // Keys that collide on the low bits, and the empty slot's value.
+        let ids: Vec<ChunkId> = [0, 8, 16, 24, u64::MAX, 5, 3]
+            .into_iter()
+            .map(&mut id_with_key)
+            .collect();
+        let next = ChunkId::of(b"next");
+        for (i, id) in ids.iter().enumerate() {
+            memo.remember(id, NextChunk::new(i + 1, &next).unwrap());
+        }
+        assert_eq!(memo.len(), 7);
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(memo.next_of(id).map(|n| n.chunk_len()), Some(i + 1), "{i}");
+        }
+        assert!(memo.next_of(&id_with_key(40)).is_none());
+    }
+
+    #[test]
     fn a_repeated_stream_is_followed_almost_whole() {
         let data = random_bytes(1, 600_000);
-        let mut memo = SequenceMemo::new(1 << 20);
+        let mut memo = SequenceMemo::new(1 << 14);
         let (first, followed_first) = ingest(&mut memo, &data, &[100_000, 250_001], 64 * 1024);
         assert_eq!(first, chunk_ranges(&data, SMALL));
         assert_eq!(followed_first, 0);
@@ -311,7 +385,7 @@ mod tests {
             if low_entropy {
                 data.iter_mut().enumerate().for_each(|(i, b)| if (i / 20_000) % 2 == 0 { *b = 0 });
             }
-            let mut memo = SequenceMemo::new(1 << 20);
+            let mut memo = SequenceMemo::new(1 << 14);
             let (first, _) = ingest(&mut memo, &data, &splits, batch);
             prop_assert_eq!(first, chunk_ranges(&data, SMALL));
             // The next "night": overwrites, insertions and deletions at random places.

@@ -109,9 +109,9 @@ fn container_capacity(cfg: &StoreConfig) -> usize {
 const BUFFERS_KEPT: usize = 12;
 /// Parity buffers kept: two seals' worth at m = 2, four at m = 1.
 const PARITY_BUFFERS_KEPT: usize = 4;
-/// Entries per generation of the sequence memo (core::follow): two generations of 2^20 table slots at 16
-/// bytes (+1 control byte) each, at most ~34 MiB, remembering the last ~0.9-1.8 M chunks: ~22-44 GB of
-/// streams at the default 24 KiB average chunk.
+/// Entries per generation of the sequence memo (core::follow): two tables of 2^20 slots of 16 bytes, 32 MiB
+/// allocated at open, remembering the last ~0.9-1.8 M chunks: ~22-44 GB of streams at the default 24 KiB
+/// average chunk.
 const SEQUENCE_MEMO_GENERATION: usize = (1 << 20) / 8 * 7;
 
 pub const DEFAULT_CONTAINER_TARGET: usize = 8 * 1024 * 1024;
