@@ -181,15 +181,7 @@ impl FileDisk {
     fn write_direct(&self, tmp: &Path, parts: &[&[u8]], total: usize) -> io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         let padded = total.next_multiple_of(DIRECT_ALIGN);
-        let mut buf = self
-            .buffers
-            .lock()
-            .ok()
-            .and_then(|mut pool| pool.pop())
-            .unwrap_or_default();
-        if buf.len() < padded + DIRECT_ALIGN {
-            buf.resize(padded + DIRECT_ALIGN, 0);
-        }
+        let mut buf = self.take_buffer(padded + DIRECT_ALIGN);
         let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
         let image = &mut buf[start..start + padded];
         let mut at = 0;
@@ -208,12 +200,7 @@ impl FileDisk {
             f.set_len(total as u64)?;
             f.sync_all()
         })();
-        if buf.len() <= POOLED_BUFFER_MAX
-            && let Ok(mut pool) = self.buffers.lock()
-            && pool.len() < POOLED_BUFFERS
-        {
-            pool.push(buf);
-        }
+        self.give_buffer(buf);
         result
     }
 }
@@ -287,15 +274,7 @@ impl FileDisk {
         let skip = (offset - lo) as usize;
         let need = skip + buf.len();
         let span = need.next_multiple_of(DIRECT_ALIGN);
-        let mut pooled = self
-            .buffers
-            .lock()
-            .ok()
-            .and_then(|mut pool| pool.pop())
-            .unwrap_or_default();
-        if pooled.len() < span + DIRECT_ALIGN {
-            pooled.resize(span + DIRECT_ALIGN, 0);
-        }
+        let mut pooled = self.take_buffer(span + DIRECT_ALIGN);
         let start = pooled.as_ptr().align_offset(DIRECT_ALIGN);
         let image = &mut pooled[start..start + span];
         let mut at = 0;
@@ -317,13 +296,32 @@ impl FileDisk {
                 Err(e) => break Err(e),
             }
         };
-        if pooled.len() <= POOLED_BUFFER_MAX
+        self.give_buffer(pooled);
+        result
+    }
+
+    /// A buffer of at least `len` bytes from the pool (its contents are whatever the last user left).
+    fn take_buffer(&self, len: usize) -> Vec<u8> {
+        let mut buf = self
+            .buffers
+            .lock()
+            .ok()
+            .and_then(|mut pool| pool.pop())
+            .unwrap_or_default();
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        buf
+    }
+
+    /// Back to the pool, unless the pool is full or the buffer too big to keep.
+    fn give_buffer(&self, buf: Vec<u8>) {
+        if buf.len() <= POOLED_BUFFER_MAX
             && let Ok(mut pool) = self.buffers.lock()
             && pool.len() < POOLED_BUFFERS
         {
-            pool.push(pooled);
+            pool.push(buf);
         }
-        result
     }
 }
 
