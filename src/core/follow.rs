@@ -50,18 +50,16 @@ impl NextChunk {
     }
 }
 
-/// The memo's key for a chunk: its id's first 8 bytes (ids are uniform hashes).
-fn key(id: &ChunkId) -> u64 {
+/// The id's 8 bytes from `at` as a word (ids are uniform hashes).
+fn id_word(id: &ChunkId, at: usize) -> u64 {
     let mut b = [0u8; 8];
-    b.copy_from_slice(&id.0[..8]);
+    b.copy_from_slice(&id.0[at..at + 8]);
     u64::from_le_bytes(b)
 }
 
-/// 40 bits of an id other than the key's.
+/// 40 bits of an id other than the memo's key (its first 8 bytes, `slot_key`).
 fn tag(id: &ChunkId) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&id.0[8..16]);
-    u64::from_le_bytes(b) >> LEN_BITS
+    id_word(id, 8) >> LEN_BITS
 }
 
 /// A slot no key occupies (a real key of this value is stored as its neighbour: see `slot_key`).
@@ -112,9 +110,10 @@ impl Table {
     }
 }
 
-/// Keys are uniform hashes; the one value that means "empty" moves to its neighbour.
+/// The memo's key for a chunk: its id's first 8 bytes; the one value that means "empty" moves to its
+/// neighbour.
 fn slot_key(id: &ChunkId) -> u64 {
-    match key(id) {
+    match id_word(id, 0) {
         EMPTY => EMPTY - 1,
         k => k,
     }

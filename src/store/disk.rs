@@ -93,7 +93,7 @@ pub struct FileDisk {
     /// dropped whenever this store replaces, removes or quarantines the file, and all of them when the disk
     /// fails; shard files are otherwise immutable, so a kept handle never reads stale bytes.
     handles: Mutex<HashMap<PathBuf, Arc<File>>>,
-    /// The same, opened with O_DIRECT, for `read_at`'s large reads.
+    /// The same, opened with O_DIRECT, for `read_at_once`'s large reads.
     direct_handles: Mutex<HashMap<PathBuf, Arc<File>>>,
 }
 
@@ -254,9 +254,7 @@ impl FileDisk {
         }
         Ok((buf, start..start + len))
     }
-}
 
-impl FileDisk {
     /// Reads `buf.len()` bytes at `offset` with O_DIRECT: the block-aligned span around them into an aligned,
     /// pooled buffer, then the bytes out of it. A healthy restore reads every byte once; through the page
     /// cache the kernel's copy out of freshly filled pages was 21-35% of a restore's CPU on this project's VMs
