@@ -125,6 +125,7 @@ fn seal_path_cpu(rounds: usize, containers: u64, per_container: u64) -> (f64, f6
                             tx,
                             &rows,
                             &catalog::segment_refs(&entries),
+                            &[],
                         )
                         .map(drop)
                     }

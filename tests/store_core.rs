@@ -852,3 +852,78 @@ fn a_repeated_stream_is_cut_by_following_it_exactly_where_scanning_cuts() {
     );
     assert!(store.catalog().read(check_catalog).unwrap().is_empty());
 }
+
+/// The sequence memo is in memory, but the catalog records which chunk followed which (`chunk_refs.next`):
+/// after a restart a repeated stream is followed as whole as in the process that wrote it, with scanning's
+/// cuts; a night's changes are recorded for the next night after another restart; and a chunker with other
+/// parameters forgets every recorded successor (following them would cut where it does not).
+#[test]
+fn a_stream_written_before_a_restart_is_followed_from_the_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let scanned = |b: &[u8], params: ChunkerParams| -> Vec<usize> {
+        chunk_ranges(b, params)
+            .into_iter()
+            .map(|r| r.len())
+            .collect()
+    };
+    // All but the first chunk (nothing precedes it) and the last (cut by the stream's end) can be followed.
+    let all_but_ends = |b: &[u8], lens: &[usize]| (b.len() - lens[0] - lens[lens.len() - 1]) as u64;
+    let night1 = data(11, 6_000_000);
+    let lens1 = {
+        let store = Store::open(cfg.clone()).unwrap();
+        let (_, followed, lens) = sealed_stream(&store, &night1, 70_001);
+        assert_eq!(followed, 0, "nothing remembered yet");
+        assert_eq!(lens, scanned(&night1, cfg.chunker));
+        lens
+    };
+    assert!(lens1.len() > 100);
+
+    let mut night2 = night1.clone();
+    for i in 0..12 {
+        let at = (i * 487_001 + 1234) % (night2.len() - 4096);
+        night2[at..at + 4096].fill(i as u8);
+    }
+    night2.splice(3_000_000..3_000_000, b"inserted ".repeat(100));
+    night2.drain(5_000_000..5_010_000);
+    let lens2 = {
+        let store = Store::open(cfg.clone()).unwrap();
+        let (md5, followed, again) = sealed_stream(&store, &night1, 1_000_003);
+        assert_eq!(md5, md5_of(&night1).to_be_bytes());
+        assert_eq!(again, lens1);
+        assert_eq!(followed, all_but_ends(&night1, &lens1));
+        // The next night, in the same process: its changes are recorded with its seals.
+        let (md5, _, lens2) = sealed_stream(&store, &night2, 262_144);
+        assert_eq!(md5, md5_of(&night2).to_be_bytes());
+        assert_eq!(lens2, scanned(&night2, cfg.chunker));
+        assert!(store.catalog().read(check_catalog).unwrap().is_empty());
+        lens2
+    };
+
+    // After another restart the second night repeats: followed whole, through the places it changed too.
+    // A stream with a run of zeros, which the chunker cuts at `max`, is recorded too.
+    let mut zeros = data(12, 3_000_000);
+    zeros[1_000_000..2_000_000].fill(0);
+    {
+        let store = Store::open(cfg.clone()).unwrap();
+        let (md5, followed, lens3) = sealed_stream(&store, &night2, 333_333);
+        assert_eq!(md5, md5_of(&night2).to_be_bytes());
+        assert_eq!(lens3, lens2);
+        assert_eq!(followed, all_but_ends(&night2, &lens2));
+        let (_, _, lens) = sealed_stream(&store, &zeros, 100_000);
+        let max = cfg.chunker.max as usize;
+        assert!(lens.iter().filter(|&&l| l == max).count() > 10);
+    }
+
+    // Same min and avg, a larger max: the same content cuts, but the zeros are cut at the new max. Following
+    // the old successors would cut them at the old one.
+    let mut other = cfg.clone();
+    other.chunker.max *= 2;
+    let store = Store::open(other.clone()).unwrap();
+    let (md5, followed, lens4) = sealed_stream(&store, &zeros, 262_144);
+    assert_eq!(md5, md5_of(&zeros).to_be_bytes());
+    assert_eq!(lens4, scanned(&zeros, other.chunker));
+    assert_ne!(lens4, scanned(&zeros, cfg.chunker));
+    assert_eq!(followed, 0, "no successor of the old chunker is followed");
+    assert!(store.catalog().read(check_catalog).unwrap().is_empty());
+}

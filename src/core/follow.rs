@@ -48,6 +48,17 @@ impl NextChunk {
     pub fn is(self, id: &ChunkId) -> bool {
         self.0 >> LEN_BITS == tag(id)
     }
+
+    /// The packed word, as the catalog keeps it (storage-format.md §7 `chunk_refs.next`). Never 0 for a
+    /// remembered successor: those are cut by content or at `max`, so longer than one byte.
+    pub fn word(self) -> u64 {
+        self.0
+    }
+
+    /// A word from the catalog; 0 means no successor is known.
+    pub fn from_word(word: u64) -> Option<NextChunk> {
+        (word != 0).then_some(NextChunk(word))
+    }
 }
 
 /// The id's 8 bytes from `at` as a word (ids are uniform hashes).
@@ -157,6 +168,14 @@ impl SequenceMemo {
             self.tables[self.current].clear();
         }
         self.tables[self.current].insert(slot_key(prev), next);
+    }
+
+    /// Chunk `prev` was followed by `next` in a stream written earlier (the catalog's record, loaded with its
+    /// container): remembered unless the memo already knows a successor of `prev`, which is as recent or more.
+    pub fn suggest(&mut self, prev: &ChunkId, next: NextChunk) {
+        if self.next_of(prev).is_none() {
+            self.remember(prev, next);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -305,6 +324,23 @@ mod tests {
         }
         assert_eq!(NextChunk::new(0, &id), None);
         assert_eq!(NextChunk::new((16 << 20) + 1, &id), None);
+    }
+
+    #[test]
+    fn a_successor_round_trips_through_its_catalog_word_and_suggestions_never_overwrite() {
+        let (a, b, c) = (ChunkId::of(b"a"), ChunkId::of(b"b"), ChunkId::of(b"c"));
+        let next = NextChunk::new(70_000, &b).unwrap();
+        assert_ne!(next.word(), 0);
+        assert_eq!(NextChunk::from_word(next.word()), Some(next));
+        assert_eq!(NextChunk::from_word(0), None);
+        let mut memo = SequenceMemo::new(16);
+        memo.suggest(&a, next);
+        assert_eq!(memo.next_of(&a), Some(next));
+        // What the memo learned itself stays over an older record from the catalog.
+        memo.suggest(&a, NextChunk::new(100, &c).unwrap());
+        assert_eq!(memo.next_of(&a), Some(next));
+        memo.remember(&a, NextChunk::new(100, &c).unwrap());
+        assert!(memo.next_of(&a).unwrap().is(&c));
     }
 
     #[test]

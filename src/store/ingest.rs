@@ -80,6 +80,11 @@ pub struct Upload {
     last_chunk: Option<ChunkId>,
     /// Bytes cut by following a remembered sequence instead of scanning (for tests and figures).
     followed: u64,
+    /// The last chunk named in the segment so far, with its container where known: the predecessor of the
+    /// next one in `successors`.
+    named_last: Option<(ChunkId, Option<ContainerId>)>,
+    /// Which chunk followed which since the last seal, recorded in `chunk_refs.next` by the next one.
+    successors: Vec<catalog::Successor>,
     open: Option<OpenContainer>,
     /// Chunk ids stored in the open container, so repeats within it dedup.
     open_ids: HashSet<ChunkId>,
@@ -129,6 +134,8 @@ impl Store {
             pending_ids: Vec::new(),
             last_chunk: None,
             followed: 0,
+            named_last: None,
+            successors: Vec::new(),
             open: None,
             open_ids: HashSet::new(),
             segment_no: 0,
@@ -193,16 +200,25 @@ impl Upload {
         self.fill_batch_buffer();
         self.pending_ends.clear();
         self.pending_ids.clear();
-        let sequences = &self.store.sequences;
+        let (dedup, catalog) = (&self.store.dedup, &self.store.catalog);
+        let mut failed = None;
         let cuts = follow_cuts(
             self.store.cfg.chunker,
             &self.pending,
             at_end,
             self.last_chunk,
-            |id| lock(sequences).next_of(id),
+            |id| {
+                dedup.next_of_loading(catalog, id).unwrap_or_else(|e| {
+                    failed.get_or_insert(e);
+                    None
+                })
+            },
             &mut self.pending_ends,
             &mut self.pending_ids,
         );
+        if let Some(e) = failed {
+            return Err(e);
+        }
         self.followed += cuts.followed as u64;
         let consumed = cuts.consumed;
         if consumed == 0 {
@@ -257,11 +273,11 @@ impl Upload {
                 .map(|c| ChunkId::of(c))
                 .collect();
             ids.extend(rest);
-            self.remember_sequence(&chunks, &ids, at_end);
+            let arrivals = self.remember_sequence(&chunks, &ids, at_end);
             self.md5
                 .feed(shared.clone(), &ends, &ids)
                 .map_err(md5_lost)?;
-            self.store_chunks(&shared, &ends, &chunks, &ids)?;
+            self.store_chunks(&shared, &ends, &chunks, &ids, &arrivals)?;
             // Back to the pool now unless pieces of it still wait for the MD5 lanes (they give it back).
             if let Ok(b) = Arc::try_unwrap(shared) {
                 self.store.batch_buffers.give(b);
@@ -275,22 +291,36 @@ impl Upload {
     }
 
     /// Remembers which chunk followed which (core::follow), except the stream's last chunk, which its end cut.
-    fn remember_sequence(&mut self, chunks: &[&[u8]], ids: &[ChunkId], at_end: bool) {
+    /// Returns each chunk as its predecessor's successor (None for the stream's last), for the catalog.
+    fn remember_sequence(
+        &mut self,
+        chunks: &[&[u8]],
+        ids: &[ChunkId],
+        at_end: bool,
+    ) -> Vec<Option<NextChunk>> {
         let remembered = if at_end {
             ids.len().saturating_sub(1)
         } else {
             ids.len()
         };
-        let mut prev = self.last_chunk;
-        let mut memo = lock(&self.store.sequences);
-        for (chunk, id) in chunks.iter().zip(ids).take(remembered) {
-            if let (Some(p), Some(next)) = (prev, NextChunk::new(chunk.len(), id)) {
-                memo.remember(&p, next);
-            }
-            prev = Some(*id);
-        }
-        drop(memo);
+        let arrivals: Vec<Option<NextChunk>> = chunks
+            .iter()
+            .zip(ids)
+            .enumerate()
+            .map(|(i, (chunk, id))| {
+                (i < remembered)
+                    .then(|| NextChunk::new(chunk.len(), id))
+                    .flatten()
+            })
+            .collect();
+        let prevs = std::iter::once(self.last_chunk).chain(ids.iter().copied().map(Some));
+        self.store.dedup.remember_sequence(
+            prevs
+                .zip(&arrivals)
+                .filter_map(|(prev, next)| Some((prev?, (*next)?))),
+        );
         self.last_chunk = ids.last().copied();
+        arrivals
     }
 
     /// Stores the batch's chunks: `chunks` (of `buffer`, ending at `ends`) with their ids.
@@ -300,6 +330,7 @@ impl Upload {
         ends: &[usize],
         chunks: &[&[u8]],
         ids: &[ChunkId],
+        arrivals: &[Option<NextChunk>],
     ) -> Result<()> {
         if ends.is_empty() {
             return Ok(());
@@ -419,8 +450,17 @@ impl Upload {
             }
             for i in span {
                 let raw_len = chunks[i].len() as u32;
+                let home = homes.get(&ids[i]).copied();
+                if let (Some((prev, prev_home)), Some(next)) = (self.named_last, arrivals[i]) {
+                    self.successors.push(catalog::Successor {
+                        prev,
+                        home: prev_home,
+                        next,
+                    });
+                }
+                self.named_last = Some((ids[i], home));
                 self.segment.push((ids[i], raw_len));
-                self.segment_homes.push(homes.get(&ids[i]).copied());
+                self.segment_homes.push(home);
                 self.logical += u64::from(raw_len);
             }
             let full = self
@@ -533,38 +573,45 @@ impl Upload {
             .as_ref()
             .map(|seg| catalog::segment_refs_with_homes(&seg.entries, &homes))
             .unwrap_or_default();
-        store.seal_container(open.builder, &open.new_chunks, &segment_refs, |tx| {
-            catalog::upsert_upload_open(tx, &upload, now_ms())?;
-            if let Some(seg) = &segment {
-                catalog::insert_segment(
-                    tx,
-                    &upload,
-                    seg.segment_no,
-                    seg.logical_start,
-                    container,
-                    &encode_segment_entries(&seg.entries),
-                )?;
-            }
-            match &finish {
-                None => Ok(()),
-                Some(Finish::Sealed) => catalog::seal_upload(tx, &upload, size, &md5, 0),
-                Some(Finish::Part(part)) => {
-                    catalog::seal_upload(tx, &upload, size, &md5, 0)?;
-                    part.record(
+        let successors = std::mem::take(&mut self.successors);
+        store.seal_container(
+            open.builder,
+            &open.new_chunks,
+            &segment_refs,
+            &successors,
+            |tx| {
+                catalog::upsert_upload_open(tx, &upload, now_ms())?;
+                if let Some(seg) = &segment {
+                    catalog::insert_segment(
                         tx,
-                        &SealedUpload {
-                            upload_id: upload,
-                            size,
-                            md5,
-                        },
-                    )
+                        &upload,
+                        seg.segment_no,
+                        seg.logical_start,
+                        container,
+                        &encode_segment_entries(&seg.entries),
+                    )?;
                 }
-                Some(Finish::Object { record, info, cond }) => {
-                    catalog::seal_upload(tx, &upload, size, &md5, 0)?;
-                    store.commit_in_tx(tx, info, &record.sources, cond)
+                match &finish {
+                    None => Ok(()),
+                    Some(Finish::Sealed) => catalog::seal_upload(tx, &upload, size, &md5, 0),
+                    Some(Finish::Part(part)) => {
+                        catalog::seal_upload(tx, &upload, size, &md5, 0)?;
+                        part.record(
+                            tx,
+                            &SealedUpload {
+                                upload_id: upload,
+                                size,
+                                md5,
+                            },
+                        )
+                    }
+                    Some(Finish::Object { record, info, cond }) => {
+                        catalog::seal_upload(tx, &upload, size, &md5, 0)?;
+                        store.commit_in_tx(tx, info, &record.sources, cond)
+                    }
                 }
-            }
-        })?;
+            },
+        )?;
         self.registered = true;
         self.open_ids.clear();
         if segment.is_some() {
@@ -700,11 +747,6 @@ impl Drop for Upload {
             }
         }
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The memo is consistent at every step: a panic elsewhere does not poison it.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn md5_lost(e: super::md5_lanes::Md5LaneError) -> super::StoreError {

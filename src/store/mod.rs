@@ -41,7 +41,6 @@ pub use read::ObjectReader;
 
 use crate::core::chunker::ChunkerParams;
 use crate::core::erasure::{Erasure, Geometry};
-use crate::core::follow::SequenceMemo;
 use crate::core::ids::{ContainerId, DiskId, StoreId};
 use catalog::Catalog;
 use dedup::DedupIndex;
@@ -109,10 +108,6 @@ fn container_capacity(cfg: &StoreConfig) -> usize {
 const BUFFERS_KEPT: usize = 12;
 /// Parity buffers kept: two seals' worth at m = 2, four at m = 1.
 const PARITY_BUFFERS_KEPT: usize = 4;
-/// Entries per generation of the sequence memo (core::follow): two tables of 2^20 slots of 16 bytes, 32 MiB
-/// allocated at open, remembering the last ~0.9-1.8 M chunks: ~22-44 GB of streams at the default 24 KiB
-/// average chunk.
-const SEQUENCE_MEMO_GENERATION: usize = (1 << 20) / 8 * 7;
 
 pub const DEFAULT_CONTAINER_TARGET: usize = 8 * 1024 * 1024;
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
@@ -138,9 +133,6 @@ pub struct Store {
     /// ~55% of unique ingest's page faults once the server was warm. At most `PARITY_BUFFERS_KEPT` (~2-3 MiB
     /// each at the default container size).
     parity_buffers: buffers::BufferPool,
-    /// Which chunk followed which in recent streams: a repeated stream is cut by following it instead of
-    /// scanning (core::follow). In memory only; after a restart it fills again.
-    sequences: Mutex<SequenceMemo>,
     jobs: jobs::Jobs,
     _lock: File,
 }
@@ -292,6 +284,20 @@ impl Store {
             })?;
         }
 
+        // Successors recorded under other chunker parameters would make following cut where scanning does not.
+        let chunker = cfg.chunker;
+        let forgotten = catalog.write(|tx| {
+            catalog::keep_successors_of_chunker(
+                tx,
+                &format!("{}/{}/{}", chunker.min, chunker.avg, chunker.max),
+            )
+        })?;
+        if forgotten > 0 {
+            tracing::info!(
+                forgotten,
+                "chunker parameters changed: recorded chunk successors forgotten"
+            );
+        }
         let dedup = catalog.read(|c| Ok(DedupIndex::load(c, 64)?))?;
         let next_container = catalog.read(|c| {
             let reserved =
@@ -330,7 +336,6 @@ impl Store {
             batch_buffers,
             container_buffers,
             parity_buffers,
-            sequences: Mutex::new(SequenceMemo::new(SEQUENCE_MEMO_GENERATION)),
             jobs: jobs::Jobs::default(),
             _lock: lock,
         };

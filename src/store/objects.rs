@@ -70,7 +70,7 @@ impl Store {
         for (ty, payload) in records {
             b.push_record(*ty, payload);
         }
-        self.seal_container(b, &[], &[], then)
+        self.seal_container(b, &[], &[], &[], then)
     }
 
     // ---------------- buckets ----------------

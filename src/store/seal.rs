@@ -20,12 +20,14 @@ const MAX_PLACEMENT_ATTEMPTS: usize = 4;
 impl Store {
     /// Seals `builder`, writes its shards, then commits one catalog transaction holding the container, its
     /// shard locations, its new chunk rows, the references of the segment sealed with it (`segment_refs`, from
-    /// `catalog::segment_refs_with_homes`), and whatever `then` adds. Returns only when all of it is durable.
+    /// `catalog::segment_refs_with_homes`), the chunk successors its stream showed (`successors`), and whatever
+    /// `then` adds. Returns only when all of it is durable.
     pub(crate) fn seal_container(
         &self,
         builder: ContainerBuilder,
         new_chunks: &[(ChunkId, ChunkLocation)],
         segment_refs: &[catalog::ChunkRefs],
+        successors: &[catalog::Successor],
         then: impl FnOnce(&Transaction<'_>) -> Result<()>,
     ) -> Result<()> {
         let id = builder.id();
@@ -128,7 +130,8 @@ impl Store {
         };
         let inserted_ids = self.catalog.write(|tx| {
             catalog::insert_container(tx, &row)?;
-            let inserted = catalog::insert_chunks_with_refs(tx, new_chunks, segment_refs)?;
+            let inserted =
+                catalog::insert_chunks_with_refs(tx, new_chunks, segment_refs, successors)?;
             then(tx)?;
             Ok(inserted)
         })?;

@@ -229,7 +229,20 @@ mod tests {
         };
         assert_eq!(columns(&path, "chunks"), columns(&fresh, "chunks"));
         assert_eq!(columns(&path, "chunk_refs"), columns(&fresh, "chunk_refs"));
-        assert_eq!(columns(&path, "chunk_refs"), ["container_id", "id", "refs"]);
+        assert_eq!(
+            columns(&path, "chunk_refs"),
+            ["container_id", "id", "refs", "next"]
+        );
+        // Version 4: rows from before it know no successor.
+        let next: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row(
+                "SELECT next FROM chunk_refs WHERE id = ?1",
+                [&old.0[..]],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(next, 0);
     }
 
     /// A chunk stored raw in its own entry of `container`.
@@ -325,7 +338,7 @@ mod tests {
         let entries: Vec<(ChunkId, u32)> = named.iter().map(|&i| (ids[i], 20)).collect();
         let refs = segment_refs(&entries);
         let inserted = cat
-            .write(|tx| insert_chunks_with_refs(tx, &new_chunks, &refs))
+            .write(|tx| insert_chunks_with_refs(tx, &new_chunks, &refs, &[]))
             .unwrap();
         let mut expect_inserted = vec![ids[3], ids[4], ids[5]];
         expect_inserted.sort();
@@ -348,7 +361,7 @@ mod tests {
         let more = [(ChunkId::of(b"new"), loc(10))];
         let bad = segment_refs(&[(ids[0], 20), (unknown, 20), (more[0].0, 20)]);
         assert!(
-            cat.write(|tx| insert_chunks_with_refs(tx, &more, &bad))
+            cat.write(|tx| insert_chunks_with_refs(tx, &more, &bad, &[]))
                 .is_err()
         );
         assert_eq!(
@@ -393,7 +406,7 @@ mod tests {
         let refs = segment_refs_with_homes(&entries, &homes);
         assert_eq!(refs.len(), fresh.len() + 3);
         let inserted = cat
-            .write(|tx| insert_chunks_with_refs(tx, &new_chunks, &refs))
+            .write(|tx| insert_chunks_with_refs(tx, &new_chunks, &refs, &[]))
             .unwrap();
         assert_eq!(inserted.len(), fresh.len());
         assert_eq!(chunk_refs(&cat, &fresh), vec![1; fresh.len()]);

@@ -1,8 +1,11 @@
 //! Catalog queries. Plain functions over a connection or transaction, so they compose into one transaction.
 
+use std::collections::HashMap;
+
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::core::container::Codec;
+use crate::core::follow::NextChunk;
 use crate::core::ids::{ChunkId, ContainerId, DiskId, UploadId};
 use crate::core::records::{SourceRef, decode_segment_entries};
 use crate::store::api::{BucketInfo, ObjectInfo, ObjectMeta};
@@ -170,13 +173,29 @@ pub fn add_event(
     Ok(())
 }
 
+/// Where the chunker's parameters (`min/avg/max`) that cut the recorded successors are kept.
+const SUCCESSOR_CHUNKER_KEY: &str = "successor_chunker";
+
+/// Makes the recorded successors (`chunk_refs.next`) those of chunker `params`: a successor says where a
+/// chunker with the parameters of its day cut, and following one cut with other parameters would place cuts
+/// that scanning with today's does not (costing dedup). So when the parameters change, every recorded
+/// successor is forgotten, once, at the first open with the new ones. Returns how many were forgotten.
+pub fn keep_successors_of_chunker(c: &Connection, params: &str) -> Result<usize> {
+    if meta_get(c, SUCCESSOR_CHUNKER_KEY)?.as_deref() == Some(params) {
+        return Ok(0);
+    }
+    let forgotten = c.execute("UPDATE chunk_refs SET next = 0 WHERE next != 0", [])?;
+    meta_set(c, SUCCESSOR_CHUNKER_KEY, params)?;
+    Ok(forgotten)
+}
+
 // ---------- chunks ----------
 
 /// Inserts a chunk row with refs = 0 unless the id is already indexed (a concurrent upload stored the same
 /// chunk first; ours stays in our container as unreferenced bytes that compaction reclaims). Returns whether
 /// the row was inserted.
 pub fn insert_chunk(c: &Connection, id: &ChunkId, loc: &ChunkLocation) -> Result<bool> {
-    insert_chunk_with_refs(c, id, loc, 0)
+    insert_chunk_with_refs(c, id, loc, 0, 0)
 }
 
 /// `insert_chunk` with the chunk's refs starting at `refs`: its `chunks` row (where it is) and its
@@ -186,6 +205,7 @@ fn insert_chunk_with_refs(
     id: &ChunkId,
     loc: &ChunkLocation,
     refs: i64,
+    next: u64,
 ) -> Result<bool> {
     let mut st = c.prepare_cached(
         "INSERT OR IGNORE INTO chunks(id, container_id, offset, stored_len, raw_len, codec, group_offset, group_raw)
@@ -204,9 +224,26 @@ fn insert_chunk_with_refs(
     if n != 1 {
         return Ok(false);
     }
-    c.prepare_cached("INSERT INTO chunk_refs(container_id, id, refs) VALUES (?1, ?2, ?3)")?
-        .execute(params![loc.container.0 as i64, &id.0[..], refs])?;
+    c.prepare_cached(
+        "INSERT INTO chunk_refs(container_id, id, refs, next) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        loc.container.0 as i64,
+        &id.0[..],
+        refs,
+        next as i64
+    ])?;
     Ok(true)
+}
+
+/// Chunk `prev` (in container `home`, where the upload knows it) was followed by `next` in a stream
+/// (core::follow): recorded in `prev`'s `chunk_refs.next` in the transaction that seals the segment naming
+/// `next`, so a later process can follow the same sequence (storage-format.md §7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Successor {
+    pub prev: ChunkId,
+    pub home: Option<ContainerId>,
+    pub next: NextChunk,
 }
 
 /// One chunk a segment names: how often, and the container the upload found it in, when it knows (the update
@@ -262,16 +299,26 @@ pub fn insert_chunks_with_refs(
     c: &Connection,
     new_chunks: &[(ChunkId, ChunkLocation)],
     refs: &[ChunkRefs],
+    successors: &[Successor],
 ) -> Result<Vec<ChunkId>> {
     let refs_of = |id: &ChunkId| {
         refs.binary_search_by_key(id, |r| r.id)
             .map_or(0, |at| refs[at].times)
     };
+    // The successor of each chunk (the stream's latest, where it names a chunk twice), written with the row
+    // the segment inserts or updates anyway; what is left names chunks of earlier segments (the one before a
+    // container's first entry) and is written on its own below.
+    let mut next_of: HashMap<ChunkId, (Option<ContainerId>, NextChunk)> = successors
+        .iter()
+        .map(|s| (s.prev, (s.home, s.next)))
+        .collect();
     let mut sorted: Vec<&(ChunkId, ChunkLocation)> = new_chunks.iter().collect();
     sorted.sort_unstable_by_key(|(id, _)| *id);
     let mut inserted = Vec::with_capacity(sorted.len());
     for (id, loc) in sorted {
-        if insert_chunk_with_refs(c, id, loc, refs_of(id))? {
+        let next = next_of.get(id).map_or(0, |(_, n)| n.word());
+        if insert_chunk_with_refs(c, id, loc, refs_of(id), next)? {
+            next_of.remove(id);
             inserted.push(*id);
         }
     }
@@ -283,12 +330,28 @@ pub fn insert_chunks_with_refs(
         }
         // A stale or missing home (a concurrent upload indexed the chunk in its own container first) falls
         // back to the lookup through `chunks`.
-        if let Some(home) = r.home
-            && by_home.execute(params![home.0 as i64, &r.id.0[..], r.times])? == 1
-        {
-            continue;
+        if let Some(home) = r.home {
+            let next = next_of.get(&r.id).map_or(0, |(_, n)| n.word());
+            if by_home.execute(params![home.0 as i64, &r.id.0[..], r.times, next as i64])? == 1 {
+                next_of.remove(&r.id);
+                continue;
+            }
         }
         add_refs(&mut by_id, &r.id, r.times)?;
+    }
+    let mut next_in = c.prepare_cached(SET_NEXT_IN)?;
+    let mut next_by_id = c.prepare_cached(SET_NEXT)?;
+    for (prev, (home, next)) in next_of {
+        // A hint: a chunk whose row is gone (or never was) just has none.
+        let done = match home {
+            Some(home) => {
+                next_in.execute(params![home.0 as i64, &prev.0[..], next.word() as i64])? == 1
+            }
+            None => false,
+        };
+        if !done {
+            next_by_id.execute(params![&prev.0[..], next.word() as i64])?;
+        }
     }
     Ok(inserted)
 }
@@ -341,9 +404,14 @@ pub fn add_chunk_refs(c: &Connection, entries: &[(ChunkId, u32)], delta: i64) ->
 /// the container's other chunks, which a repeated stream names one after another.
 const ADD_REFS: &str = "UPDATE chunk_refs SET refs = refs + ?2
      WHERE container_id = (SELECT container_id FROM chunks WHERE id = ?1) AND id = ?1";
-/// `ADD_REFS` where the container is known.
+/// `ADD_REFS` where the container is known, also recording the chunk's successor unless ?4 is 0 (none known).
 const ADD_REFS_IN: &str =
-    "UPDATE chunk_refs SET refs = refs + ?3 WHERE container_id = ?1 AND id = ?2";
+    "UPDATE chunk_refs SET refs = refs + ?3, next = CASE ?4 WHEN 0 THEN next ELSE ?4 END
+     WHERE container_id = ?1 AND id = ?2";
+/// A chunk's successor alone, where its container is known, or through its `chunks` row.
+const SET_NEXT_IN: &str = "UPDATE chunk_refs SET next = ?3 WHERE container_id = ?1 AND id = ?2";
+const SET_NEXT: &str = "UPDATE chunk_refs SET next = ?2
+     WHERE container_id = (SELECT container_id FROM chunks WHERE id = ?1) AND id = ?1";
 
 /// Runs `ADD_REFS` for one id; a segment naming a chunk the index lacks is a catalog integrity error.
 fn add_refs(st: &mut rusqlite::CachedStatement<'_>, id: &ChunkId, delta: i64) -> Result<()> {

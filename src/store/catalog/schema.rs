@@ -1,7 +1,7 @@
 //! Catalog schema (storage-format.md §7). Migrations key off `PRAGMA user_version`: a new catalog runs
 //! every step from version 1, an older one the steps it lacks, so both end with identical tables.
 
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The whole current schema, as a new catalog gets it: version 1 and every migration (for tests and benches that
 /// build a catalog of their own).
@@ -14,7 +14,16 @@ pub fn current() -> String {
 }
 
 /// Steps from version `i + 1` to `i + 2`.
-pub const MIGRATIONS: &[&str] = &[MIGRATE_V1_TO_V2, MIGRATE_V2_TO_V3];
+pub const MIGRATIONS: &[&str] = &[MIGRATE_V1_TO_V2, MIGRATE_V2_TO_V3, MIGRATE_V3_TO_V4];
+
+/// Version 4: `chunk_refs.next`, the chunk that followed this one the last time a stream wrote or named it
+/// (core::follow's `NextChunk` word: its length - 1 in the low 24 bits, 40 bits of its id above; 0 = none
+/// known). A repeated stream is then cut by following it whether or not this process saw the first copy:
+/// a container's successors come into the sequence memo with its ids when the dedup index loads it. Only a
+/// hint: a wrong one costs a hash, never a cut scanning would not make (core::follow), never data.
+pub const MIGRATE_V3_TO_V4: &str = r#"
+ALTER TABLE chunk_refs ADD COLUMN next INTEGER NOT NULL DEFAULT 0;
+"#;
 
 /// Version 2: chunks inside a group (storage-format.md §4.5). `offset`/`stored_len` then locate the group's
 /// zstd frame, `group_offset` is the chunk's offset in the decompressed group and `group_raw` the group's
