@@ -4,7 +4,7 @@
 //! 2. Pipeline limits derived from them, per core and for all cores (and the disk).
 //! 3. Through the real `cairn serve` over S3 (client: rusty-s3 + ureq and sendfile, see common/s3.rs): unique
 //!    ingest, duplicate ingest (the same data again), restore healthy and with two disk directories removed,
-//!    rebuild and scrub, each against its limit.
+//!    duplicate ingest once more after restarting the server, rebuild and scrub, each against its limit.
 //! 4. The same data through restic into a local repository: throughput, stored bytes, Cairn/restic ratios.
 //! 5. Peak server RSS (VmHWM) during one big multipart upload and during 16 parallel uploads.
 //! 6. Stored bytes and dedup ratio over 7 nightly fulls of the three workloads, next to restic's.
@@ -20,7 +20,7 @@
 //!   CAIRN_BENCH_DIR             where the data, the store and the restic repos go (default: $TMPDIR)
 //!   CAIRN_BENCH_BIN             the `cairn` binary to run (default: this build), to compare two builds
 //!   CAIRN_BENCH_PERF=dup:/tmp/p.data  record the server with `perf record -g` during one phase (unique, dup,
-//!                               restore, degraded, rebuild, scrub) into the file named, to profile it
+//!                               restore, degraded, rebuild, scrub, dup-restarted) into the file named
 //!   CAIRN_BENCH_PERF_ARGS="-F 999 -g"  perf record's options (e.g. --call-graph dwarf,32768)
 
 use std::fs::File;
@@ -847,6 +847,26 @@ fn main() {
         "  same, against the limit incl. MD5",
         dup,
         Some(l.dup_md5),
+        None,
+    ));
+
+    // A second full often reaches a server started since the first (an upgrade, a reboot): its memo is empty,
+    // and the chunk successors recorded in the catalog are what it follows (loaded with each container).
+    srv.stop();
+    let srv = Server::start(&work.join("cairn"));
+    let client = Client::new(&srv.endpoint, "bench", ACCESS, SECRET);
+    let m = meter(&o, Some(srv.pid()), "dup-restarted");
+    let t_dup_restarted = upload_file(&client, &o, "full-3", &data);
+    cpu.push(CpuRow {
+        phase: "duplicate ingest after a restart".into(),
+        mb,
+        cpu: stop_meter(m),
+        per_core_limit: Some(l.hash_core),
+    });
+    rows.push(row(
+        "duplicate ingest after a server restart (successors from the catalog)",
+        unique_len as f64 / MB / t_dup_restarted,
+        Some(l.hash),
         None,
     ));
 

@@ -13,6 +13,12 @@
 //! tag match (2^-40 per attempt on differing bytes) would only place one cut where scanning would not: that
 //! costs dedup, never data, since every chunk is stored under the hash of its own bytes.
 //!
+//! The memo holds the last ~1-2 M chunks; the store also records each successor in the catalog
+//! (`chunk_refs.next`, storage-format.md §7) and suggests a container's recorded successors to the memo when
+//! the dedup index loads it, so a stream written before a restart, or longer ago than the memo reaches, is
+//! followed as well. A recorded successor obeys the same rule (content or `max` cuts only), and the catalog
+//! forgets them all when the chunker's parameters change.
+//!
 //! When a remembered successor does not match (new data), up to [`PROBE_CHUNKS`] chunks are cut one at a
 //! time by scanning, each looked up again: after a small change the stream is back on a remembered sequence
 //! within a chunk or two. Beyond that the rest of the buffer is cut in one scan (and hashed in parallel by

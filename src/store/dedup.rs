@@ -599,8 +599,17 @@ mod tests {
                     rusqlite::params![&id(i).0[..], offset, codec],
                 )
                 .unwrap();
-                conn.execute("INSERT INTO chunk_refs VALUES (7, ?1, 1)", [&id(i).0[..]])
-                    .unwrap();
+                // Chunk 1 was followed by chunk 2 (20 bytes); chunk 2's successor is unknown.
+                let next = if i == 1 {
+                    NextChunk::new(20, &id(2)).unwrap().word() as i64
+                } else {
+                    0
+                };
+                conn.execute(
+                    "INSERT INTO chunk_refs VALUES (7, ?1, 1, ?2)",
+                    rusqlite::params![&id(i).0[..], next],
+                )
+                .unwrap();
             }
         }
         let conn = Connection::open(&path).unwrap();
@@ -611,6 +620,10 @@ mod tests {
         assert_eq!(x.lookup(&conn, &id(2)).unwrap(), Some(ContainerId(7)));
         assert_eq!(x.stats().container_loads, 1);
         assert!(x.lookup(&conn, &id(3)).unwrap().is_none());
+        // The container's recorded successors came into the sequence memo with it.
+        let next = x.next_of(&id(1)).unwrap();
+        assert!(next.is(&id(2)) && next.chunk_len() == 20);
+        assert_eq!(x.next_of(&id(2)), None);
         // Codec 9 is not a codec: a read of the location is a clean error, not a panic or a wrong location.
         assert!(crate::store::catalog::get_chunk(&conn, &id(1)).is_err());
     }

@@ -372,6 +372,97 @@ mod tests {
         assert_eq!(cat.read(|c| get_chunk(c, &more[0].0)).unwrap(), None);
     }
 
+    /// The successors a stream showed land in `chunk_refs.next`: with a new chunk's insert, with a named
+    /// chunk's reference update, or alone for a chunk of an earlier container (by its known container, else
+    /// through `chunks`); a segment entry with no successor known keeps the recorded one; a chunk without a
+    /// row is skipped (a hint, not an integrity error).
+    #[test]
+    fn successors_are_recorded_with_the_rows_a_seal_writes() {
+        use crate::core::follow::NextChunk;
+        use rusqlite::OptionalExtension;
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("catalog.sqlite")).unwrap();
+        let ids: Vec<ChunkId> = (0..6u8).map(|i| ChunkId::of(&[b's', i])).collect();
+        let next = |len: usize, i: usize| NextChunk::new(len, &ids[i]).unwrap();
+        // Earlier: 0 and 1 in container 1, 2 in container 2 (0 was followed by 1).
+        cat.write(|tx| {
+            let refs = segment_refs(&[(ids[0], 20), (ids[1], 20)]);
+            let first = [(ids[0], raw_location(1)), (ids[1], raw_location(1))];
+            let s = [Successor {
+                prev: ids[0],
+                home: Some(ContainerId(1)),
+                next: next(20, 1),
+            }];
+            insert_chunks_with_refs(tx, &first, &refs, &s)?;
+            insert_chunk(tx, &ids[2], &raw_location(2))
+        })
+        .unwrap();
+        // This seal: new 3 and 4 in container 9; the stream went 1 -> 3 -> 0 -> 4 -> 2, with 1 named by the
+        // segment before (its container known) and 2 with no container known; 5 was never stored.
+        let entries = [(ids[3], 30), (ids[0], 20), (ids[4], 40), (ids[2], 20)];
+        let homes = [
+            Some(ContainerId(9)),
+            Some(ContainerId(1)),
+            Some(ContainerId(9)),
+            None,
+        ];
+        let seen = [
+            (1, Some(ContainerId(1)), next(30, 3)),
+            (3, Some(ContainerId(9)), next(20, 0)),
+            (0, Some(ContainerId(1)), next(40, 4)),
+            (4, Some(ContainerId(9)), next(20, 2)),
+            (5, None, next(10, 2)),
+        ];
+        let successors: Vec<Successor> = seen
+            .iter()
+            .map(|&(i, home, next)| Successor {
+                prev: ids[i],
+                home,
+                next,
+            })
+            .collect();
+        let new_chunks = [(ids[3], raw_location(9)), (ids[4], raw_location(9))];
+        let refs = segment_refs_with_homes(&entries, &homes);
+        cat.write(|tx| insert_chunks_with_refs(tx, &new_chunks, &refs, &successors))
+            .unwrap();
+        let recorded = |cat: &Catalog| -> Vec<Option<NextChunk>> {
+            ids.iter()
+                .map(|id| {
+                    cat.read(|c| {
+                        Ok(c.query_row(
+                            "SELECT r.next FROM chunks c JOIN chunk_refs r
+                               ON r.container_id = c.container_id AND r.id = c.id WHERE c.id = ?1",
+                            [&id.0[..]],
+                            |r| r.get::<_, i64>(0),
+                        )
+                        .optional()?)
+                    })
+                    .unwrap()
+                    .and_then(|w| NextChunk::from_word(w as u64))
+                })
+                .collect()
+        };
+        assert_eq!(
+            recorded(&cat),
+            vec![
+                Some(next(40, 4)),
+                Some(next(30, 3)),
+                None,
+                Some(next(20, 0)),
+                Some(next(20, 2)),
+                None
+            ]
+        );
+        assert_eq!(chunk_refs(&cat, &ids[..5]), vec![2, 1, 1, 1, 1]);
+        // A later segment naming 0 and 1 again without successors (a stream's last chunk has none) keeps them.
+        let refs =
+            segment_refs_with_homes(&[(ids[1], 20), (ids[0], 20)], &[Some(ContainerId(1)); 2]);
+        cat.write(|tx| insert_chunks_with_refs(tx, &[], &refs, &[]))
+            .unwrap();
+        assert_eq!(recorded(&cat)[..2], [Some(next(40, 4)), Some(next(30, 3))]);
+        assert_eq!(chunk_refs(&cat, &ids[..2]), vec![3, 2]);
+    }
+
     /// A segment's references land on the `chunk_refs` row under the container the upload knew, or, where
     /// that is stale (a concurrent upload indexed the chunk in its own container first), under the container
     /// the chunk index names.
