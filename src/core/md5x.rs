@@ -49,6 +49,10 @@ impl Md5State {
     /// Hashes `data` on this thread alone.
     pub fn update(&mut self, data: &[u8]) {
         let whole = self.take_head(data);
+        if self.tail_len != 0 {
+            // `data` ended inside the partial block: nothing whole to hash.
+            return;
+        }
         let (blocks, rest) = whole.as_chunks::<64>();
         compress_scalar(&mut self.h, blocks);
         self.keep_tail(rest);
@@ -75,6 +79,40 @@ impl Md5State {
         debug_assert!(self.tail_len == 0 && rest.len() < 64);
         self.tail[..rest.len()].copy_from_slice(rest);
         self.tail_len = rest.len();
+    }
+
+    /// The state as bytes (storage-format.md §7 `md5_checkpoints.state`): the four words little-endian, the
+    /// length hashed (u64 LE), then the `length % 64` bytes of the incomplete block.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24 + self.tail_len);
+        for w in self.h {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        out.extend_from_slice(&self.len.to_le_bytes());
+        out.extend_from_slice(&self.tail[..self.tail_len]);
+        out
+    }
+
+    /// A state from [`Md5State::to_bytes`]; None unless the bytes are exactly that shape.
+    pub fn from_bytes(b: &[u8]) -> Option<Md5State> {
+        let word = |i: usize| -> Option<[u8; 4]> { b.get(4 * i..4 * i + 4)?.try_into().ok() };
+        let mut h = [0u32; 4];
+        for (i, w) in h.iter_mut().enumerate() {
+            *w = u32::from_le_bytes(word(i)?);
+        }
+        let len = u64::from_le_bytes(b.get(16..24)?.try_into().ok()?);
+        let tail_len = (len % 64) as usize;
+        if b.len() != 24 + tail_len {
+            return None;
+        }
+        let mut tail = [0u8; 64];
+        tail[..tail_len].copy_from_slice(&b[24..]);
+        Some(Md5State {
+            h,
+            len,
+            tail,
+            tail_len,
+        })
     }
 
     /// The digest (RFC 1321 padding: 0x80, zeros, the bit length little-endian).
@@ -605,6 +643,34 @@ mod tests {
 
     fn reference(data: &[u8]) -> [u8; 16] {
         md5::Md5::digest(data).into()
+    }
+
+    /// A state saved as bytes and read back goes on to the same digest, whether it was hashed alone or in the
+    /// lanes; bytes of any other shape are refused.
+    #[test]
+    fn a_state_round_trips_through_its_bytes() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 31 % 251) as u8).collect();
+        for cut in [0, 1, 63, 64, 65, 1000, 4999] {
+            let mut alone = Md5State::new();
+            alone.update(&data[..cut]);
+            let mut lanes = [Md5State::new(), Md5State::new()];
+            {
+                let mut refs: Vec<&mut Md5State> = lanes.iter_mut().collect();
+                update_many(&mut refs, &[&data[..cut], &data[..cut / 2]]);
+            }
+            for (which, st) in [("alone", alone), ("lanes", lanes[0].clone())] {
+                let bytes = st.to_bytes();
+                assert_eq!(bytes.len(), 24 + cut % 64);
+                let mut back = Md5State::from_bytes(&bytes).expect("round trip");
+                back.update(&data[cut..]);
+                assert_eq!(back.finalize(), reference(&data), "cut {cut} {which}");
+                assert_eq!(Md5State::from_bytes(&bytes[..bytes.len() - 1]), None);
+                let mut longer = bytes.clone();
+                longer.push(0);
+                assert_eq!(Md5State::from_bytes(&longer), None);
+            }
+        }
+        assert_eq!(Md5State::from_bytes(&[0; 10]), None);
     }
 
     #[test]
