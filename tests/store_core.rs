@@ -927,3 +927,51 @@ fn a_stream_written_before_a_restart_is_followed_from_the_catalog() {
     assert_eq!(followed, 0, "no successor of the old chunker is followed");
     assert!(store.catalog().read(check_catalog).unwrap().is_empty());
 }
+
+/// Writes `bytes` as one sealed upload; returns its MD5 and how many of its bytes took their MD5 state from
+/// the memo or the catalog instead of being hashed.
+fn md5_of_upload(store: &Arc<Store>, bytes: &[u8]) -> ([u8; 16], u64) {
+    let mut up = store.begin_upload().unwrap();
+    for p in bytes.chunks(300_007) {
+        up.write(p).unwrap();
+    }
+    let md5 = up.md5().unwrap();
+    let remembered = up.md5_remembered_bytes();
+    up.finish_sealed().unwrap();
+    (md5, remembered)
+}
+
+/// The MD5 states at a stream's checkpoints are recorded in the catalog: after a restart a repeated stream's
+/// MD5 (its ETag) is taken from there instead of hashed, whole; a stream changed in its middle takes the part
+/// before the change; the digests are right either way.
+#[test]
+fn a_repeated_streams_md5_comes_from_the_catalog_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let stream = data(21, 8_000_000);
+    let mut changed = stream.clone();
+    changed[5_000_000..5_000_100].fill(7);
+    {
+        let store = Store::open(cfg.clone()).unwrap();
+        let (md5, remembered) = md5_of_upload(&store, &stream);
+        assert_eq!(md5, md5_of(&stream).to_be_bytes());
+        assert_eq!(remembered, 0, "a new store knows no stream");
+    }
+    let store = Store::open(cfg.clone()).unwrap();
+    let (md5, remembered) = md5_of_upload(&store, &stream);
+    assert_eq!(md5, md5_of(&stream).to_be_bytes());
+    assert_eq!(
+        remembered,
+        stream.len() as u64,
+        "all of it, from the catalog"
+    );
+    drop(store);
+    let store = Store::open(cfg).unwrap();
+    let (md5, remembered) = md5_of_upload(&store, &changed);
+    assert_eq!(md5, md5_of(&changed).to_be_bytes());
+    assert!(
+        remembered > 3_000_000 && remembered <= 5_000_000,
+        "the part before the change: {remembered}"
+    );
+    assert!(store.catalog().read(check_catalog).unwrap().is_empty());
+}

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use md5::{Digest, Md5};
 
 use super::md5_lanes::Md5Stream;
+use crate::core::md5x::Md5State;
 use rayon::prelude::*;
 
 use super::api::{ObjectInfo, ObjectMeta, PartInfo, PutCondition, SealedUpload};
@@ -116,6 +117,21 @@ enum Finish<'a> {
 }
 
 impl Store {
+    /// The catalog's MD5 state for a stream fingerprint (md5_lanes.rs), if recorded. A hint: a read error or
+    /// a malformed row only means hashing.
+    fn recorded_md5_state(&self, fingerprint: &[u8; 32]) -> Option<Md5State> {
+        match self
+            .catalog
+            .read(|c| catalog::md5_checkpoint(c, fingerprint))
+        {
+            Ok(row) => row.as_deref().and_then(Md5State::from_bytes),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading an MD5 checkpoint failed: hashing instead");
+                None
+            }
+        }
+    }
+
     pub fn begin_upload(self: &Arc<Self>) -> Result<Upload> {
         Ok(Upload {
             store: self.clone(),
@@ -123,7 +139,14 @@ impl Store {
             md5: {
                 // Batch buffers go back to the pool as soon as their MD5 is done, from whichever thread.
                 let store = self.clone();
-                Md5Stream::new(Some(Box::new(move |b| store.batch_buffers.give(b))))
+                let recycle = store.clone();
+                Md5Stream::with_memo(
+                    Some(Box::new(move |b| recycle.batch_buffers.give(b))),
+                    self.md5_memo.clone(),
+                    Some(Box::new(move |fingerprint| {
+                        store.recorded_md5_state(fingerprint)
+                    })),
+                )
             },
             md5_digest: None,
             drained: false,
@@ -233,6 +256,11 @@ impl Upload {
     /// Bytes cut by following a remembered chunk sequence instead of scanning.
     pub fn followed_bytes(&self) -> u64 {
         self.followed
+    }
+
+    /// Bytes whose MD5 state came from the memo or the catalog instead of being hashed.
+    pub fn md5_remembered_bytes(&self) -> u64 {
+        self.md5.remembered()
     }
 
     /// Bytes written so far.

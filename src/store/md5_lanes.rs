@@ -15,7 +15,10 @@
 //! state is remembered under a fingerprint of the stream's chunk ids so far (a BLAKE3 chain: equal
 //! fingerprints mean equal bytes, the same assumption as dedup itself). A stream that reaches a remembered
 //! fingerprint takes that state and drops its pieces still waiting: duplicate data is not MD5-hashed again.
-//! The memory is a bounded in-memory table (`MEMO_ENTRIES`); after a restart it fills again.
+//! The memo is a bounded in-memory table (`MEMO_ENTRIES`) per store; the store also records new checkpoints in
+//! its catalog (`md5_checkpoints`, written with its next seal) and looks a checkpoint up there when memory
+//! does not know it, so a repeated stream is spared its MD5 after a restart too, and for streams longer ago
+//! than memory reaches.
 //!
 //! Measured (README, issue 5): handing the MD5 state over with each batch and taking it back at the next one
 //! left ~2 of 8 lanes busy in duplicate ingest (and a scalar pass whenever one batch waited alone), MD5 45% of
@@ -75,6 +78,8 @@ struct Stream {
     inner: Mutex<StreamInner>,
     changed: Condvar,
     recycle: Option<Recycle>,
+    /// Where the states at this stream's checkpoints are remembered (by whichever thread hashes them).
+    memo: Arc<Md5Memo>,
 }
 
 impl Stream {
@@ -123,12 +128,14 @@ type Piece = (Arc<Vec<u8>>, Range<usize>, Option<[u8; 32]>);
 struct Memo {
     states: HashMap<[u8; 32], Md5State>,
     order: VecDeque<[u8; 32]>,
+    /// Remembered here and not yet handed to the catalog (only for a memo that keeps them: `Md5Memo::durable`).
+    unsaved: Vec<([u8; 32], Md5State)>,
 }
 
 impl Memo {
-    fn remember(&mut self, key: [u8; 32], state: &Md5State) {
+    fn remember(&mut self, key: [u8; 32], state: &Md5State) -> bool {
         if self.states.contains_key(&key) {
-            return;
+            return false;
         }
         if self.order.len() >= MEMO_ENTRIES
             && let Some(old) = self.order.pop_front()
@@ -137,13 +144,63 @@ impl Memo {
         }
         self.order.push_back(key);
         self.states.insert(key, state.clone());
+        true
     }
 }
 
-fn memo() -> &'static Mutex<Memo> {
-    static MEMO: OnceLock<Mutex<Memo>> = OnceLock::new();
-    MEMO.get_or_init(|| Mutex::new(Memo::default()))
+/// The checkpoint states of one store's streams (see the module doc).
+#[derive(Default)]
+pub struct Md5Memo {
+    inner: Mutex<Memo>,
+    /// New states are kept for [`Md5Memo::take_unsaved`] (the store records them in its catalog).
+    durable: bool,
 }
+
+impl Md5Memo {
+    /// A memo in memory only.
+    pub fn new() -> Md5Memo {
+        Md5Memo::default()
+    }
+
+    /// A memo whose new states the owner takes with [`Md5Memo::take_unsaved`] to record them.
+    pub fn durable() -> Md5Memo {
+        Md5Memo {
+            inner: Mutex::default(),
+            durable: true,
+        }
+    }
+
+    fn get(&self, key: &[u8; 32]) -> Option<Md5State> {
+        lock(&self.inner).states.get(key).cloned()
+    }
+
+    fn remember(&self, key: [u8; 32], state: &Md5State) {
+        let mut m = lock(&self.inner);
+        // Bounded like the table: when nobody takes them (no seal for a long while), the oldest wait longest.
+        if m.remember(key, state) && self.durable && m.unsaved.len() < MEMO_ENTRIES {
+            m.unsaved.push((key, state.clone()));
+        }
+    }
+
+    /// A state read back from the owner's record: remembered in memory, not recorded again.
+    fn remember_recorded(&self, key: [u8; 32], state: &Md5State) {
+        lock(&self.inner).remember(key, state);
+    }
+
+    /// The states remembered since the last call, to be recorded.
+    pub fn take_unsaved(&self) -> Vec<([u8; 32], Md5State)> {
+        std::mem::take(&mut lock(&self.inner).unsaved)
+    }
+}
+
+/// The memo of streams made without one of their own (`Md5Stream::new`).
+fn process_memo() -> Arc<Md5Memo> {
+    static MEMO: OnceLock<Arc<Md5Memo>> = OnceLock::new();
+    MEMO.get_or_init(|| Arc::new(Md5Memo::new())).clone()
+}
+
+/// Looks a fingerprint up in the store's record of checkpoints (its catalog), when memory does not know it.
+pub type RecordedState = Box<dyn Fn(&[u8; 32]) -> Option<Md5State> + Send>;
 
 /// The fingerprint chain's start (versioned, so a change of the rule can never match old entries).
 fn fingerprint_start() -> [u8; 32] {
@@ -196,6 +253,8 @@ pub struct Md5Stream {
     /// Counted in OPEN_STREAMS: from its first piece handed over to its end. (A stream that has not
     /// produced a piece yet, a new part still filling its first batch, is not waited for.)
     open: bool,
+    /// The store's record of checkpoints, asked when the memo does not know one.
+    recorded: Option<RecordedState>,
     /// Ended: `state` was called.
     closed: bool,
 }
@@ -210,6 +269,16 @@ impl Md5Stream {
     /// `recycle` takes batch buffers back as soon as their last piece is hashed (or dropped), by whichever
     /// thread that happens on: a hashed batch does not wait for its upload's next one to be given back.
     pub fn new(recycle: Option<Recycle>) -> Md5Stream {
+        Self::with_memo(recycle, process_memo(), None)
+    }
+
+    /// A stream remembering its checkpoints in `memo`, and looking those memory does not know up in
+    /// `recorded`.
+    pub fn with_memo(
+        recycle: Option<Recycle>,
+        memo: Arc<Md5Memo>,
+        recorded: Option<RecordedState>,
+    ) -> Md5Stream {
         Md5Stream {
             shared: Arc::new(Stream {
                 inner: Mutex::new(StreamInner {
@@ -221,6 +290,7 @@ impl Md5Stream {
                 }),
                 changed: Condvar::new(),
                 recycle,
+                memo,
             }),
             submitted: 0,
             fingerprint: fingerprint_start(),
@@ -230,6 +300,7 @@ impl Md5Stream {
             carry: None,
             closed: false,
             open: false,
+            recorded,
         }
     }
 
@@ -301,7 +372,12 @@ impl Md5Stream {
         if self.diverged {
             return None;
         }
-        lock(memo()).states.get(&self.fingerprint).cloned()
+        let memo = &self.shared.memo;
+        memo.get(&self.fingerprint).or_else(|| {
+            let state = self.recorded.as_ref()?(&self.fingerprint)?;
+            memo.remember_recorded(self.fingerprint, &state);
+            Some(state)
+        })
     }
 
     /// `buf[range]` is covered by a state taken from the memo: counted as remembered, never hashed, and its hold
@@ -415,7 +491,7 @@ impl Md5Stream {
         }
         self.wait_hashed(self.submitted)?;
         let state = lock(&self.shared.inner).state.clone();
-        lock(memo()).remember(self.fingerprint, &state);
+        self.shared.memo.remember(self.fingerprint, &state);
         Ok(state)
     }
 
@@ -577,7 +653,7 @@ fn combine(own: Option<(&Arc<Stream>, u64)>) {
             .map(|(_, jobs)| jobs.iter().map(|j| &j.data[j.range.clone()]).collect())
             .collect();
         let pieces: Vec<&[&[u8]]> = pieces.iter().map(|p| &p[..]).collect();
-        let mut remembered: Vec<([u8; 32], Md5State)> = Vec::new();
+        let mut remembered: Vec<(usize, [u8; 32], Md5State)> = Vec::new();
         // Beyond what is needed now, streams stop once the lanes would run less than `min_width` wide; their
         // rests wait for company. Pieces end at content-defined checkpoints, so their lengths vary a lot: run
         // to their ends (stopping only a stream that would go on alone), the lanes ran 2.4 wide on average
@@ -585,12 +661,11 @@ fn combine(own: Option<(&Arc<Stream>, u64)>) {
         let stops =
             update_many_pieces_while_wide(&mut refs, &pieces, &need, min_width(), |i, j, state| {
                 if let Some(key) = held.streams[i].1[j].checkpoint {
-                    remembered.push((key, state.clone()));
+                    remembered.push((i, key, state.clone()));
                 }
             });
-        let mut m = lock(memo());
-        for (key, state) in &remembered {
-            m.remember(*key, state);
+        for (i, key, state) in &remembered {
+            held.streams[*i].0.memo.remember(*key, state);
         }
         stops
     };

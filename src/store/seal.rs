@@ -128,8 +128,17 @@ impl Store {
             created_unix_ms: created,
             disks: placed.clone(),
         };
+        // MD5 checkpoint states hashed since the last seal (of any upload) ride along: a hint, so losing them
+        // with a failed transaction costs only hashing.
+        let md5_states: Vec<([u8; 32], Vec<u8>)> = self
+            .md5_memo
+            .take_unsaved()
+            .into_iter()
+            .map(|(fingerprint, state)| (fingerprint, state.to_bytes()))
+            .collect();
         let inserted_ids = self.catalog.write(|tx| {
             catalog::insert_container(tx, &row)?;
+            catalog::save_md5_checkpoints(tx, &md5_states, super::MD5_CHECKPOINTS_KEPT)?;
             let inserted =
                 catalog::insert_chunks_with_refs(tx, new_chunks, segment_refs, successors)?;
             then(tx)?;

@@ -372,6 +372,31 @@ mod tests {
         assert_eq!(cat.read(|c| get_chunk(c, &more[0].0)).unwrap(), None);
     }
 
+    /// MD5 checkpoints: a recorded fingerprint keeps its first state, and only the newest `keep` stay.
+    #[test]
+    fn md5_checkpoints_keep_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("catalog.sqlite")).unwrap();
+        let fp = |i: u8| [i; 32];
+        let save = |states: &[([u8; 32], Vec<u8>)]| {
+            cat.write(|tx| save_md5_checkpoints(tx, states, 3)).unwrap()
+        };
+        save(&[(fp(1), vec![1]), (fp(2), vec![2])]);
+        save(&[(fp(1), vec![9]), (fp(3), vec![3])]);
+        let get = |i: u8| cat.read(|c| md5_checkpoint(c, &fp(i))).unwrap();
+        assert_eq!(
+            (get(1), get(2), get(3)),
+            (Some(vec![1]), Some(vec![2]), Some(vec![3]))
+        );
+        save(&[(fp(4), vec![4]), (fp(5), vec![5])]);
+        assert_eq!(
+            (1..=5).map(get).collect::<Vec<_>>(),
+            [None, None, Some(vec![3]), Some(vec![4]), Some(vec![5])]
+        );
+        save(&[]);
+        assert_eq!(get(3), Some(vec![3]));
+    }
+
     /// The successors a stream showed land in `chunk_refs.next`: with a new chunk's insert, with a named
     /// chunk's reference update, or alone for a chunk of an earlier container (by its known container, else
     /// through `chunks`); a segment entry with no successor known keeps the recorded one; a chunk without a

@@ -189,6 +189,40 @@ pub fn keep_successors_of_chunker(c: &Connection, params: &str) -> Result<usize>
     Ok(forgotten)
 }
 
+// ---------- MD5 checkpoints ----------
+
+/// The recorded MD5 state (`Md5State::to_bytes`) of streams whose chunk ids so far have this fingerprint.
+pub fn md5_checkpoint(c: &Connection, fingerprint: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+    Ok(
+        c.prepare_cached("SELECT state FROM md5_checkpoints WHERE fingerprint = ?1")?
+            .query_row([&fingerprint[..]], |r| r.get(0))
+            .optional()?,
+    )
+}
+
+/// Records checkpoint states (a fingerprint already recorded keeps its state: equal fingerprints mean equal
+/// bytes) and lets the oldest beyond the last `keep` go.
+pub fn save_md5_checkpoints(
+    c: &Connection,
+    states: &[([u8; 32], Vec<u8>)],
+    keep: u64,
+) -> Result<()> {
+    if states.is_empty() {
+        return Ok(());
+    }
+    let mut st = c.prepare_cached(
+        "INSERT OR IGNORE INTO md5_checkpoints(fingerprint, state) VALUES (?1, ?2)",
+    )?;
+    for (fingerprint, state) in states {
+        st.execute(params![&fingerprint[..], state])?;
+    }
+    c.prepare_cached(
+        "DELETE FROM md5_checkpoints WHERE seq <= (SELECT MAX(seq) FROM md5_checkpoints) - ?1",
+    )?
+    .execute([keep as i64])?;
+    Ok(())
+}
+
 // ---------- chunks ----------
 
 /// Inserts a chunk row with refs = 0 unless the id is already indexed (a concurrent upload stored the same

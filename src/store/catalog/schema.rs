@@ -21,8 +21,18 @@ pub const MIGRATIONS: &[&str] = &[MIGRATE_V1_TO_V2, MIGRATE_V2_TO_V3, MIGRATE_V3
 /// known). A repeated stream is then cut by following it whether or not this process saw the first copy:
 /// a container's successors come into the sequence memo with its ids when the dedup index loads it. Only a
 /// hint: a wrong one costs a hash, never a cut scanning would not make (core::follow), never data.
+///
+/// And `md5_checkpoints`: the MD5 state of a stream at a content-defined checkpoint, under the fingerprint of
+/// its chunk ids so far (store::md5_lanes), so a repeated stream takes its ETag's MD5 state from here instead
+/// of hashing again, after a restart too. `seq` orders them by age: the oldest beyond the last
+/// `MD5_CHECKPOINTS_KEPT` go (a hint too: a missing one costs hashing).
 pub const MIGRATE_V3_TO_V4: &str = r#"
 ALTER TABLE chunk_refs ADD COLUMN next INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE md5_checkpoints(
+    seq INTEGER PRIMARY KEY,
+    fingerprint BLOB NOT NULL UNIQUE,
+    state BLOB NOT NULL
+);
 "#;
 
 /// Version 2: chunks inside a group (storage-format.md §4.5). `offset`/`stored_len` then locate the group's
