@@ -779,6 +779,18 @@ fn a_declared_length_lets_the_last_container_take_the_rest_within_half_a_target(
 
 /// A stream written in pieces of `piece` bytes and sealed: its MD5, the bytes cut by following a remembered
 /// chunk sequence, and its chunk lengths in stream order as its segments in the catalog record them.
+/// The night after `night`: twelve scattered 4 KiB blocks rewritten, an insertion and a deletion.
+fn next_night(night: &[u8]) -> Vec<u8> {
+    let mut next = night.to_vec();
+    for i in 0..12 {
+        let at = (i * 487_001 + 1234) % (next.len() - 4096);
+        next[at..at + 4096].fill(i as u8);
+    }
+    next.splice(3_000_000..3_000_000, b"inserted ".repeat(100));
+    next.drain(5_000_000..5_010_000);
+    next
+}
+
 fn sealed_stream(store: &Arc<Store>, bytes: &[u8], piece: usize) -> ([u8; 16], u64, Vec<usize>) {
     let mut up = store.begin_upload().unwrap();
     for p in bytes.chunks(piece) {
@@ -835,13 +847,7 @@ fn a_repeated_stream_is_cut_by_following_it_exactly_where_scanning_cuts() {
 
     // The next night: scattered 4 KiB blocks rewritten, an insertion and a deletion. Cuts stay scanning's;
     // the stream is back on the remembered sequence a chunk or two after each change.
-    let mut night2 = night1.clone();
-    for i in 0..12 {
-        let at = (i * 487_001 + 1234) % (night2.len() - 4096);
-        night2[at..at + 4096].fill(i as u8);
-    }
-    night2.splice(3_000_000..3_000_000, b"inserted ".repeat(100));
-    night2.drain(5_000_000..5_010_000);
+    let night2 = next_night(&night1);
     let (md5, followed, lens2) = sealed_stream(&store, &night2, 262_144);
     assert_eq!(md5, md5_of(&night2).to_be_bytes());
     assert_eq!(lens2, scanned(&night2));
@@ -879,13 +885,7 @@ fn a_stream_written_before_a_restart_is_followed_from_the_catalog() {
     };
     assert!(lens1.len() > 100);
 
-    let mut night2 = night1.clone();
-    for i in 0..12 {
-        let at = (i * 487_001 + 1234) % (night2.len() - 4096);
-        night2[at..at + 4096].fill(i as u8);
-    }
-    night2.splice(3_000_000..3_000_000, b"inserted ".repeat(100));
-    night2.drain(5_000_000..5_010_000);
+    let night2 = next_night(&night1);
     let lens2 = {
         let store = Store::open(cfg.clone()).unwrap();
         let (md5, followed, again) = sealed_stream(&store, &night1, 1_000_003);

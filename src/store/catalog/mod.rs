@@ -259,15 +259,27 @@ mod tests {
 
     /// The references of each of `ids` (its `chunk_refs` row, found through its container).
     fn chunk_refs(cat: &Catalog, ids: &[ChunkId]) -> Vec<i64> {
+        chunk_refs_column(cat, ids, "refs")
+            .into_iter()
+            .map(|v| v.expect("every chunk has its chunk_refs row"))
+            .collect()
+    }
+
+    /// `column` of each of `ids`' `chunk_refs` row, None for an id without a row.
+    fn chunk_refs_column(cat: &Catalog, ids: &[ChunkId], column: &str) -> Vec<Option<i64>> {
+        use rusqlite::OptionalExtension;
         ids.iter()
             .map(|id| {
                 cat.read(|c| {
                     Ok(c.query_row(
-                        "SELECT r.refs FROM chunks c JOIN chunk_refs r
-                             ON r.container_id = c.container_id AND r.id = c.id WHERE c.id = ?1",
+                        &format!(
+                            "SELECT r.{column} FROM chunks c JOIN chunk_refs r
+                               ON r.container_id = c.container_id AND r.id = c.id WHERE c.id = ?1"
+                        ),
                         [&id.0[..]],
                         |r| r.get(0),
-                    )?)
+                    )
+                    .optional()?)
                 })
                 .unwrap()
             })
@@ -404,7 +416,6 @@ mod tests {
     #[test]
     fn successors_are_recorded_with_the_rows_a_seal_writes() {
         use crate::core::follow::NextChunk;
-        use rusqlite::OptionalExtension;
         let dir = tempfile::tempdir().unwrap();
         let cat = Catalog::open(&dir.path().join("catalog.sqlite")).unwrap();
         let ids: Vec<ChunkId> = (0..6u8).map(|i| ChunkId::of(&[b's', i])).collect();
@@ -451,20 +462,9 @@ mod tests {
         cat.write(|tx| insert_chunks_with_refs(tx, &new_chunks, &refs, &successors))
             .unwrap();
         let recorded = |cat: &Catalog| -> Vec<Option<NextChunk>> {
-            ids.iter()
-                .map(|id| {
-                    cat.read(|c| {
-                        Ok(c.query_row(
-                            "SELECT r.next FROM chunks c JOIN chunk_refs r
-                               ON r.container_id = c.container_id AND r.id = c.id WHERE c.id = ?1",
-                            [&id.0[..]],
-                            |r| r.get::<_, i64>(0),
-                        )
-                        .optional()?)
-                    })
-                    .unwrap()
-                    .and_then(|w| NextChunk::from_word(w as u64))
-                })
+            chunk_refs_column(cat, &ids, "next")
+                .into_iter()
+                .map(|w| w.and_then(|w| NextChunk::from_word(w as u64)))
                 .collect()
         };
         assert_eq!(
