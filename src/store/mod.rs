@@ -110,7 +110,7 @@ const BUFFERS_KEPT: usize = 12;
 const PARITY_BUFFERS_KEPT: usize = 4;
 
 /// MD5 checkpoints kept in the catalog (~100-150 bytes each with their index): the last ~4 M, one per ~1.5 MB
-/// of new or changed streams, ~6 TB of them, ~0.5 GB of catalog.
+/// of new or changed streams, ~6 TB of them, up to ~0.6 GB of catalog.
 const MD5_CHECKPOINTS_KEPT: u64 = 1 << 22;
 
 pub const DEFAULT_CONTAINER_TARGET: usize = 8 * 1024 * 1024;
