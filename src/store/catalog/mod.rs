@@ -384,6 +384,37 @@ mod tests {
         assert_eq!(cat.read(|c| get_chunk(c, &more[0].0)).unwrap(), None);
     }
 
+    /// Recorded successors stay while the chunker's parameters do, and are forgotten once when they change.
+    #[test]
+    fn successors_are_forgotten_when_the_chunker_changes() {
+        use crate::core::follow::NextChunk;
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("catalog.sqlite")).unwrap();
+        let keep = |params: &str| {
+            cat.write(|tx| keep_successors_of_chunker(tx, params))
+                .unwrap()
+        };
+        assert_eq!(keep("4096/16384/65536"), 0, "a new catalog has none");
+        let (a, b) = (ChunkId::of(b"a"), ChunkId::of(b"b"));
+        let next = NextChunk::new(5000, &b).unwrap();
+        let refs = segment_refs(&[(a, 20), (b, 20)]);
+        let chunks = [(a, raw_location(1)), (b, raw_location(1))];
+        let successors = [Successor {
+            prev: a,
+            home: Some(ContainerId(1)),
+            next,
+        }];
+        cat.write(|tx| insert_chunks_with_refs(tx, &chunks, &refs, &successors))
+            .unwrap();
+        let recorded = || chunk_refs_column(&cat, &[a], "next")[0];
+        assert_eq!(recorded(), Some(next.word() as i64));
+        assert_eq!(keep("4096/16384/65536"), 0);
+        assert_eq!(recorded(), Some(next.word() as i64));
+        assert_eq!(keep("4096/16384/131072"), 1);
+        assert_eq!(recorded(), Some(0));
+        assert_eq!(keep("4096/16384/131072"), 0);
+    }
+
     /// MD5 checkpoints: a recorded fingerprint keeps its first state, and only the newest `keep` stay.
     #[test]
     fn md5_checkpoints_keep_the_newest() {

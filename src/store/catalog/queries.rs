@@ -181,10 +181,14 @@ const SUCCESSOR_CHUNKER_KEY: &str = "successor_chunker";
 /// that scanning with today's does not (costing dedup). So when the parameters change, every recorded
 /// successor is forgotten, once, at the first open with the new ones. Returns how many were forgotten.
 pub fn keep_successors_of_chunker(c: &Connection, params: &str) -> Result<usize> {
-    if meta_get(c, SUCCESSOR_CHUNKER_KEY)?.as_deref() == Some(params) {
-        return Ok(0);
-    }
-    let forgotten = c.execute("UPDATE chunk_refs SET next = 0 WHERE next != 0", [])?;
+    let forgotten = match meta_get(c, SUCCESSOR_CHUNKER_KEY)? {
+        Some(recorded) if recorded == params => return Ok(0),
+        // Every version that records successors sets the key at open, before its first seal: a catalog
+        // without it (new, migrated to version 4 just now, or rebuilt) has none, so no pass over what may
+        // be 10^9 rows at the first start after an upgrade.
+        None => 0,
+        Some(_) => c.execute("UPDATE chunk_refs SET next = 0 WHERE next != 0", [])?,
+    };
     meta_set(c, SUCCESSOR_CHUNKER_KEY, params)?;
     Ok(forgotten)
 }
