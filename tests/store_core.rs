@@ -837,13 +837,7 @@ fn a_repeated_stream_is_cut_by_following_it_exactly_where_scanning_cuts() {
 
     // The same stream in other pieces (so other batch boundaries): every chunk but the first (nothing
     // precedes it) and the last (its cut was the stream's end, never remembered) is followed.
-    let (md5, followed, again) = sealed_stream(&store, &night1, 1_000_003);
-    assert_eq!(md5, md5_of(&night1).to_be_bytes());
-    assert_eq!(again, lens);
-    assert_eq!(
-        followed as usize,
-        night1.len() - lens[0] - lens[lens.len() - 1]
-    );
+    repeat_is_followed_whole(&store, &night1, 1_000_003, &lens);
 
     // The next night: scattered 4 KiB blocks rewritten, an insertion and a deletion. Cuts stay scanning's;
     // the stream is back on the remembered sequence a chunk or two after each change.
@@ -857,6 +851,19 @@ fn a_repeated_stream_is_cut_by_following_it_exactly_where_scanning_cuts() {
         night2.len()
     );
     assert!(store.catalog().read(check_catalog).unwrap().is_empty());
+}
+
+/// Writes `night` again (in pieces of `piece` bytes): its MD5 is right, its cuts are `lens` (the first
+/// copy's), and all but its first chunk (nothing precedes it) and its last (cut by the stream's end) are
+/// followed.
+fn repeat_is_followed_whole(store: &Arc<Store>, night: &[u8], piece: usize, lens: &[usize]) {
+    let (md5, followed, again) = sealed_stream(store, night, piece);
+    assert_eq!(md5, md5_of(night).to_be_bytes());
+    assert_eq!(again, lens);
+    assert_eq!(
+        followed as usize,
+        night.len() - lens[0] - lens[lens.len() - 1]
+    );
 }
 
 /// The sequence memo is in memory, but the catalog records which chunk followed which (`chunk_refs.next`):
@@ -873,8 +880,6 @@ fn a_stream_written_before_a_restart_is_followed_from_the_catalog() {
             .map(|r| r.len())
             .collect()
     };
-    // All but the first chunk (nothing precedes it) and the last (cut by the stream's end) can be followed.
-    let all_but_ends = |b: &[u8], lens: &[usize]| (b.len() - lens[0] - lens[lens.len() - 1]) as u64;
     let night1 = data(11, 6_000_000);
     let lens1 = {
         let store = Store::open(cfg.clone()).unwrap();
@@ -888,10 +893,7 @@ fn a_stream_written_before_a_restart_is_followed_from_the_catalog() {
     let night2 = next_night(&night1);
     let lens2 = {
         let store = Store::open(cfg.clone()).unwrap();
-        let (md5, followed, again) = sealed_stream(&store, &night1, 1_000_003);
-        assert_eq!(md5, md5_of(&night1).to_be_bytes());
-        assert_eq!(again, lens1);
-        assert_eq!(followed, all_but_ends(&night1, &lens1));
+        repeat_is_followed_whole(&store, &night1, 1_000_003, &lens1);
         // The next night, in the same process: its changes are recorded with its seals.
         let (md5, _, lens2) = sealed_stream(&store, &night2, 262_144);
         assert_eq!(md5, md5_of(&night2).to_be_bytes());
@@ -906,10 +908,7 @@ fn a_stream_written_before_a_restart_is_followed_from_the_catalog() {
     zeros[1_000_000..2_000_000].fill(0);
     {
         let store = Store::open(cfg.clone()).unwrap();
-        let (md5, followed, lens3) = sealed_stream(&store, &night2, 333_333);
-        assert_eq!(md5, md5_of(&night2).to_be_bytes());
-        assert_eq!(lens3, lens2);
-        assert_eq!(followed, all_but_ends(&night2, &lens2));
+        repeat_is_followed_whole(&store, &night2, 333_333, &lens2);
         let (_, _, lens) = sealed_stream(&store, &zeros, 100_000);
         let max = cfg.chunker.max as usize;
         assert!(lens.iter().filter(|&&l| l == max).count() > 10);
