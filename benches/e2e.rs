@@ -22,6 +22,9 @@
 //!   CAIRN_BENCH_PERF=dup:/tmp/p.data  record the server with `perf record -g` during one phase (unique, dup,
 //!                               restore, degraded, rebuild, scrub, dup-restarted) into the file named
 //!   CAIRN_BENCH_PERF_ARGS="-F 999 -g"  perf record's options (e.g. --call-graph dwarf,32768)
+//!   CAIRN_BENCH_AB=/path/a,/path/b  instead of all the above: alternating rounds (CAIRN_BENCH_AB_ROUNDS=3) of
+//!                               unique ingest, duplicate ingest and a scrub on a fresh server of each binary,
+//!                               with the server's CPU seconds per phase (comparing two builds on a noisy VM)
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -641,6 +644,12 @@ fn main() {
             .reader(0)
             .take(o.unique),
     );
+
+    if let Ok(bins) = std::env::var("CAIRN_BENCH_AB") {
+        let bins: Vec<PathBuf> = bins.split(',').map(PathBuf::from).collect();
+        ab_rounds(&o, &data, work, &bins);
+        return;
+    }
 
     // 1 + 2. Stage and pipeline limits.
     if o.bench {
@@ -1297,6 +1306,74 @@ fn nightly(o: &Opts, work: &Path, has_restic: bool) {
         std::fs::remove_dir_all(&repo).ok();
     }
     srv.stop();
+}
+
+/// `CAIRN_BENCH_AB`: the same phases on a fresh server of each binary in turn, round after round, so that the
+/// VM's slow spells fall on both. Each phase's MB/s and server CPU seconds; the medians per binary at the end.
+fn ab_rounds(o: &Opts, data: &Path, work: &Path, bins: &[PathBuf]) {
+    let rounds: usize = std::env::var("CAIRN_BENCH_AB_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let mb = std::fs::metadata(data).map(|m| m.len()).unwrap_or(0) as f64 / MB;
+    println!("\n| round | binary | unique MB/s | CPU s | dup MB/s | CPU s | scrub MB/s | CPU s |");
+    println!("|---|---|---|---|---|---|---|---|");
+    // Per binary, per phase: (MB/s, server CPU s) of every round.
+    let mut seen = vec![vec![Vec::new(); 3]; bins.len()];
+    for round in 0..rounds {
+        for (b, bin) in bins.iter().enumerate() {
+            let dir = work.join(format!("ab-{round}-{b}"));
+            let srv = Server::start_bin(&dir, bin);
+            let client = Client::new(&srv.endpoint, "bench", ACCESS, SECRET);
+            client.create_bucket().expect("create bucket");
+            let mut phase = |i: usize, name: &str, run: &dyn Fn() -> f64| {
+                let m = meter(o, Some(srv.pid()), name);
+                let bytes = run();
+                let (wall, server, _, _) = stop_meter(m);
+                seen[b][i].push((bytes / MB / wall, server));
+            };
+            phase(0, "unique", &|| {
+                upload_file(&client, o, "full-1", data);
+                mb * MB
+            });
+            phase(1, "dup", &|| {
+                upload_file(&client, o, "full-2", data);
+                mb * MB
+            });
+            evict_tree(&srv.disks());
+            let shards = tree_bytes(&srv.disks()) as f64;
+            phase(2, "scrub", &|| {
+                admin_job(&srv.data, "scrub");
+                shards
+            });
+            srv.stop();
+            let r: Vec<String> = seen[b]
+                .iter()
+                .map(|v| {
+                    let (mbs, cpu) = v[v.len() - 1];
+                    format!("{mbs:.0} | {cpu:.2}")
+                })
+                .collect();
+            println!("| {round} | {} | {} |", bin.display(), r.join(" | "));
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for (b, bin) in bins.iter().enumerate() {
+        let r: Vec<String> = seen[b]
+            .iter()
+            .map(|v| {
+                format!(
+                    "{:.0} | {:.2}",
+                    median(v.iter().map(|x| x.0).collect()),
+                    median(v.iter().map(|x| x.1).collect())
+                )
+            })
+            .collect();
+        println!("| median | {} | {} |", bin.display(), r.join(" | "));
+    }
 }
 
 /// Runs `cairn <job> --wait --json` against the running server; a short summary of its result.

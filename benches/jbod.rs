@@ -64,8 +64,12 @@ impl Disk for PacedDisk {
     fn read_all(&self, rel: &Path) -> io::Result<Vec<u8>> {
         self.paced(|| self.inner.read_all(rel), Vec::len)
     }
-    fn read_once(&self, rel: &Path) -> io::Result<(Vec<u8>, std::ops::Range<usize>)> {
-        self.paced(|| self.inner.read_once(rel), |(_, r)| r.len())
+    fn read_once(
+        &self,
+        rel: &Path,
+        reuse: Vec<u8>,
+    ) -> io::Result<(Vec<u8>, std::ops::Range<usize>)> {
+        self.paced(|| self.inner.read_once(rel, reuse), |(_, r)| r.len())
     }
     fn file_len(&self, rel: &Path) -> io::Result<u64> {
         self.inner.file_len(rel)

@@ -274,10 +274,15 @@ pub fn read_shards_raw(disks: &Path, threads: usize) -> (u64, f64) {
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
             s.spawn(|| {
+                // Each read into the buffer of the one before, as scrub reuses its read buffers.
+                let mut buf = Vec::new();
                 while let Some(shards) = work.get(next.fetch_add(1, Relaxed)) {
                     for (_, d, rel) in shards {
-                        if let Ok((_buf, range)) = disks[*d].read_once(rel) {
+                        if let Ok((read, range)) =
+                            disks[*d].read_once(rel, std::mem::take(&mut buf))
+                        {
                             bytes.fetch_add(range.len() as u64, Relaxed);
+                            buf = read;
                         }
                     }
                 }

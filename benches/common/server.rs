@@ -18,11 +18,16 @@ impl Server {
     /// `cairn serve --data <data> --listen 127.0.0.1:0`; returns once it printed its address.
     /// Automatic rebuilds are off, so a degraded restore is measured alone and the rebuild is timed by itself.
     pub fn start(data: &Path) -> Server {
-        let config = data.with_extension("toml");
-        std::fs::write(&config, "[maintenance]\nauto_rebuild = false\n").expect("write config");
         // CAIRN_BENCH_BIN runs another build (A/B comparisons of two binaries on the same machine).
         let bin = std::env::var_os("CAIRN_BENCH_BIN")
             .unwrap_or_else(|| env!("CARGO_BIN_EXE_cairn").into());
+        Server::start_bin(data, Path::new(&bin))
+    }
+
+    /// The same with the given `cairn` binary.
+    pub fn start_bin(data: &Path, bin: &Path) -> Server {
+        let config = data.with_extension("toml");
+        std::fs::write(&config, "[maintenance]\nauto_rebuild = false\n").expect("write config");
         let mut child = Command::new(bin)
             .arg("serve")
             .arg("--config")

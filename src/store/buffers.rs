@@ -10,16 +10,31 @@ pub struct BufferPool {
     free: Mutex<Vec<Vec<u8>>>,
     /// Buffers kept at most.
     max: usize,
-    /// Capacity handed out (and the largest kept: a buffer that grew past twice this is dropped).
+    /// Capacity handed out, and the smallest kept.
     size: usize,
+    /// The largest capacity kept (a buffer that grew past it is dropped).
+    largest: usize,
 }
 
 impl BufferPool {
+    /// Buffers of `size` (kept up to twice that).
     pub fn new(max: usize, size: usize) -> BufferPool {
         BufferPool {
             free: Mutex::new(Vec::new()),
             max,
             size,
+            largest: 2 * size,
+        }
+    }
+
+    /// Buffers of any size up to `largest`, taken as they were given back ([`BufferPool::take_as_is`]): the
+    /// read buffers of one scrub or rebuild, whose files differ in size.
+    pub fn any_size(max: usize, largest: usize) -> BufferPool {
+        BufferPool {
+            free: Mutex::new(Vec::new()),
+            max,
+            size: 0,
+            largest,
         }
     }
 
@@ -43,7 +58,7 @@ impl BufferPool {
 
     /// Returns a buffer for reuse; dropped if the pool is full or the buffer is not of the pool's kind.
     pub fn give(&self, buf: Vec<u8>) {
-        if buf.capacity() < self.size || buf.capacity() > 2 * self.size {
+        if buf.capacity() == 0 || buf.capacity() < self.size || buf.capacity() > self.largest {
             return;
         }
         if let Ok(mut f) = self.free.lock()
@@ -92,5 +107,21 @@ mod tests {
             Some(vec![7u8; 1000]),
             "length and bytes as given"
         );
+    }
+
+    #[test]
+    fn any_size_pool_keeps_what_it_is_given_up_to_its_largest() {
+        let pool = BufferPool::any_size(2, 1 << 20);
+        assert!(pool.take_as_is().is_none());
+        pool.give(Vec::new());
+        pool.give(vec![1u8; (1 << 20) + 1]);
+        assert_eq!(pool.held(), 0, "empty and oversized buffers are dropped");
+        pool.give(vec![2u8; 10]);
+        pool.give(vec![3u8; 5000]);
+        pool.give(vec![4u8; 6000]);
+        assert_eq!(pool.held(), 2, "at most max");
+        let mut back = [pool.take_as_is(), pool.take_as_is()];
+        back.sort();
+        assert_eq!(back, [Some(vec![2u8; 10]), Some(vec![3u8; 5000])]);
     }
 }

@@ -8,7 +8,7 @@ use super::catalog::{self, ContainerRow};
 use super::diskset::{DiskState, MarkerCheck, check_marker};
 use super::error::Result;
 use super::jobs::Job;
-use super::repair::{REPAIR_THREADS, for_each_parallel};
+use super::repair::{REPAIR_THREADS, ShardBuffers, for_each_parallel};
 use crate::core::ids::{ContainerId, DiskId};
 use crate::core::plan::{ContainerShards, plan_rebuild};
 use crate::core::shard::SHARD_HEADER_LEN;
@@ -116,6 +116,8 @@ impl Store {
         );
 
         let bytes_done = AtomicU64::new(0);
+        let width = usize::from(self.cfg.k) + usize::from(self.cfg.m);
+        let buffers = ShardBuffers::new(REPAIR_THREADS, width);
         for_each_parallel(&plan, REPAIR_THREADS, job, |action| {
             let Some(row) = rows.get(&action.container) else {
                 return;
@@ -128,8 +130,12 @@ impl Store {
                     return Ok(0);
                 }
                 // The shards being replaced are rebuilt from parity even if their old disk still answers.
-                let (mut shards, _) = self.read_shards(row, &action.missing, row.k as usize);
-                self.reconstruct_verified(row, &mut shards, false)?;
+                let (mut shards, _) =
+                    self.read_shards(row, &action.missing, row.k as usize, &buffers);
+                if let Err(e) = self.reconstruct_verified(row, &mut shards, false) {
+                    buffers.recycle(shards);
+                    return Err(e);
+                }
                 let mut moves = Vec::new();
                 for (idx, target) in action.missing.iter().zip(&action.targets) {
                     let Some(payload) = &shards[*idx] else {
@@ -144,6 +150,7 @@ impl Store {
                 }
                 let shard_bytes = row.shard_len
                     + (SHARD_HEADER_LEN + crate::core::shard::SHARD_TRAILER_LEN) as u64;
+                buffers.recycle(shards);
                 self.record_shard(row.id, &moves, shard_bytes)?;
                 Ok(moves.len() as u64)
             })();

@@ -8,7 +8,7 @@ use super::catalog::{self, ContainerRow};
 use super::disk::shard_path;
 use super::error::Result;
 use super::jobs::Job;
-use super::repair::for_each_parallel;
+use super::repair::{ShardBuffers, ShardPayload, for_each_parallel};
 
 /// Containers scrubbed at once. Scrub is CPU-bound (every chunk is decompressed and hashed), and each
 /// container's shards are read one after another: six in flight keep both the disks and the cores busy,
@@ -56,6 +56,8 @@ impl Store {
             }
             let done = AtomicU64::new(bytes_done);
             let verified = std::sync::Mutex::new(Vec::with_capacity(batch.len()));
+            let width = usize::from(self.cfg.k) + usize::from(self.cfg.m);
+            let buffers = ShardBuffers::new(SCRUB_THREADS, width);
             for_each_parallel(&batch, SCRUB_THREADS, job, |id| {
                 let Ok(Some(row)) = self
                     .catalog
@@ -63,7 +65,7 @@ impl Store {
                 else {
                     return;
                 };
-                if self.scrub_container(&row, job, repair)
+                if self.scrub_container(&row, job, repair, &buffers)
                     && let Ok(mut v) = verified.lock()
                 {
                     v.push(row.id);
@@ -106,15 +108,35 @@ impl Store {
     }
 
     /// Verifies (and with `repair`, repairs) one container; true when it is now wholly good.
-    fn scrub_container(&self, row: &ContainerRow, job: &Job, repair: bool) -> bool {
-        let (mut shards, problems) = self.read_all_shards(row);
+    fn scrub_container(
+        &self,
+        row: &ContainerRow,
+        job: &Job,
+        repair: bool,
+        buffers: &ShardBuffers,
+    ) -> bool {
+        let (mut shards, problems) = self.read_all_shards(row, buffers);
+        let good = self.scrub_shards(row, job, repair, &mut shards, &problems);
+        buffers.recycle(shards);
+        good
+    }
+
+    /// Checks (and with `repair`, repairs) one container's shards as they were read.
+    fn scrub_shards(
+        &self,
+        row: &ContainerRow,
+        job: &Job,
+        repair: bool,
+        shards: &mut [Option<ShardPayload>],
+        problems: &[(usize, String)],
+    ) -> bool {
         if !problems.is_empty() {
             job.update(|p| p.bad_shards += problems.len() as u64);
-            for (idx, why) in &problems {
+            for (idx, why) in problems {
                 tracing::warn!(container = %row.id, shard = idx, why, "scrub: bad shard");
             }
         }
-        if let Err(e) = self.reconstruct_verified(row, &mut shards, true) {
+        if let Err(e) = self.reconstruct_verified(row, shards, true) {
             let what = self.describe_loss(&e, row.id);
             tracing::error!("scrub: {what}");
             job.update(|p| p.unrepairable.push(what));
@@ -123,7 +145,7 @@ impl Store {
         let mut all_good = problems.is_empty();
         if repair && !problems.is_empty() {
             let mut moves = Vec::new();
-            for (idx, _) in &problems {
+            for (idx, _) in problems {
                 let Some(disk) = row.disks.get(*idx).copied().flatten() else {
                     continue;
                 };
