@@ -20,9 +20,9 @@ use super::diskset::{DiskEntry, DiskState, MarkerCheck, check_marker};
 use super::error::{Result, StoreError};
 use super::jobs::{Job, JobKind};
 use super::{Store, now_ms};
-use crate::core::container::{EntryType, decode_chunk, parse_container, parse_group, verify_group};
+use crate::core::container::{Pieces, verify_container_pieces};
 use crate::core::erasure::{Erasure, Geometry};
-use crate::core::ids::{ChunkId, ContainerId, DiskId};
+use crate::core::ids::{ContainerId, DiskId};
 use crate::core::shard::{SHARD_HEADER_LEN, ShardHeader, encode_trailer, verify_shard_file};
 
 /// A bad or missing shard: (shard index, what is wrong).
@@ -99,11 +99,6 @@ impl ShardBuffers {
             self.0.give(s.into_buffer());
         }
     }
-}
-
-thread_local! {
-    /// A container joined from its data shards, reused by the scrub or rebuild thread that parses it.
-    static JOINED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on every item with `threads` workers taking items in order (so a plan's priority order holds
@@ -396,10 +391,15 @@ impl Store {
             .flatten()
             .map(ShardPayload::bytes)
             .collect();
-        JOINED.with(|joined| {
-            let mut bytes = joined.borrow_mut();
-            erasure.join_into(&data, row.len as usize, &mut bytes);
-            check_container(row.id, &bytes, check_chunks)
+        // Checked where the data shards lie, not joined into one container first.
+        let container =
+            Pieces::new(&data, row.len as usize).ok_or_else(|| StoreError::Corrupt {
+                container: row.id,
+                detail: "its data shards hold fewer bytes than the container".into(),
+            })?;
+        verify_container_pieces(&container, check_chunks).map_err(|e| StoreError::Corrupt {
+            container: row.id,
+            detail: format!("container does not verify: {e}"),
         })
     }
 
@@ -572,40 +572,6 @@ impl Store {
         self.set_disk_state(id, DiskState::Failed, &format!("replaced by disk {new}"));
         Ok(new)
     }
-}
-
-/// Checks a joined container's structure (entry header CRCs) and, with `check_chunks`, every chunk's BLAKE3.
-fn check_container(id: ContainerId, bytes: &[u8], check_chunks: bool) -> Result<()> {
-    let (_, entries) = parse_container(bytes).map_err(|e| StoreError::Corrupt {
-        container: id,
-        detail: format!("container does not parse: {e}"),
-    })?;
-    if !check_chunks {
-        return Ok(());
-    }
-    for e in &entries {
-        let corrupt = |err: crate::core::error::CoreError| StoreError::Corrupt {
-            container: id,
-            detail: format!("chunk at {}: {err}", e.payload_offset),
-        };
-        match e.header.ty {
-            EntryType::Chunk => {
-                decode_chunk(
-                    e.header.codec,
-                    e.header.raw_len,
-                    e.payload,
-                    &ChunkId(e.header.id),
-                )
-                .map_err(corrupt)?;
-            }
-            EntryType::Group => {
-                let g = parse_group(e.payload, e.header.raw_len).map_err(corrupt)?;
-                verify_group(&g, e.header.raw_len).map_err(corrupt)?;
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
