@@ -84,8 +84,9 @@ pub(super) const REPAIR_THREADS: usize = 4;
 pub(super) struct ShardBuffers(BufferPool);
 
 /// The largest shard read buffer kept for reuse. A default container (8 MiB, up to 12 MiB for a stream's
-/// last) has shards of 2-6 MiB; shards of containers made with a larger `container_target` are read into
-/// buffers of their own and freed after use. The pool never holds more than the reads in flight held.
+/// last) has shards of at most 3 MiB at k = 4, 6 MiB at k = 2; shards of containers made with a larger
+/// `container_target` are read into buffers of their own and freed after use. The pool never holds more
+/// than the reads in flight held.
 const SHARD_BUFFER_MAX: usize = 17 << 20;
 
 impl ShardBuffers {
