@@ -9,7 +9,7 @@ mod cli;
 /// glibc's malloc with two arenas instead of eight per core: one per thread let RSS grow with the thread
 /// count (deploy/cairn.service also sets MALLOC_ARENA_MAX=2). A fixed mmap threshold was tried for RSS
 /// flatness (20 GB vs 2 GB upload: 1.37x -> 1.17x at 2 MiB) and dropped: every shard-sized buffer then cost
-/// fresh pages, +8-40% CPU in ingest, rebuild and scrub (README, Performance).
+/// fresh pages, +8-40% CPU in ingest, rebuild and scrub (docs/performance-history.md, session 3).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_malloc() {
     // SAFETY: mallopt only sets allocator parameters; called first thing, before any other thread exists.

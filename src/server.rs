@@ -113,7 +113,7 @@ pub fn router(store: Arc<Store>, opts: &ServerOptions) -> Router {
 
 /// The most a connection's read buffer grows to (hyper's default is ~400 KiB). An upload's body arrives in reads
 /// of up to this size: with 1 MiB a duplicate full backup took 2.7-2.9 server CPU s per 2 GB instead of 3.1-3.3
-/// (three A/B rounds of the e2e bench, README "Performance", session 14; unique ingest unchanged within noise,
+/// (three A/B rounds of the e2e bench, docs/performance-history.md, session 14; unique ingest unchanged within noise,
 /// 4 MiB measured the same as 1 MiB). hyper bounds a request head by the same size, so a head may be up to 1 MiB
 /// before the request is refused (431); the buffer only grows while reads fill it.
 const HTTP1_READ_BUFFER_MAX: usize = 1 << 20;

@@ -276,7 +276,7 @@ impl FileDisk {
     /// Reads `buf.len()` bytes at `offset` with O_DIRECT: the block-aligned span around them into an aligned,
     /// pooled buffer, then the bytes out of it. A healthy restore reads every byte once; through the page
     /// cache the kernel's copy out of freshly filled pages was 21-35% of a restore's CPU on this project's VMs
-    /// (README, issue 5), and a large restore would evict everything else the server has cached. (A degraded
+    /// (docs/performance-history.md), and a large restore would evict everything else the server has cached. (A degraded
     /// read re-reads the same shard rows for each frame of a container: it stays on the page cache.) Ok(false)
     /// where the filesystem takes no O_DIRECT here (the caller reads through the page cache).
     fn read_at_direct(&self, rel: &Path, offset: u64, buf: &mut [u8]) -> io::Result<bool> {

@@ -20,7 +20,7 @@
 //! does not know it, so a repeated stream is spared its MD5 after a restart too, and for streams longer ago
 //! than memory reaches.
 //!
-//! Measured (README, issue 5): handing the MD5 state over with each batch and taking it back at the next one
+//! Measured (docs/performance-history.md): handing the MD5 state over with each batch and taking it back at the next one
 //! left ~2 of 8 lanes busy in duplicate ingest (and a scalar pass whenever one batch waited alone), MD5 45% of
 //! the server's CPU. A single hashing thread was tried before that and serialised MD5 onto one core.
 
@@ -37,7 +37,7 @@ use crate::core::md5x::{LANES, Md5State, update_many_pieces_while_wide};
 /// hand-over first waits for the oldest. A stream's backlog is the company other streams find in the lanes
 /// when they must be hashed at once (a part's end): measured with 8 uploads of 16 MiB parts, 2 left 12% of
 /// MD5's bytes to the scalar kernel, 4 left 2%. Four pieces hold at most four batch buffers; peak RSS with 16
-/// parallel uploads stayed below what it was with 2 (README, issue 5).
+/// parallel uploads stayed below what it was with 2 (docs/performance-history.md).
 const MAX_OUTSTANDING: usize = 4;
 /// Remembered checkpoint states (~200 B each with the table's overhead): ~13 MiB, covering the last ~150 GB
 /// of streams at one checkpoint per ~2.3 MB.

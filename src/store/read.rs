@@ -182,7 +182,7 @@ impl Store {
     /// restore's CPU, half of it in the file locks SQLite takes per transaction; the containers a window
     /// touches are read once. The extension: a group cut by the window's end was decompressed (in a degraded
     /// read also reconstructed) again by the next window; with 2 MiB groups in 4 MiB windows that cost a
-    /// degraded restore ~20% of its CPU (README, session 7).
+    /// degraded restore ~20% of its CPU (docs/performance-history.md, session 7).
     fn locate_window(
         &self,
         mut ids: Vec<ChunkId>,
