@@ -358,65 +358,110 @@ pub struct ParsedEntry<'a> {
 /// Parses a whole sealed container: header, all entries, footer; checks magics, CRCs, entry count and
 /// footer offset. Record payload hashes are checked (HashMismatch); chunk payloads are NOT decoded here.
 pub fn parse_container(bytes: &[u8]) -> Result<(ContainerHeader, Vec<ParsedEntry<'_>>), CoreError> {
-    const W: &str = "container footer";
-    let header = parse_container_header(bytes)?;
-    let footer_at = footer_offset(bytes.len())?;
-    let count = parse_footer(&bytes[footer_at..], footer_at)?;
+    let mut entries = Vec::new();
+    let header = walk_container(&Pieces::whole(bytes), |e| {
+        entries.push(ParsedEntry {
+            header: e.header.clone(),
+            payload_offset: e.payload.start as u64,
+            payload: &bytes[e.payload.clone()],
+        });
+        Ok(())
+    })?;
+    Ok((header, entries))
+}
 
-    let body = &bytes[..footer_at];
-    // Each entry takes at least ENTRY_HEADER_LEN bytes, so the count bounds the allocation.
-    let max_entries = (footer_at - CONTAINER_HEADER_LEN) / ENTRY_HEADER_LEN;
-    let mut entries = Vec::with_capacity((count as usize).min(max_entries));
+/// An entry as [`walk_container`] found it.
+struct EntrySpan {
+    header: EntryHeader,
+    /// The payload's place in the container.
+    payload: std::ops::Range<usize>,
+    /// A group's member table length (0 for other entries).
+    table_len: usize,
+}
+
+/// The structure check behind [`parse_container`] and [`verify_container_pieces`]: header, footer, every
+/// entry header (CRC) and payload bound, the entry count, and the hashes of records and group member tables.
+/// Each entry is handed to `visit` in order; chunk payloads are not decoded here. Reads the pieces where they
+/// lie and copies only what straddles two of them.
+fn walk_container(
+    c: &Pieces<'_>,
+    mut visit: impl FnMut(&EntrySpan) -> Result<(), CoreError>,
+) -> Result<ContainerHeader, CoreError> {
+    const W: &str = "container entry";
+    let mut scratch = Vec::new();
+    let short = || malformed("container", "shorter than its structure says");
+    let header = parse_container_header(
+        c.contiguous(0..CONTAINER_HEADER_LEN.min(c.len()), &mut scratch)
+            .ok_or_else(short)?,
+    )?;
+    let footer_at = footer_offset(c.len())?;
+    let count = parse_footer(
+        c.contiguous(footer_at..c.len(), &mut scratch)
+            .ok_or_else(short)?,
+        footer_at,
+    )?;
+    let mut found = 0usize;
     let mut pos = CONTAINER_HEADER_LEN;
     while pos < footer_at {
-        let header = parse_entry_header(&body[pos..])
-            .map_err(|e| malformed("container entry", format!("at offset {pos}: {e}")))?;
+        let header_end = (pos + ENTRY_HEADER_LEN).min(footer_at);
+        let header = parse_entry_header(
+            c.contiguous(pos..header_end, &mut scratch)
+                .ok_or_else(short)?,
+        )
+        .map_err(|e| malformed(W, format!("at offset {pos}: {e}")))?;
         let start = pos + ENTRY_HEADER_LEN;
-        let payload = start
+        let end = start
             .checked_add(header.stored_len as usize)
-            .and_then(|end| body.get(start..end))
-            .ok_or_else(|| {
-                malformed(
-                    "container entry",
-                    format!("at offset {pos}: payload overruns footer"),
-                )
-            })?;
+            .filter(|&end| end <= footer_at)
+            .ok_or_else(|| malformed(W, format!("at offset {pos}: payload overruns footer")))?;
+        let mut table_len = 0;
         match header.ty {
             EntryType::Chunk => {}
             EntryType::Group => {
                 // The id field covers the member table; the members are verified by their own ids on decode.
-                let table = group_table_len(payload)
-                    .and_then(|n| payload.get(..n))
-                    .ok_or_else(|| {
-                        malformed("chunk group", format!("at offset {pos}: bad member count"))
-                    })?;
+                let count_end = (start + GROUP_COUNT_LEN).min(end);
+                let n = c
+                    .contiguous(start..count_end, &mut scratch)
+                    .ok_or_else(short)?;
+                table_len = group_table_len_of(n, end - start).ok_or_else(|| {
+                    malformed("chunk group", format!("at offset {pos}: bad member count"))
+                })?;
+                let table = c
+                    .contiguous(start..start + table_len, &mut scratch)
+                    .ok_or_else(short)?;
                 if *blake3::hash(table).as_bytes() != header.id {
                     return Err(CoreError::HashMismatch {
                         what: "chunk group member table",
                     });
                 }
             }
-            _ if *blake3::hash(payload).as_bytes() != header.id => {
-                return Err(CoreError::HashMismatch {
-                    what: "container record",
-                });
+            _ => {
+                let mut h = blake3::Hasher::new();
+                for s in c.slices(start..end).ok_or_else(short)? {
+                    h.update(s);
+                }
+                if *h.finalize().as_bytes() != header.id {
+                    return Err(CoreError::HashMismatch {
+                        what: "container record",
+                    });
+                }
             }
-            _ => {}
         }
-        pos = start + payload.len();
-        entries.push(ParsedEntry {
+        visit(&EntrySpan {
             header,
-            payload_offset: start as u64,
-            payload,
-        });
+            payload: start..end,
+            table_len,
+        })?;
+        found += 1;
+        pos = end;
     }
-    if entries.len() != count as usize {
+    if found != count as usize {
         return Err(malformed(
-            W,
-            format!("entry count {count}, found {}", entries.len()),
+            "container footer",
+            format!("entry count {count}, found {found}"),
         ));
     }
-    Ok((header, entries))
+    Ok(header)
 }
 
 /// Where the footer of a container of `len` bytes starts.
@@ -476,6 +521,15 @@ impl<'a> Pieces<'a> {
             starts,
             len,
         })
+    }
+
+    /// One contiguous container.
+    pub fn whole(bytes: &'a [u8]) -> Pieces<'a> {
+        Pieces {
+            pieces: vec![bytes],
+            starts: vec![0],
+            len: bytes.len(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -544,90 +598,34 @@ impl<'a> Pieces<'a> {
 /// (~7% of scrub's CPU in the bench, where nearly every group straddles a shard boundary: there it saves
 /// the copy of what does not, and all of rebuild's).
 pub fn verify_container_pieces(c: &Pieces<'_>, check_chunks: bool) -> Result<(), CoreError> {
-    const W: &str = "container entry";
     let mut scratch = Vec::new();
     let short = || malformed("container", "shorter than its structure says");
-    parse_container_header(
-        c.contiguous(0..CONTAINER_HEADER_LEN.min(c.len()), &mut scratch)
-            .ok_or_else(short)?,
-    )?;
-    let footer_at = footer_offset(c.len())?;
-    let count = parse_footer(
-        c.contiguous(footer_at..c.len(), &mut scratch)
-            .ok_or_else(short)?,
-        footer_at,
-    )?;
-    let mut found = 0usize;
-    let mut pos = CONTAINER_HEADER_LEN;
-    while pos < footer_at {
-        let header_end = (pos + ENTRY_HEADER_LEN).min(footer_at);
-        let header = parse_entry_header(
-            c.contiguous(pos..header_end, &mut scratch)
-                .ok_or_else(short)?,
-        )
-        .map_err(|e| malformed(W, format!("at offset {pos}: {e}")))?;
-        let start = pos + ENTRY_HEADER_LEN;
-        let end = start
-            .checked_add(header.stored_len as usize)
-            .filter(|&end| end <= footer_at)
-            .ok_or_else(|| malformed(W, format!("at offset {pos}: payload overruns footer")))?;
-        let at_entry = |e: CoreError| malformed(W, format!("chunk at {start}: {e}"));
-        match header.ty {
-            EntryType::Chunk if !check_chunks => {}
+    walk_container(c, |e| {
+        if !check_chunks {
+            return Ok(());
+        }
+        let (h, start, end) = (&e.header, e.payload.start, e.payload.end);
+        let at_entry =
+            |err: CoreError| malformed("container entry", format!("chunk at {start}: {err}"));
+        match h.ty {
             EntryType::Chunk => {
                 let payload = c.contiguous(start..end, &mut scratch).ok_or_else(short)?;
-                decode_chunk(header.codec, header.raw_len, payload, &ChunkId(header.id))
-                    .map_err(at_entry)?;
+                decode_chunk(h.codec, h.raw_len, payload, &ChunkId(h.id))
+                    .map(|_| ())
+                    .map_err(at_entry)
             }
             EntryType::Group => {
-                let count_end = (start + GROUP_COUNT_LEN).min(end);
-                let n = c
-                    .contiguous(start..count_end, &mut scratch)
-                    .ok_or_else(short)?;
-                let table_len = le_u32(n, 0)
-                    .and_then(|n| (n as usize).checked_mul(GROUP_MEMBER_LEN))
-                    .and_then(|l| l.checked_add(GROUP_COUNT_LEN))
-                    .filter(|&l| l > GROUP_COUNT_LEN && l <= end - start)
-                    .ok_or_else(|| {
-                        malformed("chunk group", format!("at offset {pos}: bad member count"))
-                    })?;
                 let table = c
-                    .contiguous(start..start + table_len, &mut scratch)
+                    .contiguous(start..start + e.table_len, &mut scratch)
                     .ok_or_else(short)?;
-                if *blake3::hash(table).as_bytes() != header.id {
-                    return Err(CoreError::HashMismatch {
-                        what: "chunk group member table",
-                    });
-                }
-                if check_chunks {
-                    let group = parse_group(table, header.raw_len).map_err(at_entry)?;
-                    let frame = c.slices(start + table_len..end).ok_or_else(short)?;
-                    verify_group_pieces(&group.members, &frame, header.raw_len)
-                        .map_err(at_entry)?;
-                }
+                let group = parse_group(table, h.raw_len).map_err(at_entry)?;
+                let frame = c.slices(start + e.table_len..end).ok_or_else(short)?;
+                verify_group_pieces(&group.members, &frame, h.raw_len).map_err(at_entry)
             }
-            _ => {
-                let mut h = blake3::Hasher::new();
-                for s in c.slices(start..end).ok_or_else(short)? {
-                    h.update(s);
-                }
-                if *h.finalize().as_bytes() != header.id {
-                    return Err(CoreError::HashMismatch {
-                        what: "container record",
-                    });
-                }
-            }
+            _ => Ok(()),
         }
-        found += 1;
-        pos = end;
-    }
-    if found != count as usize {
-        return Err(malformed(
-            "container footer",
-            format!("entry count {count}, found {found}"),
-        ));
-    }
-    Ok(())
+    })
+    .map(|_| ())
 }
 
 /// [`verify_group`] of a frame that lies in pieces: decompressed where it lies when that is one piece, else
@@ -743,11 +741,16 @@ fn encode_group_table(members: &[(ChunkId, u32)]) -> Vec<u8> {
 
 /// Length of the member table at the start of a group payload, if the count fits the payload.
 fn group_table_len(payload: &[u8]) -> Option<usize> {
-    let n = le_u32(payload, 0)? as usize;
+    group_table_len_of(payload, payload.len())
+}
+
+/// [`group_table_len`] of a payload of `payload_len` bytes that starts with `head` (at least its count).
+fn group_table_len_of(head: &[u8], payload_len: usize) -> Option<usize> {
+    let n = le_u32(head, 0)? as usize;
     let len = n
         .checked_mul(GROUP_MEMBER_LEN)?
         .checked_add(GROUP_COUNT_LEN)?;
-    (n >= 1 && len <= payload.len()).then_some(len)
+    (n >= 1 && len <= payload_len).then_some(len)
 }
 
 /// A parsed group payload: its members with their slots, and the zstd frame.

@@ -205,19 +205,6 @@ impl Erasure {
     /// Concatenates data shards and truncates to `container_len` (inverse of encode's split).
     pub fn join<S: AsRef<[u8]>>(&self, data_shards: &[S], container_len: usize) -> Vec<u8> {
         let mut out = Vec::with_capacity(container_len);
-        self.join_into(data_shards, container_len, &mut out);
-        out
-    }
-
-    /// [`Erasure::join`] into `out` (cleared first), reusing its allocation.
-    pub fn join_into<S: AsRef<[u8]>>(
-        &self,
-        data_shards: &[S],
-        container_len: usize,
-        out: &mut Vec<u8>,
-    ) {
-        out.clear();
-        out.reserve(container_len);
         for s in data_shards.iter().take(self.geometry.k.into()) {
             if out.len() >= container_len {
                 break;
@@ -226,6 +213,7 @@ impl Erasure {
             let take = (container_len - out.len()).min(s.len());
             out.extend_from_slice(&s[..take]);
         }
+        out
     }
 }
 
