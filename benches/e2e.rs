@@ -22,9 +22,11 @@
 //!   CAIRN_BENCH_PERF=dup:/tmp/p.data  record the server with `perf record -g` during one phase (unique, dup,
 //!                               restore, degraded, rebuild, scrub, dup-restarted) into the file named
 //!   CAIRN_BENCH_PERF_ARGS="-F 999 -g"  perf record's options (e.g. --call-graph dwarf,32768)
+//!   CAIRN_BENCH_ONLY=rss        only section 5 (CAIRN_BENCH_RSS_TRACE=1: also the RSS every 0.25 s, per second)
 //!   CAIRN_BENCH_AB=/path/a,/path/b  instead of all the above: alternating rounds (CAIRN_BENCH_AB_ROUNDS=3) of
 //!                               unique ingest, duplicate ingest and a scrub on a fresh server of each binary,
-//!                               with the server's CPU seconds per phase (comparing two builds on a noisy VM)
+//!                               with the server's CPU seconds and minor page faults per phase (comparing two
+//!                               builds on a noisy VM)
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -637,6 +639,10 @@ fn main() {
             .unwrap_or(1)
     );
 
+    if std::env::var("CAIRN_BENCH_ONLY").is_ok_and(|v| v == "rss") {
+        print_rows("Server RSS", &rss_rows(&o, work));
+        return;
+    }
     let data = work.join("unique.bin");
     let unique_len = write_stream(
         &data,
@@ -1114,104 +1120,7 @@ fn main() {
 
     // 5. Peak RSS.
     if !o.skip("rss") {
-        use std::sync::atomic::Ordering::Relaxed;
-        let srv = Server::start(&work.join("cairn-rss"));
-        let client = Client::new(&srv.endpoint, "bench", ACCESS, SECRET);
-        client.create_bucket().expect("create bucket");
-        // Flatness: the same generator and part size, one tenth of the size first, on the same server. Within
-        // the big upload, the peak over its first tenth is also read apart from the peak over the rest: memory
-        // that grew with the bytes of one object would show there, with the heap equally warm in both.
-        // 0 until read.
-        let first_tenth_peak = std::sync::atomic::AtomicU64::new(0);
-        let upload = |key: &str, seed: u64, len: u64, tenth_mark: Option<usize>| {
-            let t = Instant::now();
-            let mut gen_ = fast_unique(seed, len);
-            client
-                .put_multipart(key, len, o.part, o.parallel, |i, buf| {
-                    if Some(i) == tenth_mark && first_tenth_peak.load(Relaxed) == 0 {
-                        first_tenth_peak.store(srv.peak_rss().max(1), Relaxed);
-                        srv.reset_peak_rss();
-                    }
-                    buf.resize(buf.capacity(), 0);
-                    let mut got = 0;
-                    while got < buf.len() {
-                        let n = gen_.read(&mut buf[got..]).expect("gen");
-                        if n == 0 {
-                            break;
-                        }
-                        got += n;
-                    }
-                    buf.truncate(got);
-                })
-                .expect("big upload");
-            len as f64 / MB / t.elapsed().as_secs_f64()
-        };
-        let small = (o.big / 10).max(o.part as u64);
-        srv.reset_peak_rss();
-        upload("small", 6, small, None);
-        let rss_small = srv.peak_rss();
-        srv.reset_peak_rss();
-        // Parts are produced in order, at most 2 x parallel ahead of the server.
-        let tenth_part = (o.big.div_ceil(o.part as u64) / 10) as usize;
-        let big_rate = upload("big", 7, o.big, Some(tenth_part));
-        let rss_big_rest = srv.peak_rss();
-        let rss_big_first = match first_tenth_peak.load(Relaxed) {
-            0 => rss_big_rest,
-            peak => peak,
-        };
-        let rss_big = rss_big_first.max(rss_big_rest);
-        srv.reset_peak_rss();
-        let t = Instant::now();
-        std::thread::scope(|sc| {
-            for i in 0..o.par_n {
-                let client = client.clone();
-                let len = o.par;
-                sc.spawn(move || {
-                    client
-                        .put(&format!("par-{i}"), len, fast_unique(100 + i as u64, len))
-                        .expect("parallel put")
-                });
-            }
-        });
-        let par_rate = (o.par * o.par_n as u64) as f64 / MB / t.elapsed().as_secs_f64();
-        let rss_par = srv.peak_rss();
-        srv.stop();
-        std::fs::remove_dir_all(work.join("cairn-rss")).ok();
-        let gib = 1u64 << 30;
-        rows.push(text_row(
-            &format!(
-                "peak server RSS, 1 x {} multipart ({big_rate:.0} MB/s)",
-                gb(o.big)
-            ),
-            mib(rss_big),
-            "< 1 GiB",
-            Some(rss_big < gib),
-        ));
-        rows.push(text_row(
-            &format!(
-                "peak server RSS, {} x {} single PUTs ({par_rate:.0} MB/s)",
-                o.par_n,
-                gb(o.par)
-            ),
-            mib(rss_par),
-            "< 1 GiB",
-            Some(rss_par < gib),
-        ));
-        rows.push(text_row(
-            &format!("  flat: RSS {} upload vs {} upload", gb(o.big), gb(small)),
-            format!("{} vs {}", mib(rss_big), mib(rss_small)),
-            "<= 1.25x",
-            Some(rss_big as f64 <= 1.25 * rss_small.max(1) as f64),
-        ));
-        rows.push(text_row(
-            &format!(
-                "  flat within the {} upload: peak over its last nine tenths vs its first tenth",
-                gb(o.big)
-            ),
-            format!("{} vs {}", mib(rss_big_rest), mib(rss_big_first)),
-            "<= 1.25x",
-            Some(rss_big_rest as f64 <= 1.25 * rss_big_first.max(1) as f64),
-        ));
+        rows.extend(rss_rows(&o, work));
     }
     print_rows("End to end through `cairn serve` (S3), restic, RSS", &rows);
     print_cpu(&cpu, l.cores);
@@ -1239,6 +1148,144 @@ fn main() {
     if !o.skip("nightly") {
         nightly(&o, work, has_restic);
     }
+}
+
+/// Section 5: peak server RSS in one big multipart upload (after one a tenth its size, on the same server) and
+/// in parallel single PUTs. With `CAIRN_BENCH_RSS_TRACE=1` the server's RSS is also sampled every 0.25 s and
+/// printed as a timeline per upload (where the peak is reached, and whether it grows with the bytes).
+fn rss_rows(o: &Opts, work: &Path) -> Vec<Row> {
+    let mut rows = Vec::new();
+    use std::sync::atomic::Ordering::Relaxed;
+    let srv = Server::start(&work.join("cairn-rss"));
+    let client = Client::new(&srv.endpoint, "bench", ACCESS, SECRET);
+    client.create_bucket().expect("create bucket");
+    // Flatness: the same generator and part size, one tenth of the size first, on the same server. Within
+    // the big upload, the peak over its first tenth is also read apart from the peak over the rest: memory
+    // that grew with the bytes of one object would show there, with the heap equally warm in both.
+    // 0 until read.
+    let first_tenth_peak = std::sync::atomic::AtomicU64::new(0);
+    let upload_inner = |key: &str, seed: u64, len: u64, tenth_mark: Option<usize>| {
+        let mut gen_ = fast_unique(seed, len);
+        client
+            .put_multipart(key, len, o.part, o.parallel, |i, buf| {
+                if Some(i) == tenth_mark && first_tenth_peak.load(Relaxed) == 0 {
+                    first_tenth_peak.store(srv.peak_rss().max(1), Relaxed);
+                    srv.reset_peak_rss();
+                }
+                buf.resize(buf.capacity(), 0);
+                let mut got = 0;
+                while got < buf.len() {
+                    let n = gen_.read(&mut buf[got..]).expect("gen");
+                    if n == 0 {
+                        break;
+                    }
+                    got += n;
+                }
+                buf.truncate(got);
+            })
+            .expect("big upload");
+    };
+    let trace = std::env::var_os("CAIRN_BENCH_RSS_TRACE").is_some();
+    let upload = |key: &str, seed: u64, len: u64, tenth_mark: Option<usize>| {
+        let t = Instant::now();
+        let sampling = std::sync::atomic::AtomicBool::new(trace);
+        let sampler = std::thread::scope(|sc| {
+            let sampler = sc.spawn(|| {
+                let mut samples = Vec::new();
+                while sampling.load(Relaxed) {
+                    samples.push((t.elapsed().as_secs_f64(), srv.rss()));
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                samples
+            });
+            upload_inner(key, seed, len, tenth_mark);
+            sampling.store(false, Relaxed);
+            sampler.join().expect("sampler")
+        });
+        if trace {
+            // One line per second: the highest sample in it, MiB.
+            let mut line = format!("RSS trace, {key} ({}):", gb(len));
+            let mut second = 0;
+            let mut high = 0;
+            for (at, rss) in sampler {
+                if at as u64 > second {
+                    line += &format!(" {}", high >> 20);
+                    second = at as u64;
+                    high = 0;
+                }
+                high = high.max(rss);
+            }
+            println!("{line} {}", high >> 20);
+        }
+        len as f64 / MB / t.elapsed().as_secs_f64()
+    };
+    let small = (o.big / 10).max(o.part as u64);
+    srv.reset_peak_rss();
+    upload("small", 6, small, None);
+    let rss_small = srv.peak_rss();
+    srv.reset_peak_rss();
+    // Parts are produced in order, at most 2 x parallel ahead of the server.
+    let tenth_part = (o.big.div_ceil(o.part as u64) / 10) as usize;
+    let big_rate = upload("big", 7, o.big, Some(tenth_part));
+    let rss_big_rest = srv.peak_rss();
+    let rss_big_first = match first_tenth_peak.load(Relaxed) {
+        0 => rss_big_rest,
+        peak => peak,
+    };
+    let rss_big = rss_big_first.max(rss_big_rest);
+    srv.reset_peak_rss();
+    let t = Instant::now();
+    std::thread::scope(|sc| {
+        for i in 0..o.par_n {
+            let client = client.clone();
+            let len = o.par;
+            sc.spawn(move || {
+                client
+                    .put(&format!("par-{i}"), len, fast_unique(100 + i as u64, len))
+                    .expect("parallel put")
+            });
+        }
+    });
+    let par_rate = (o.par * o.par_n as u64) as f64 / MB / t.elapsed().as_secs_f64();
+    let rss_par = srv.peak_rss();
+    srv.stop();
+    std::fs::remove_dir_all(work.join("cairn-rss")).ok();
+    let gib = 1u64 << 30;
+    rows.push(text_row(
+        &format!(
+            "peak server RSS, 1 x {} multipart ({big_rate:.0} MB/s)",
+            gb(o.big)
+        ),
+        mib(rss_big),
+        "< 1 GiB",
+        Some(rss_big < gib),
+    ));
+    rows.push(text_row(
+        &format!(
+            "peak server RSS, {} x {} single PUTs ({par_rate:.0} MB/s)",
+            o.par_n,
+            gb(o.par)
+        ),
+        mib(rss_par),
+        "< 1 GiB",
+        Some(rss_par < gib),
+    ));
+    rows.push(text_row(
+        &format!("  flat: RSS {} upload vs {} upload", gb(o.big), gb(small)),
+        format!("{} vs {}", mib(rss_big), mib(rss_small)),
+        "<= 1.25x",
+        Some(rss_big as f64 <= 1.25 * rss_small.max(1) as f64),
+    ));
+    rows.push(text_row(
+        &format!(
+            "  flat within the {} upload: peak over its last nine tenths vs its first tenth",
+            gb(o.big)
+        ),
+        format!("{} vs {}", mib(rss_big_rest), mib(rss_big_first)),
+        "<= 1.25x",
+        Some(rss_big_rest as f64 <= 1.25 * rss_big_first.max(1) as f64),
+    ));
+    rows
 }
 
 fn nightly(o: &Opts, work: &Path, has_restic: bool) {
@@ -1316,9 +1363,11 @@ fn ab_rounds(o: &Opts, data: &Path, work: &Path, bins: &[PathBuf]) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let mb = std::fs::metadata(data).map(|m| m.len()).unwrap_or(0) as f64 / MB;
-    println!("\n| round | binary | unique MB/s | CPU s | dup MB/s | CPU s | scrub MB/s | CPU s |");
-    println!("|---|---|---|---|---|---|---|---|");
-    // Per binary, per phase: (MB/s, server CPU s) of every round.
+    println!(
+        "\n| round | binary | unique MB/s | CPU s | k faults | dup MB/s | CPU s | k faults | scrub MB/s | CPU s | k faults |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    // Per binary, per phase: (MB/s, server CPU s, minor faults) of every round.
     let mut seen = vec![vec![Vec::new(); 3]; bins.len()];
     for round in 0..rounds {
         for (b, bin) in bins.iter().enumerate() {
@@ -1327,10 +1376,12 @@ fn ab_rounds(o: &Opts, data: &Path, work: &Path, bins: &[PathBuf]) {
             let client = Client::new(&srv.endpoint, "bench", ACCESS, SECRET);
             client.create_bucket().expect("create bucket");
             let mut phase = |i: usize, name: &str, run: &dyn Fn() -> f64| {
+                let faults = srv.minor_faults();
                 let m = meter(o, Some(srv.pid()), name);
                 let bytes = run();
                 let (wall, server, _, _) = stop_meter(m);
-                seen[b][i].push((bytes / MB / wall, server));
+                let faults = srv.minor_faults().saturating_sub(faults) as f64;
+                seen[b][i].push((bytes / MB / wall, server, faults));
             };
             phase(0, "unique", &|| {
                 upload_file(&client, o, "full-1", data);
@@ -1350,8 +1401,8 @@ fn ab_rounds(o: &Opts, data: &Path, work: &Path, bins: &[PathBuf]) {
             let r: Vec<String> = seen[b]
                 .iter()
                 .map(|v| {
-                    let (mbs, cpu) = v[v.len() - 1];
-                    format!("{mbs:.0} | {cpu:.2}")
+                    let (mbs, cpu, faults) = v[v.len() - 1];
+                    format!("{mbs:.0} | {cpu:.2} | {:.0}", faults / 1000.0)
                 })
                 .collect();
             println!("| {round} | {} | {} |", bin.display(), r.join(" | "));
@@ -1366,9 +1417,10 @@ fn ab_rounds(o: &Opts, data: &Path, work: &Path, bins: &[PathBuf]) {
             .iter()
             .map(|v| {
                 format!(
-                    "{:.0} | {:.2}",
+                    "{:.0} | {:.2} | {:.0}",
                     median(v.iter().map(|x| x.0).collect()),
-                    median(v.iter().map(|x| x.1).collect())
+                    median(v.iter().map(|x| x.1).collect()),
+                    median(v.iter().map(|x| x.2).collect()) / 1000.0
                 )
             })
             .collect();

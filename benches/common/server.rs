@@ -78,11 +78,31 @@ impl Server {
         let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5");
     }
 
+    /// Minor page faults of the server so far (/proc/PID/stat field 10): fresh memory being touched, a cost
+    /// of allocations that pools should have served.
+    pub fn minor_faults(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        s.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(7))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// VmRSS of the server in bytes (now).
+    pub fn rss(&self) -> u64 {
+        self.status_kb("VmRSS:")
+    }
+
     /// VmHWM of the server in bytes.
     pub fn peak_rss(&self) -> u64 {
+        self.status_kb("VmHWM:")
+    }
+
+    fn status_kb(&self, field: &str) -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         s.lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map(|kb| kb * 1024)
             .unwrap_or(0)

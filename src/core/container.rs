@@ -642,6 +642,7 @@ fn verify_group_pieces(
         _ => FRAME_BUF.with(|cell| {
             let mut joined = cell.borrow_mut();
             joined.clear();
+            joined.reserve(thread_buffer_size(frame.iter().map(|p| p.len()).sum()));
             for piece in frame {
                 joined.extend_from_slice(piece);
             }
@@ -803,27 +804,43 @@ pub fn parse_group(payload: &[u8], raw_len: u32) -> Result<ParsedGroup<'_>, Core
 ///
 /// For levels 1-3 a group is compressed with parameters of our own ([`group_compressor`]), not zstd's.
 pub fn compress_group(raws: &[&[u8]], level: i32) -> Option<Vec<u8>> {
+    let mut frame = Vec::new();
+    compress_group_into(raws, level, &mut frame).then_some(frame)
+}
+
+/// [`compress_group`] into `frame` (its old bytes are dropped, its allocation reused): true when the group
+/// pays and `frame` holds its frame.
+pub fn compress_group_into(raws: &[&[u8]], level: i32, frame: &mut Vec<u8>) -> bool {
     GROUP_BUF.with(|cell| {
         let mut buf = cell.borrow_mut();
         buf.clear();
         for r in raws {
             buf.extend_from_slice(r);
         }
-        compress_group_bytes(&buf, level)
+        compress_group_bytes_into(&buf, level, frame)
     })
 }
 
 /// [`compress_group`] of members already back to back in memory (the usual case: a run of new chunks).
 pub fn compress_group_bytes(concatenated: &[u8], level: i32) -> Option<Vec<u8>> {
-    let z = GROUP_COMPRESSOR.with(|cell| {
+    let mut frame = Vec::new();
+    compress_group_bytes_into(concatenated, level, &mut frame).then_some(frame)
+}
+
+/// [`compress_group_bytes`] into `frame`, as [`compress_group_into`]. The store passes pooled buffers: a
+/// fresh ~2 MiB output buffer per group was most of the page faults left in a long upload.
+pub fn compress_group_bytes_into(concatenated: &[u8], level: i32, frame: &mut Vec<u8>) -> bool {
+    frame.clear();
+    frame.reserve(zstd::zstd_safe::compress_bound(concatenated.len()));
+    let compressed = GROUP_COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().is_none_or(|(l, _)| *l != level) {
             *slot = group_compressor(level).map(|c| (level, c));
         }
         slot.as_mut()
-            .and_then(|(_, c)| c.compress(concatenated).ok())
-    })?;
-    pays(concatenated, z)
+            .is_some_and(|(_, c)| c.compress_to_buffer(concatenated, frame).is_ok())
+    });
+    compressed && pays_len(concatenated.len(), frame.len())
 }
 
 /// Levels 1-3 compress groups with zstd's "fast" strategy over the whole group (2 MiB window) with a
@@ -861,7 +878,11 @@ const _: () = assert!(1 << GROUP_WINDOW_LOG >= GROUP_TARGET_RAW);
 
 /// The §4.1 rule: keep the frame only if it saves at least 1/32 of the raw size.
 fn pays(raw: &[u8], z: Vec<u8>) -> Option<Vec<u8>> {
-    (z.len() < raw.len() && (raw.len() - z.len()) * 32 >= raw.len()).then_some(z)
+    pays_len(raw.len(), z.len()).then_some(z)
+}
+
+fn pays_len(raw: usize, compressed: usize) -> bool {
+    compressed < raw && (raw - compressed) * 32 >= raw
 }
 
 /// Decompresses a whole group frame (bounded to `group_raw`, which must come out exactly).
@@ -910,7 +931,7 @@ fn verify_group_frame(
     VERIFY_BUF.with(|cell| {
         let mut raw = cell.borrow_mut();
         raw.clear();
-        raw.reserve(group_raw as usize);
+        raw.reserve(thread_buffer_size(group_raw as usize));
         // Writes into the spare capacity only: more output than that is an error, and a length other than
         // `group_raw` is caught below.
         with_decompressor(|d| d.decompress_to_buffer(frame, &mut *raw))
@@ -983,6 +1004,13 @@ thread_local! {
 fn decompress_reusing(stored: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
     with_decompressor(|d| d.decompress(stored, capacity))
 }
+
+/// What a thread's reused buffer is grown to for `len` bytes: groups and frames differ by a few KiB, and
+/// reserving each one's exact length reallocated (a copy, fresh pages) nearly every time a larger one came.
+fn thread_buffer_size(len: usize) -> usize {
+    len.next_multiple_of(THREAD_BUFFER_STEP)
+}
+const THREAD_BUFFER_STEP: usize = 256 * 1024;
 
 /// Runs `f` with this thread's zstd decompression context, made on first use.
 fn with_decompressor<R>(

@@ -4,7 +4,7 @@
 //! fragmented: the server's RSS after a 20 GB upload was 1.27x that after a 2 GB one on the same server.
 //! A pool keeps at most `max` buffers, so what it holds is bounded by `max` x the buffer size.
 
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 pub struct BufferPool {
     free: Mutex<Vec<Vec<u8>>>,
@@ -75,6 +75,44 @@ impl BufferPool {
     }
 }
 
+/// A counting semaphore for blocking threads: bounds how many holders of big transient buffers run at once
+/// (the seals: parity and the disks' write images), so those buffers come from pools of a fixed size.
+pub struct Slots {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+/// One taken slot; dropping it frees the slot.
+pub struct Slot<'a>(&'a Slots);
+
+impl Slots {
+    pub fn new(n: usize) -> Slots {
+        Slots {
+            free: Mutex::new(n.max(1)),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Waits for a free slot. A poisoned lock (a holder panicked) does not stop the others: the count is
+    /// plain data and stays right.
+    pub fn take(&self) -> Slot<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        Slot(self)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut free = self.0.free.lock().unwrap_or_else(|p| p.into_inner());
+        *free += 1;
+        self.0.freed.notify_one();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +161,40 @@ mod tests {
         let mut back = [pool.take_as_is(), pool.take_as_is()];
         back.sort();
         assert_eq!(back, [Some(vec![2u8; 10]), Some(vec![3u8; 5000])]);
+    }
+
+    #[test]
+    fn slots_let_at_most_n_holders_in_at_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let slots = Slots::new(2);
+        let inside = AtomicUsize::new(0);
+        let most = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        let _slot = slots.take();
+                        let now = inside.fetch_add(1, SeqCst) + 1;
+                        most.fetch_max(now, SeqCst);
+                        std::thread::yield_now();
+                        inside.fetch_sub(1, SeqCst);
+                    }
+                });
+            }
+        });
+        assert!(most.load(SeqCst) <= 2, "never more than two at once");
+        let a = slots.take();
+        let _b = slots.take();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let _c = slots.take();
+                tx.send(()).expect("send");
+            });
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(rx.try_recv().is_err(), "a third waits while two are held");
+            drop(a);
+            rx.recv().expect("the third gets the freed slot");
+        });
     }
 }

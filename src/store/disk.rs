@@ -82,9 +82,12 @@ const DIRECT_MIN_LEN: usize = 64 * 1024;
 /// O_DIRECT wants buffer address, length and file offset aligned to the logical block size; 4 KiB covers
 /// every disk (512e and 4Kn alike).
 const DIRECT_ALIGN: usize = 4096;
-/// Write buffers kept for reuse per disk, and the largest one kept (bigger ones are freed after use).
-const POOLED_BUFFERS: usize = 3;
+/// Write buffers kept for reuse per disk, and the largest one kept (bigger ones are freed after use). As
+/// many as seals write at once (`SEAL_SLOTS` in store/mod.rs), so that a steady stream of seals allocates none.
+const POOLED_BUFFERS: usize = 4;
 const POOLED_BUFFER_MAX: usize = 40 * 1024 * 1024;
+/// New pooled buffers are made in multiples of this, so one fits the next few writes of a similar size.
+const BUFFER_STEP: usize = 1 << 20;
 
 /// A directory on a real filesystem (normally the mount point of one JBOD disk).
 pub struct FileDisk {
@@ -316,27 +319,34 @@ impl FileDisk {
         result
     }
 
-    /// A buffer of at least `len` bytes from the pool (its contents are whatever the last user left).
+    /// A buffer of at least `len` bytes from the pool (its contents are whatever the last user left): the
+    /// smallest kept one that is long enough, else a new one rounded up to `BUFFER_STEP`. Kept buffers are
+    /// never grown: growing one reallocated it (a copy) and zeroed the growth, and with shards of 2-3 MiB and
+    /// manifests of a few KiB sharing the pool that happened at most seals, faulting in fresh pages each time.
     fn take_buffer(&self, len: usize) -> Vec<u8> {
-        let mut buf = self
-            .buffers
-            .lock()
-            .ok()
-            .and_then(|mut pool| pool.pop())
-            .unwrap_or_default();
-        if buf.len() < len {
-            buf.resize(len, 0);
-        }
-        buf
+        let kept = self.buffers.lock().ok().and_then(|mut pool| {
+            let fit = (0..pool.len())
+                .filter(|&i| pool[i].len() >= len)
+                .min_by_key(|&i| pool[i].len())?;
+            Some(pool.swap_remove(fit))
+        });
+        kept.unwrap_or_else(|| vec![0; len.next_multiple_of(BUFFER_STEP)])
     }
 
-    /// Back to the pool, unless the pool is full or the buffer too big to keep.
+    /// Back to the pool; when it is full, in place of its smallest buffer if this one is larger (so the pool
+    /// comes to hold buffers that fit the largest writes), unless it is too big to keep.
     fn give_buffer(&self, buf: Vec<u8>) {
-        if buf.len() <= POOLED_BUFFER_MAX
-            && let Ok(mut pool) = self.buffers.lock()
-            && pool.len() < POOLED_BUFFERS
-        {
-            pool.push(buf);
+        if buf.len() > POOLED_BUFFER_MAX {
+            return;
+        }
+        if let Ok(mut pool) = self.buffers.lock() {
+            if pool.len() < POOLED_BUFFERS {
+                pool.push(buf);
+            } else if let Some(smallest) = (0..pool.len()).min_by_key(|&i| pool[i].len())
+                && pool[smallest].len() < buf.len()
+            {
+                pool[smallest] = buf;
+            }
         }
     }
 }
@@ -646,6 +656,48 @@ impl Disk for FaultyDisk {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_buffers_are_reused_whole_and_the_pool_keeps_the_largest() {
+        let disk = FileDisk::new("/nonexistent-cairn-test");
+        let big = disk.take_buffer(3 << 20);
+        assert_eq!(big.len(), 3 << 20, "new buffers come in whole steps");
+        let big_at = big.as_ptr();
+        disk.give_buffer(big);
+        let small = disk.take_buffer(10_000);
+        assert_eq!(
+            small.as_ptr(),
+            big_at,
+            "a kept buffer serves a smaller write as it is"
+        );
+        assert_eq!(small.len(), 3 << 20, "never shrunk, so never grown again");
+        disk.give_buffer(small);
+        let larger = disk.take_buffer((3 << 20) + 1);
+        assert_ne!(larger.as_ptr(), big_at, "too small a buffer is not grown");
+        assert_eq!(larger.len(), 4 << 20);
+        // The pool fills up with small buffers; larger ones then take the smallest ones' places.
+        disk.give_buffer(larger);
+        for _ in 1..POOLED_BUFFERS {
+            disk.give_buffer(vec![0; BUFFER_STEP]);
+        }
+        disk.give_buffer(vec![0; 2 * BUFFER_STEP]);
+        disk.give_buffer(vec![0; BUFFER_STEP / 2]);
+        disk.give_buffer(vec![0; POOLED_BUFFER_MAX + 1]);
+        let mut kept: Vec<usize> = disk
+            .buffers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| b.len())
+            .collect();
+        kept.sort();
+        // The 3 MiB buffer stayed in the pool when the larger write passed it by.
+        let mut want = vec![BUFFER_STEP; POOLED_BUFFERS - 3];
+        want.extend([2 * BUFFER_STEP, 3 << 20, 4 << 20]);
+        assert_eq!(kept, want, "bounded, largest kept, oversized dropped");
+        let fit = disk.take_buffer(BUFFER_STEP + 1);
+        assert_eq!(fit.len(), 2 * BUFFER_STEP, "the smallest buffer that fits");
+    }
 
     #[test]
     fn shard_names_round_trip() {

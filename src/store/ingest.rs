@@ -20,8 +20,8 @@ use super::objects::PartRecord;
 use super::{Store, now_ms};
 use crate::core::chunker::chunks_at;
 use crate::core::container::{
-    Codec, ContainerBuilder, EntryType, GroupSlot, compress_chunk_reusing, compress_group,
-    compress_group_bytes, plan_group_spans,
+    Codec, ContainerBuilder, EntryType, GroupSlot, compress_chunk_reusing,
+    compress_group_bytes_into, compress_group_into, plan_group_spans,
 };
 use crate::core::follow::{NextChunk, follow_cuts};
 use crate::core::ids::{ChunkId, ContainerId, UploadId};
@@ -46,8 +46,9 @@ enum SpanPayload {
     Nothing,
     /// One new chunk: its zstd frame, or None to store it raw.
     Alone(Option<Vec<u8>>),
-    /// Several new chunks: the group's frame, or None to store them raw.
-    Group(Option<Vec<u8>>),
+    /// Several new chunks: whether the group pays, and the buffer its frame is in (from the store's
+    /// `frame_buffers`, given back once the frame is in the container).
+    Group(bool, Vec<u8>),
 }
 
 struct OpenContainer {
@@ -415,9 +416,15 @@ impl Upload {
                     _ if members.len() == span.len() => {
                         let from = span.start.checked_sub(1).map_or(0, |i| ends[i]);
                         let to = ends[span.end - 1];
-                        SpanPayload::Group(compress_group_bytes(&buffer[from..to], level))
+                        let mut frame = self.store.frame_buffers.take();
+                        let pays = compress_group_bytes_into(&buffer[from..to], level, &mut frame);
+                        SpanPayload::Group(pays, frame)
                     }
-                    _ => SpanPayload::Group(compress_group(&members, level)),
+                    _ => {
+                        let mut frame = self.store.frame_buffers.take();
+                        let pays = compress_group_into(&members, level, &mut frame);
+                        SpanPayload::Group(pays, frame)
+                    }
                 }
             })
             .collect();
@@ -436,12 +443,13 @@ impl Upload {
                     }
                 }
                 // The group did not pay: its chunks are stored raw, one entry each.
-                SpanPayload::Group(None) => {
+                SpanPayload::Group(false, frame) => {
+                    self.store.frame_buffers.give(frame);
                     for i in new_in_span {
                         self.push_alone(&ids[i], Codec::Raw, chunks[i].len() as u32, chunks[i])?;
                     }
                 }
-                SpanPayload::Group(Some(frame)) => {
+                SpanPayload::Group(true, frame) => {
                     let members: Vec<(ChunkId, u32)> = new_in_span
                         .map(|i| (ids[i], chunks[i].len() as u32))
                         .collect();
@@ -467,6 +475,7 @@ impl Upload {
                         ));
                         at += raw_len;
                     }
+                    self.store.frame_buffers.give(frame);
                     self.open_ids.extend(members.iter().map(|(id, _)| *id));
                 }
             }

@@ -40,6 +40,7 @@ pub use objects::PartRecord;
 pub use read::ObjectReader;
 
 use crate::core::chunker::ChunkerParams;
+use crate::core::container::GROUP_TARGET_RAW;
 use crate::core::erasure::{Erasure, Geometry};
 use crate::core::ids::{ContainerId, DiskId, StoreId};
 use catalog::Catalog;
@@ -106,8 +107,13 @@ fn container_capacity(cfg: &StoreConfig) -> usize {
 
 /// Big buffers of each kind kept for reuse: as many as uploads commonly run at once (aws cli: 10 parts).
 const BUFFERS_KEPT: usize = 12;
-/// Parity buffers kept: two seals' worth at m = 2, four at m = 1.
-const PARITY_BUFFERS_KEPT: usize = 4;
+/// Group frame buffers kept (~2.1 MiB each).
+const FRAME_BUFFERS_KEPT: usize = 16;
+/// Seals that encode and write at once (each holds m parity buffers and k + m disk write images of a shard
+/// each). Sixteen parallel uploads sealed up to sixteen at once, each allocating its buffers afresh beyond
+/// the pools: a peak of up to ~0.4 GiB of transient buffers. Four keep the disks as busy (every seal writes
+/// k + m files at once, and spends most of its time waiting for their fsyncs).
+const SEAL_SLOTS: usize = 4;
 
 /// MD5 checkpoints kept in the catalog (~100-150 bytes each with their index): the last ~4 M, one per ~1.5 MB
 /// of new or changed streams, ~6 TB of them, up to ~0.6 GB of catalog.
@@ -132,11 +138,16 @@ pub struct Store {
     /// Uploads' batch buffers and containers' build buffers, reused (see buffers.rs).
     batch_buffers: buffers::BufferPool,
     container_buffers: buffers::BufferPool,
+    /// Output buffers of group compression (a group's frame until it is copied into its container).
+    frame_buffers: buffers::BufferPool,
     /// Parity shard buffers of sealed containers, reused as they are by the next seal
     /// (`Erasure::encode_borrowed_reusing`): fresh ones were faulted in and zeroed by the kernel at every seal,
-    /// ~55% of unique ingest's page faults once the server was warm. At most `PARITY_BUFFERS_KEPT` (~2-3 MiB
-    /// each at the default container size).
+    /// ~55% of unique ingest's page faults once the server was warm. At most m x `SEAL_SLOTS`, each
+    /// `parity_buffer_len` long (~3 MiB at the default container size).
     parity_buffers: buffers::BufferPool,
+    parity_buffer_len: usize,
+    /// Bounds the seals encoding and writing at once (`SEAL_SLOTS`).
+    seal_slots: buffers::Slots,
     /// MD5 states of streams at their checkpoints (md5_lanes.rs); new ones go to the catalog with each seal.
     md5_memo: Arc<md5_lanes::Md5Memo>,
     jobs: jobs::Jobs,
@@ -324,11 +335,16 @@ impl Store {
             ingest::batch_capacity(cfg.chunker.max as usize),
         );
         let container_buffers = buffers::BufferPool::new(BUFFERS_KEPT, container_capacity(&cfg));
-        // Sized for containers from the target up to twice it (they are sealed at up to 1.5x).
-        let parity_buffers = buffers::BufferPool::new(
-            PARITY_BUFFERS_KEPT,
-            geometry.shard_len(cfg.container_target),
+        // A batch compresses its groups at once (2-4 of them in a 4 MiB batch), several uploads at a time.
+        let frame_buffers = buffers::BufferPool::new(
+            FRAME_BUFFERS_KEPT,
+            zstd::zstd_safe::compress_bound(GROUP_TARGET_RAW + cfg.chunker.max as usize),
         );
+        // Made at the shard length of the largest container, so that no seal grows one; as many as the seals
+        // in flight use.
+        let parity_buffer_len = geometry.shard_len(container_capacity(&cfg));
+        let parity_buffers =
+            buffers::BufferPool::new(SEAL_SLOTS * usize::from(geometry.m), parity_buffer_len);
         let store = Store {
             erasure: Erasure::new(geometry)?,
             cfg,
@@ -340,8 +356,11 @@ impl Store {
             last_seq: AtomicU64::new(last_seq),
             commit_lock: Mutex::new(()),
             batch_buffers,
+            frame_buffers,
             container_buffers,
             parity_buffers,
+            parity_buffer_len,
+            seal_slots: buffers::Slots::new(SEAL_SLOTS),
             md5_memo: Arc::new(md5_lanes::Md5Memo::durable()),
             jobs: jobs::Jobs::default(),
             _lock: lock,

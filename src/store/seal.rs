@@ -32,14 +32,25 @@ impl Store {
     ) -> Result<()> {
         let id = builder.id();
         let created = now_ms();
-        let bytes = builder.seal();
+        let mut bytes = builder.seal();
         let geometry = self.erasure.geometry();
+        let container_len = bytes.len() as u64;
+        let shard_len = geometry.shard_len(bytes.len());
+        // Padded with zeros in place to k whole shards (the build buffer has room for it), so that every data
+        // shard is a slice of it: the encoder copied a short last shard into a fresh buffer otherwise.
+        bytes.resize(usize::from(geometry.k) * shard_len, 0);
+        // From here to the freeing of the write images, this seal holds parity buffers and one image per
+        // disk: the slot bounds how many seals do at once, so the pools below serve them all.
+        let slot = self.seal_slots.take();
         let spare: Vec<Vec<u8>> = (0..geometry.m)
-            .filter_map(|_| self.parity_buffers.take_as_is())
+            .map(|_| {
+                self.parity_buffers
+                    .take_as_is()
+                    .unwrap_or_else(|| vec![0; self.parity_buffer_len])
+            })
             .collect();
         let shards = self.erasure.encode_borrowed_reusing(&bytes, spare);
-        let container_len = bytes.len() as u64;
-        let shard_len = shards.shard_len();
+        debug_assert_eq!(shards.shard_len(), shard_len);
         let width = geometry.width();
 
         let mut placed: Vec<Option<DiskId>> = vec![None; width];
@@ -118,6 +129,7 @@ impl Store {
         for buffer in shards.into_parity_buffers() {
             self.parity_buffers.give(buffer);
         }
+        drop(slot);
         self.container_buffers.give(bytes);
         let row = ContainerRow {
             id,
