@@ -118,6 +118,44 @@ pub fn router(store: Arc<Store>, opts: &ServerOptions) -> Router {
 /// before the request is refused (431); the buffer only grows while reads fill it.
 const HTTP1_READ_BUFFER_MAX: usize = 1 << 20;
 
+/// glibc's malloc serves allocations from this size up with their own mmap, and gives them back to the kernel
+/// when freed; its default moves between 128 KiB and 32 MiB with what was freed last. The server's big
+/// buffers are pooled, so few are freed, the threshold stayed low, and every buffer of 0.1-4 MiB that is not
+/// pooled (hyper's read buffers, scrub's shard and group buffers, zstd's output) was a fresh mapping: faulted
+/// in and zeroed page by page, and unmapped again, which holds the process's mmap lock against the O_DIRECT
+/// reads of the other threads. From the heap they are reused. With this and the trim threshold below, in the
+/// e2e bench's A/B mode (three alternating rounds, 2 GB): server page faults in unique ingest 107k against
+/// 123k, in a scrub 29k against 49k, and scrub read 1272 against 1133 MB/s; the peak RSS in the bench's RSS
+/// section stayed within its noise (docs/performance-history.md, session 19).
+const MALLOC_MMAP_THRESHOLD: i32 = 64 << 20;
+/// Free memory at the top of glibc's heap kept for reuse rather than returned to the kernel.
+const MALLOC_TRIM_THRESHOLD: i32 = 256 << 20;
+
+/// Sets glibc's mmap and trim thresholds (above) for the server process, unless the environment chose its own
+/// (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`, read by glibc itself). Other C libraries: nothing.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    for (name, param, value) in [
+        (
+            "MALLOC_MMAP_THRESHOLD_",
+            libc::M_MMAP_THRESHOLD,
+            MALLOC_MMAP_THRESHOLD,
+        ),
+        (
+            "MALLOC_TRIM_THRESHOLD_",
+            libc::M_TRIM_THRESHOLD,
+            MALLOC_TRIM_THRESHOLD,
+        ),
+    ] {
+        if std::env::var_os(name).is_none() {
+            // SAFETY: mallopt only sets allocator parameters; it is called before the server's threads start.
+            unsafe {
+                libc::mallopt(param, value);
+            }
+        }
+    }
+}
+
 /// Serves until `shutdown` resolves, then stops accepting and lets open requests finish (up to 30 s).
 pub async fn run(
     listener: TcpListener,

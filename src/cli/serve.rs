@@ -44,6 +44,7 @@ pub fn effective_config(config: Option<&PathBuf>, data: Option<PathBuf>) -> anyh
 }
 
 pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    server::tune_allocator();
     let mut cfg = effective_config(a.config.as_ref(), a.data)?;
     if let Some(l) = a.listen {
         cfg.listen = l;
