@@ -1164,10 +1164,23 @@ fn rss_rows(o: &Opts, work: &Path) -> Vec<Row> {
     // that grew with the bytes of one object would show there, with the heap equally warm in both.
     // 0 until read.
     let first_tenth_peak = std::sync::atomic::AtomicU64::new(0);
-    let upload_inner = |key: &str, seed: u64, len: u64, tenth_mark: Option<usize>| {
-        let mut gen_ = fast_unique(seed, len);
-        client
-            .put_multipart(key, len, o.part, o.parallel, |i, buf| {
+    let trace = std::env::var_os("CAIRN_BENCH_RSS_TRACE").is_some();
+    let upload = |key: &str, seed: u64, len: u64, tenth_mark: Option<usize>| {
+        let t = Instant::now();
+        let sampling = std::sync::atomic::AtomicBool::new(true);
+        let samples = std::thread::scope(|sc| {
+            let sampler = trace.then(|| {
+                sc.spawn(|| {
+                    let mut samples = Vec::new();
+                    while sampling.load(Relaxed) {
+                        samples.push((t.elapsed().as_secs_f64(), srv.rss()));
+                        std::thread::sleep(Duration::from_millis(250));
+                    }
+                    samples
+                })
+            });
+            let mut gen_ = fast_unique(seed, len);
+            let put = client.put_multipart(key, len, o.part, o.parallel, |i, buf| {
                 if Some(i) == tenth_mark && first_tenth_peak.load(Relaxed) == 0 {
                     first_tenth_peak.store(srv.peak_rss().max(1), Relaxed);
                     srv.reset_peak_rss();
@@ -1182,32 +1195,18 @@ fn rss_rows(o: &Opts, work: &Path) -> Vec<Row> {
                     got += n;
                 }
                 buf.truncate(got);
-            })
-            .expect("big upload");
-    };
-    let trace = std::env::var_os("CAIRN_BENCH_RSS_TRACE").is_some();
-    let upload = |key: &str, seed: u64, len: u64, tenth_mark: Option<usize>| {
-        let t = Instant::now();
-        let sampling = std::sync::atomic::AtomicBool::new(trace);
-        let sampler = std::thread::scope(|sc| {
-            let sampler = sc.spawn(|| {
-                let mut samples = Vec::new();
-                while sampling.load(Relaxed) {
-                    samples.push((t.elapsed().as_secs_f64(), srv.rss()));
-                    std::thread::sleep(Duration::from_millis(250));
-                }
-                samples
             });
-            upload_inner(key, seed, len, tenth_mark);
+            // Stopped before a failed upload panics: the scope would wait for the sampler forever.
             sampling.store(false, Relaxed);
-            sampler.join().expect("sampler")
+            put.expect("big upload");
+            sampler.map_or_else(Vec::new, |s| s.join().expect("sampler"))
         });
         if trace {
             // One line per second: the highest sample in it, MiB.
             let mut line = format!("RSS trace, {key} ({}):", gb(len));
             let mut second = 0;
             let mut high = 0;
-            for (at, rss) in sampler {
+            for (at, rss) in samples {
                 if at as u64 > second {
                     line += &format!(" {}", high >> 20);
                     second = at as u64;

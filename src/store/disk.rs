@@ -83,8 +83,8 @@ const DIRECT_MIN_LEN: usize = 64 * 1024;
 /// every disk (512e and 4Kn alike).
 const DIRECT_ALIGN: usize = 4096;
 /// Write buffers kept for reuse per disk, and the largest one kept (bigger ones are freed after use). As
-/// many as seals write at once (`SEAL_SLOTS` in store/mod.rs), so that a steady stream of seals allocates none.
-const POOLED_BUFFERS: usize = 4;
+/// many as seals write at once, so that a steady stream of seals allocates none.
+const POOLED_BUFFERS: usize = super::SEAL_SLOTS;
 const POOLED_BUFFER_MAX: usize = 40 * 1024 * 1024;
 /// New pooled buffers are made in multiples of this, so one fits the next few writes of a similar size.
 const BUFFER_STEP: usize = 1 << 20;

@@ -412,17 +412,16 @@ impl Upload {
                 match members.as_slice() {
                     [] => SpanPayload::Nothing,
                     [one] => SpanPayload::Alone(compress_chunk_reusing(one, level)),
-                    // All of the span is new: its chunks lie back to back in the batch buffer already.
-                    _ if members.len() == span.len() => {
-                        let from = span.start.checked_sub(1).map_or(0, |i| ends[i]);
-                        let to = ends[span.end - 1];
-                        let mut frame = self.store.frame_buffers.take();
-                        let pays = compress_group_bytes_into(&buffer[from..to], level, &mut frame);
-                        SpanPayload::Group(pays, frame)
-                    }
                     _ => {
                         let mut frame = self.store.frame_buffers.take();
-                        let pays = compress_group_into(&members, level, &mut frame);
+                        // All of the span is new: its chunks lie back to back in the batch buffer already.
+                        let pays = if members.len() == span.len() {
+                            let from = span.start.checked_sub(1).map_or(0, |i| ends[i]);
+                            let to = ends[span.end - 1];
+                            compress_group_bytes_into(&buffer[from..to], level, &mut frame)
+                        } else {
+                            compress_group_into(&members, level, &mut frame)
+                        };
                         SpanPayload::Group(pays, frame)
                     }
                 }

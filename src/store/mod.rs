@@ -113,7 +113,7 @@ const FRAME_BUFFERS_KEPT: usize = 16;
 /// each). Sixteen parallel uploads sealed up to sixteen at once, each allocating its buffers afresh beyond
 /// the pools: a peak of up to ~0.4 GiB of transient buffers. Four keep the disks as busy (every seal writes
 /// k + m files at once, and spends most of its time waiting for their fsyncs).
-const SEAL_SLOTS: usize = 4;
+pub(crate) const SEAL_SLOTS: usize = 4;
 
 /// MD5 checkpoints kept in the catalog (~100-150 bytes each with their index): the last ~4 M, one per ~1.5 MB
 /// of new or changed streams, ~6 TB of them, up to ~0.6 GB of catalog.
