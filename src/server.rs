@@ -126,7 +126,7 @@ const HTTP1_READ_BUFFER_MAX: usize = 1 << 20;
 /// reads of the other threads. From the heap they are reused. With this and the trim threshold below, in the
 /// e2e bench's A/B mode (three alternating rounds, 2 GB): server page faults in unique ingest 107k against
 /// 123k, in a scrub 29k against 49k, and scrub read 1272 against 1133 MB/s; the peak RSS in the bench's RSS
-/// section stayed within its noise (session 19: README "Performance", later docs/performance-history.md).
+/// section stayed within its noise (session 19: docs/performance-history.md).
 const MALLOC_MMAP_THRESHOLD: i32 = 64 << 20;
 /// Free memory at the top of glibc's heap kept for reuse rather than returned to the kernel.
 const MALLOC_TRIM_THRESHOLD: i32 = 256 << 20;
