@@ -8,7 +8,9 @@ use super::catalog::{self, ContainerRow};
 use super::diskset::{DiskState, MarkerCheck, check_marker};
 use super::error::Result;
 use super::jobs::Job;
-use super::repair::{REPAIR_THREADS, ShardBuffers, for_each_parallel};
+use super::repair::{
+    REPAIR_THREADS, ShardBuffers, for_each_parallel, shard_reader_threads, with_shard_readers,
+};
 use crate::core::ids::{ContainerId, DiskId};
 use crate::core::plan::{ContainerShards, plan_rebuild};
 use crate::core::shard::SHARD_HEADER_LEN;
@@ -118,61 +120,64 @@ impl Store {
         let bytes_done = AtomicU64::new(0);
         let width = usize::from(self.cfg.k) + usize::from(self.cfg.m);
         let buffers = ShardBuffers::new(REPAIR_THREADS, width);
-        for_each_parallel(&plan, REPAIR_THREADS, job, |action| {
-            let Some(row) = rows.get(&action.container) else {
-                return;
-            };
-            let outcome = (|| -> Result<u64> {
-                if action.is_lost() {
-                    return Err(self.data_lost(row.id, action.surviving, row.k as usize));
-                }
-                if action.targets.is_empty() {
-                    return Ok(0);
-                }
-                // The shards being replaced are rebuilt from parity even if their old disk still answers.
-                let (mut shards, _) =
-                    self.read_shards(row, &action.missing, row.k as usize, &buffers);
-                if let Err(e) = self.reconstruct_verified(row, &mut shards, false) {
+        let readers = shard_reader_threads(REPAIR_THREADS, width);
+        with_shard_readers(readers, |readers| {
+            for_each_parallel(&plan, REPAIR_THREADS, job, |action| {
+                let Some(row) = rows.get(&action.container) else {
+                    return;
+                };
+                let outcome = (|| -> Result<u64> {
+                    if action.is_lost() {
+                        return Err(self.data_lost(row.id, action.surviving, row.k as usize));
+                    }
+                    if action.targets.is_empty() {
+                        return Ok(0);
+                    }
+                    // The shards being replaced are rebuilt from parity even if their old disk still answers.
+                    let (mut shards, _) =
+                        self.read_shards(row, &action.missing, row.k as usize, &buffers, readers);
+                    if let Err(e) = self.reconstruct_verified(row, &mut shards, false) {
+                        buffers.recycle(shards);
+                        return Err(e);
+                    }
+                    let mut moves = Vec::new();
+                    for (idx, target) in action.missing.iter().zip(&action.targets) {
+                        let Some(payload) = &shards[*idx] else {
+                            continue;
+                        };
+                        if self
+                            .write_shard(row, *idx, *target, payload.bytes())
+                            .is_ok()
+                        {
+                            moves.push((*idx, *target, row.disks.get(*idx).copied().flatten()));
+                        }
+                    }
+                    let shard_bytes = row.shard_len
+                        + (SHARD_HEADER_LEN + crate::core::shard::SHARD_TRAILER_LEN) as u64;
                     buffers.recycle(shards);
-                    return Err(e);
-                }
-                let mut moves = Vec::new();
-                for (idx, target) in action.missing.iter().zip(&action.targets) {
-                    let Some(payload) = &shards[*idx] else {
-                        continue;
-                    };
-                    if self
-                        .write_shard(row, *idx, *target, payload.bytes())
-                        .is_ok()
-                    {
-                        moves.push((*idx, *target, row.disks.get(*idx).copied().flatten()));
+                    self.record_shard(row.id, &moves, shard_bytes)?;
+                    Ok(moves.len() as u64)
+                })();
+                match outcome {
+                    Ok(n) => job.update(|p| {
+                        p.shards_repaired += n;
+                        if (n as usize) < action.missing.len() {
+                            p.unplaced += 1;
+                        }
+                    }),
+                    Err(e) => {
+                        let what = self.describe_loss(&e, row.id);
+                        tracing::error!("{what}");
+                        job.update(|p| p.unrepairable.push(what));
                     }
                 }
-                let shard_bytes = row.shard_len
-                    + (SHARD_HEADER_LEN + crate::core::shard::SHARD_TRAILER_LEN) as u64;
-                buffers.recycle(shards);
-                self.record_shard(row.id, &moves, shard_bytes)?;
-                Ok(moves.len() as u64)
-            })();
-            match outcome {
-                Ok(n) => job.update(|p| {
-                    p.shards_repaired += n;
-                    if (n as usize) < action.missing.len() {
-                        p.unplaced += 1;
-                    }
-                }),
-                Err(e) => {
-                    let what = self.describe_loss(&e, row.id);
-                    tracing::error!("{what}");
-                    job.update(|p| p.unrepairable.push(what));
-                }
-            }
-            let done = bytes_done.fetch_add(row.len, Ordering::Relaxed) + row.len;
-            job.update(|p| {
-                p.containers_done += 1;
-                p.bytes_done = done;
+                let done = bytes_done.fetch_add(row.len, Ordering::Relaxed) + row.len;
+                job.update(|p| {
+                    p.containers_done += 1;
+                    p.bytes_done = done;
+                });
+                job.pace(done);
             });
-            job.pace(done);
         });
         if job.cancelled() {
             return Ok(());

@@ -103,6 +103,58 @@ impl ShardBuffers {
     }
 }
 
+/// One shard read handed to a job's [`ShardReaders`].
+type ReadTask<'env> = Box<dyn FnOnce() + Send + 'env>;
+
+/// Threads that read shard files for one scrub or rebuild, kept for the whole job: the shards a container
+/// still needs are read at once (`read_shards`), and a thread spawned per shard (five per container) made a
+/// scrub of 2 GB create ~1,400 threads. Each start and exit maps and unmaps its stack and signal stack, which
+/// takes the process's mmap lock for writing, and every O_DIRECT read of the other threads waits for that
+/// lock to pin its buffer.
+pub(super) struct ShardReaders<'env> {
+    queue: std::sync::mpsc::Sender<ReadTask<'env>>,
+}
+
+impl<'env> ShardReaders<'env> {
+    /// Runs `task` on a reader thread; false if none is left to take it (the caller then runs it itself).
+    fn run(&self, task: ReadTask<'env>) -> std::result::Result<(), ReadTask<'env>> {
+        self.queue.send(task).map_err(|e| e.0)
+    }
+}
+
+/// Calls `body` with `threads` shard readers, which end when it returns.
+pub(super) fn with_shard_readers<'env, R>(
+    threads: usize,
+    body: impl FnOnce(&ShardReaders<'env>) -> R,
+) -> R {
+    let (queue, tasks) = std::sync::mpsc::channel::<ReadTask<'env>>();
+    let tasks = std::sync::Mutex::new(tasks);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    // The lock is held only while waiting for the next task, never while running one.
+                    let next = tasks.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok(task) = next else { break };
+                    // A read that panics drops its reply: its requester reports the shard as unread.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task));
+                }
+            });
+        }
+        let readers = ShardReaders { queue };
+        let out = body(&readers);
+        // Closing the queue ends the readers; the scope waits for them.
+        drop(readers);
+        out
+    })
+}
+
+/// Reader threads for `workers` containers in flight of `width` shards each: every shard of each but the one
+/// its worker reads itself.
+pub(super) fn shard_reader_threads(workers: usize, width: usize) -> usize {
+    workers * width.saturating_sub(1)
+}
+
 /// Runs `f` on every item with `threads` workers taking items in order (so a plan's priority order holds
 /// approximately), until done or the job is cancelled.
 pub(super) fn for_each_parallel<T: Sync>(
@@ -258,26 +310,29 @@ impl Store {
 
     /// Reads and verifies every shard file of a container. Returns payloads (None = missing or bad) and the
     /// problems found on healthy disks (index, reason).
-    pub(super) fn read_all_shards(
-        &self,
+    pub(super) fn read_all_shards<'env>(
+        &'env self,
         row: &ContainerRow,
-        buffers: &ShardBuffers,
+        buffers: &'env ShardBuffers,
+        readers: &ShardReaders<'env>,
     ) -> (Vec<Option<ShardPayload>>, Vec<ShardProblem>) {
-        self.read_shards(row, &[], usize::MAX, buffers)
+        self.read_shards(row, &[], usize::MAX, buffers, readers)
     }
 
     /// Like `read_all_shards`, skipping the shards in `skip` and stopping once `enough` good ones are read
     /// (a rebuild needs only k).
     ///
-    /// The shards a container still needs are read at once, one thread per shard: they live on different
-    /// disks, and reading them one after another kept one disk per container busy (a scrub's six containers
-    /// in flight left half of a 12-disk JBOD idle; `cargo bench --bench jbod` models it).
-    pub(super) fn read_shards(
-        &self,
+    /// The shards a container still needs are read at once, one by this thread and the others by the job's
+    /// `readers`: they live on different disks, and reading them one after another kept one disk per
+    /// container busy (a scrub's six containers in flight left half of a 12-disk JBOD idle; `cargo bench
+    /// --bench jbod` models it).
+    pub(super) fn read_shards<'env>(
+        &'env self,
         row: &ContainerRow,
         skip: &[usize],
         enough: usize,
-        buffers: &ShardBuffers,
+        buffers: &'env ShardBuffers,
+        readers: &ShardReaders<'env>,
     ) -> (Vec<Option<ShardPayload>>, Vec<ShardProblem>) {
         let width = row.k as usize + row.m as usize;
         let mut payloads: Vec<Option<ShardPayload>> = (0..width).map(|_| None).collect();
@@ -304,21 +359,29 @@ impl Store {
         while good < enough && next < candidates.len() {
             let round = &candidates[next..next + (enough - good).min(candidates.len() - next)];
             next += round.len();
-            let results: Vec<_> = std::thread::scope(|s| {
-                let others: Vec<_> = round[1..]
-                    .iter()
-                    .map(|(idx, disk)| {
-                        s.spawn(move || (*idx, self.read_shard(row, *idx, disk, buffers)))
-                    })
-                    .collect();
-                let (idx, disk) = &round[0];
-                let mut results = vec![(*idx, self.read_shard(row, *idx, disk, buffers))];
-                results.extend(others.into_iter().map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| (usize::MAX, Err("shard reader panicked".to_string())))
-                }));
-                results
-            });
+            let shared_row = Arc::new(row.clone());
+            let others: Vec<_> = round[1..]
+                .iter()
+                .map(|(idx, disk)| {
+                    let (reply, answer) = std::sync::mpsc::channel();
+                    let (idx, disk, row) = (*idx, disk.clone(), shared_row.clone());
+                    let task: ReadTask<'env> = Box::new(move || {
+                        let _ = reply.send(self.read_shard(&row, idx, &disk, buffers));
+                    });
+                    if let Err(task) = readers.run(task) {
+                        task();
+                    }
+                    (idx, answer)
+                })
+                .collect();
+            let (idx, disk) = &round[0];
+            let mut results = vec![(*idx, self.read_shard(row, *idx, disk, buffers))];
+            results.extend(others.into_iter().map(|(idx, answer)| {
+                let result = answer
+                    .recv()
+                    .unwrap_or_else(|_| Err("shard reader panicked".to_string()));
+                (idx, result)
+            }));
             for (idx, result) in results {
                 match (result, payloads.get_mut(idx)) {
                     (Ok(payload), Some(slot)) => {
@@ -579,6 +642,57 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The job's readers run tasks side by side on their own threads, a task that panics loses only its own
+    /// reply (the requester sees the channel closed), and the readers go on serving and end with the body.
+    #[test]
+    fn shard_readers_run_tasks_in_parallel_and_outlive_a_panic() {
+        let main = std::thread::current().id();
+        let started = std::sync::Barrier::new(3);
+        let ran_on = with_shard_readers(3, |readers| {
+            // Three tasks that only finish once all three have started: they run at once.
+            let answers: Vec<_> = (0..3)
+                .map(|i| {
+                    let (reply, answer) = std::sync::mpsc::channel();
+                    let started = &started;
+                    assert!(
+                        readers
+                            .run(Box::new(move || {
+                                started.wait();
+                                let _ = reply.send((i, std::thread::current().id()));
+                            }))
+                            .is_ok()
+                    );
+                    answer
+                })
+                .collect();
+            let ran_on: Vec<_> = answers.iter().map(|a| a.recv().unwrap()).collect();
+            let (reply, answer) = std::sync::mpsc::channel::<()>();
+            assert!(
+                readers
+                    .run(Box::new(move || {
+                        let _keep = reply;
+                        panic!("a shard read that panics");
+                    }))
+                    .is_ok()
+            );
+            assert!(
+                answer.recv().is_err(),
+                "the panicked task's reply is dropped"
+            );
+            let (reply, answer) = std::sync::mpsc::channel();
+            assert!(
+                readers
+                    .run(Box::new(move || reply.send(7).unwrap()))
+                    .is_ok()
+            );
+            assert_eq!(answer.recv().unwrap(), 7, "the readers still serve");
+            ran_on
+        });
+        assert_eq!(ran_on.len(), 3);
+        assert!(ran_on.iter().all(|(_, t)| *t != main));
+        assert_eq!(shard_reader_threads(6, 6), 30);
+    }
 
     /// Payloads left inside larger read buffers (junk in front and behind, as header and trailer lie)
     /// reconstruct in place: the missing shards come back equal to the encoder's, the present ones untouched.

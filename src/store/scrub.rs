@@ -8,7 +8,10 @@ use super::catalog::{self, ContainerRow};
 use super::disk::shard_path;
 use super::error::Result;
 use super::jobs::Job;
-use super::repair::{ShardBuffers, ShardPayload, for_each_parallel};
+use super::repair::{
+    ShardBuffers, ShardPayload, ShardReaders, for_each_parallel, shard_reader_threads,
+    with_shard_readers,
+};
 
 /// Containers scrubbed at once. Scrub is CPU-bound (every chunk is decompressed and hashed), and each
 /// container's shards are read one after another: six in flight keep both the disks and the cores busy,
@@ -41,64 +44,71 @@ impl Store {
         });
         let mut last = cursor;
         let mut bytes_done = 0u64;
-        loop {
-            let batch: Vec<u64> = self.catalog.read(|c| {
-                let mut st =
-                    c.prepare("SELECT id FROM containers WHERE id > ?1 ORDER BY id LIMIT 256")?;
-                let ids = st
-                    .query_map([last as i64], |r| r.get::<_, i64>(0))?
-                    .map(|r| r.map(|v| v as u64))
-                    .collect::<rusqlite::Result<_>>()?;
-                Ok(ids)
-            })?;
-            if batch.is_empty() {
-                break;
-            }
-            let done = AtomicU64::new(bytes_done);
-            let verified = std::sync::Mutex::new(Vec::with_capacity(batch.len()));
-            let width = usize::from(self.cfg.k) + usize::from(self.cfg.m);
-            let buffers = ShardBuffers::new(SCRUB_THREADS, width);
-            for_each_parallel(&batch, SCRUB_THREADS, job, |id| {
-                let Ok(Some(row)) = self
-                    .catalog
-                    .read(|c| catalog::get_container(c, ContainerId(*id)))
-                else {
-                    return;
-                };
-                if self.scrub_container(&row, job, repair, &buffers)
-                    && let Ok(mut v) = verified.lock()
-                {
-                    v.push(row.id);
+        let width = usize::from(self.cfg.k) + usize::from(self.cfg.m);
+        // Buffers and reader threads for the whole job, not per batch.
+        let buffers = ShardBuffers::new(SCRUB_THREADS, width);
+        let readers = shard_reader_threads(SCRUB_THREADS, width);
+        let completed = with_shard_readers(readers, |readers| -> Result<bool> {
+            loop {
+                let batch: Vec<u64> = self.catalog.read(|c| {
+                    let mut st =
+                        c.prepare("SELECT id FROM containers WHERE id > ?1 ORDER BY id LIMIT 256")?;
+                    let ids = st
+                        .query_map([last as i64], |r| r.get::<_, i64>(0))?
+                        .map(|r| r.map(|v| v as u64))
+                        .collect::<rusqlite::Result<_>>()?;
+                    Ok(ids)
+                })?;
+                if batch.is_empty() {
+                    return Ok(true);
                 }
-                let d = done.fetch_add(row.len, Ordering::Relaxed) + row.len;
-                job.update(|p| {
-                    p.containers_done += 1;
-                    p.bytes_done = d;
+                let done = AtomicU64::new(bytes_done);
+                let verified = std::sync::Mutex::new(Vec::with_capacity(batch.len()));
+                for_each_parallel(&batch, SCRUB_THREADS, job, |id| {
+                    let Ok(Some(row)) = self
+                        .catalog
+                        .read(|c| catalog::get_container(c, ContainerId(*id)))
+                    else {
+                        return;
+                    };
+                    if self.scrub_container(&row, job, repair, &buffers, readers)
+                        && let Ok(mut v) = verified.lock()
+                    {
+                        v.push(row.id);
+                    }
+                    let d = done.fetch_add(row.len, Ordering::Relaxed) + row.len;
+                    job.update(|p| {
+                        p.containers_done += 1;
+                        p.bytes_done = d;
+                    });
+                    job.pace(d);
                 });
-                job.pace(d);
-            });
-            bytes_done = done.load(Ordering::Relaxed);
-            // One transaction (one fsync) per batch for the last-verified times, not one per container.
-            let verified = verified.into_inner().unwrap_or_default();
-            let now = now_ms() as i64;
-            self.catalog.write(|tx| {
-                let mut st = tx.prepare_cached(
-                    "UPDATE containers SET last_verified_unix_ms = ?2 WHERE id = ?1",
-                )?;
-                for id in &verified {
-                    st.execute(params![id.0 as i64, now])?;
+                bytes_done = done.load(Ordering::Relaxed);
+                // One transaction (one fsync) per batch for the last-verified times, not one per container.
+                let verified = verified.into_inner().unwrap_or_default();
+                let now = now_ms() as i64;
+                self.catalog.write(|tx| {
+                    let mut st = tx.prepare_cached(
+                        "UPDATE containers SET last_verified_unix_ms = ?2 WHERE id = ?1",
+                    )?;
+                    for id in &verified {
+                        st.execute(params![id.0 as i64, now])?;
+                    }
+                    Ok(())
+                })?;
+                if job.cancelled() {
+                    // Containers of an unfinished batch are scrubbed again next time: resume from its start.
+                    self.catalog
+                        .write(|tx| catalog::meta_set(tx, "scrub_cursor", &last.to_string()))?;
+                    return Ok(false);
                 }
-                Ok(())
-            })?;
-            if job.cancelled() {
-                // Containers of an unfinished batch are scrubbed again next time: resume from its start.
+                last = batch.last().copied().unwrap_or(last);
                 self.catalog
                     .write(|tx| catalog::meta_set(tx, "scrub_cursor", &last.to_string()))?;
-                return Ok(());
             }
-            last = batch.last().copied().unwrap_or(last);
-            self.catalog
-                .write(|tx| catalog::meta_set(tx, "scrub_cursor", &last.to_string()))?;
+        })?;
+        if !completed {
+            return Ok(());
         }
         self.catalog.write(|tx| {
             tx.execute("DELETE FROM meta WHERE key = 'scrub_cursor'", [])?;
@@ -108,14 +118,15 @@ impl Store {
     }
 
     /// Verifies (and with `repair`, repairs) one container; true when it is now wholly good.
-    fn scrub_container(
-        &self,
+    fn scrub_container<'env>(
+        &'env self,
         row: &ContainerRow,
         job: &Job,
         repair: bool,
-        buffers: &ShardBuffers,
+        buffers: &'env ShardBuffers,
+        readers: &ShardReaders<'env>,
     ) -> bool {
-        let (mut shards, problems) = self.read_all_shards(row, buffers);
+        let (mut shards, problems) = self.read_all_shards(row, buffers, readers);
         let good = self.scrub_shards(row, job, repair, &mut shards, &problems);
         buffers.recycle(shards);
         good
