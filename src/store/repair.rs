@@ -117,7 +117,8 @@ pub(super) struct ShardReaders<'env> {
 }
 
 impl<'env> ShardReaders<'env> {
-    /// Runs `task` on a reader thread; false if none is left to take it (the caller then runs it itself).
+    /// Runs `task` on a reader thread, or gives it back if none is left to take it (the caller then runs it
+    /// itself).
     fn run(&self, task: ReadTask<'env>) -> std::result::Result<(), ReadTask<'env>> {
         self.queue.send(task).map_err(|e| e.0)
     }

@@ -14,8 +14,8 @@ use super::repair::{
 };
 
 /// Containers scrubbed at once. Scrub is CPU-bound (every chunk is decompressed and hashed), and each
-/// container's shards are read one after another: six in flight keep both the disks and the cores busy,
-/// for about 6 x 20 MiB of buffers.
+/// container's shards are read at once (`read_shards`, on the job's shard readers): six in flight keep both
+/// the disks and the cores busy, for about 6 x 20 MiB of buffers.
 pub const SCRUB_THREADS: usize = 6;
 use super::{Store, now_ms};
 use crate::core::ids::ContainerId;
