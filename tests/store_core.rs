@@ -974,3 +974,84 @@ fn a_repeated_streams_md5_comes_from_the_catalog_after_a_restart() {
     );
     assert!(store.catalog().read(check_catalog).unwrap().is_empty());
 }
+
+/// A scrub resumes from its checkpoint (`meta.scrub_cursor`, written after each batch of containers and when
+/// cancelled): containers at or below the cursor are not read again, every one after it is verified and gets
+/// its last-verified time, and a finished scrub clears the cursor and records its completion. The cursor is
+/// set as an interrupted scrub leaves it, on a closed store.
+#[test]
+fn scrub_resumes_after_its_checkpoint() {
+    use cairn::store::jobs::{Job, JobKind};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let catalog = cfg.catalog_path();
+    {
+        let store = Store::open(cfg.clone()).unwrap();
+        store.create_bucket("backups").unwrap();
+        for i in 0..4 {
+            put(&store, "backups", &format!("o{i}"), &data(40 + i, 600_000));
+        }
+    }
+    let ids: Vec<i64> = {
+        let c = rusqlite::Connection::open(&catalog).unwrap();
+        let mut st = c.prepare("SELECT id FROM containers ORDER BY id").unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    };
+    assert!(ids.len() >= 4, "several containers: {ids:?}");
+    let cursor = ids[ids.len() / 2];
+    rusqlite::Connection::open(&catalog)
+        .unwrap()
+        .execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES('scrub_cursor', ?1)",
+            [cursor.to_string()],
+        )
+        .unwrap();
+
+    let store = Store::open(cfg).unwrap();
+    let job = Job::new(JobKind::Scrub, 0, true);
+    store.run_scrub(&job, true).unwrap();
+    let p = job.progress();
+    let after = ids.iter().filter(|id| **id > cursor).count() as u64;
+    assert_eq!(
+        p.containers_done,
+        ids.len() as u64,
+        "the ones before count as done"
+    );
+    assert_eq!(p.shards_repaired, 0);
+    drop(store);
+
+    let c = rusqlite::Connection::open(&catalog).unwrap();
+    let verified: Vec<(i64, Option<i64>)> = {
+        let mut st = c
+            .prepare("SELECT id, last_verified_unix_ms FROM containers ORDER BY id")
+            .unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    };
+    for (id, when) in &verified {
+        assert_eq!(
+            when.is_some(),
+            *id > cursor,
+            "container {id}: verified only after the cursor {cursor}"
+        );
+    }
+    assert_eq!(
+        verified.iter().filter(|(_, w)| w.is_some()).count() as u64,
+        after
+    );
+    let meta = |key: &str| -> Option<String> {
+        c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .ok()
+    };
+    assert_eq!(
+        meta("scrub_cursor"),
+        None,
+        "a finished scrub clears its cursor"
+    );
+    assert!(meta("scrub_last_completed_unix_ms").is_some());
+}
