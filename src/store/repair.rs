@@ -111,7 +111,7 @@ type ReadTask<'env> = Box<dyn FnOnce() + Send + 'env>;
 /// scrub of 2 GB (403 containers) create ~2,000 threads, ~60 million at 100 TB. Each start and exit maps and
 /// unmaps its stack and signal stack, which takes the process's mmap lock for writing, and every O_DIRECT
 /// read of the other threads waits for that lock to pin its buffer. (On the bench's VM the change measured
-/// within the noise: README, session 20.)
+/// within the noise: docs/performance-history.md, session 20.)
 pub(super) struct ShardReaders<'env> {
     queue: std::sync::mpsc::Sender<ReadTask<'env>>,
 }
