@@ -761,6 +761,16 @@ fn a_declared_length_lets_the_last_container_take_the_rest_within_half_a_target(
         max_shard <= ((target + target / 2 + (2 << 20) + (256 << 10)) / 4) as u64,
         "largest shard {max_shard} B"
     );
+    // Every container fits the build buffer the store makes for one: none grows (copies) it at a seal.
+    let largest: i64 = store
+        .catalog()
+        .read(|c| Ok(c.query_row("SELECT MAX(len) FROM containers", [], |r| r.get(0))?))
+        .unwrap();
+    let capacity = cairn::store::container_capacity(store.config());
+    assert!(
+        largest as usize <= capacity,
+        "largest container {largest} B, build buffer {capacity} B"
+    );
 
     // A declared length that is wrong only moves seals: every byte reads back.
     put_declared("lied", &small_rest, Some(1));

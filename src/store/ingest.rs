@@ -40,6 +40,12 @@ pub(super) fn batch_capacity(max_chunk: usize) -> usize {
 /// few new chunks: keeps memory flat when a long stream is all duplicates.
 const MAX_SEGMENT_ENTRIES: usize = 64 * 1024;
 
+/// The most a container takes before it is sealed whatever the stream's declared rest (see
+/// `Upload::container_full`): 1.5 x the target. It may pass this by one span.
+pub(crate) fn container_limit(target: usize) -> usize {
+    target + target / 2
+}
+
 /// What one span of a batch stores (see `plan_group_spans`).
 enum SpanPayload {
     /// Only duplicates.
@@ -521,7 +527,7 @@ impl Upload {
         if len < target {
             return false;
         }
-        let limit = target + target / 2;
+        let limit = container_limit(target);
         if len >= limit {
             return true;
         }

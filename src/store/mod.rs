@@ -98,11 +98,16 @@ impl StoreConfig {
     }
 }
 
-/// 8 MiB containers: 2 MiB shards at 4+2, big enough for sequential I/O, small enough that 16 parallel
-/// uploads stay well under 1 GiB of buffers.
-/// A container's build buffer: the target plus one chunk past it and its records.
-fn container_capacity(cfg: &StoreConfig) -> usize {
-    cfg.container_target + cfg.chunker.max as usize + 4096
+/// A container's build buffer, big enough for the largest container ingest seals, so that no container grows
+/// (reallocates and copies) its buffer and no seal grows its parity buffers: up to the limit a declared
+/// stream's rest may fill ([`ingest::container_limit`]), plus the one span that may pass it (a group of at
+/// most [`GROUP_TARGET_RAW`] bytes, or one chunk, with room for its entries' headers if stored raw), plus
+/// the segment and upload records. It was the target plus one chunk: since containers take a declared
+/// rest (session 11), a 16 MiB part of the bench's data was sealed as one ~10 MB container, and every such
+/// container reallocated its 8 MiB buffer (a copy, and most of unique ingest's page faults).
+pub fn container_capacity(cfg: &StoreConfig) -> usize {
+    let span = GROUP_TARGET_RAW.max(cfg.chunker.max as usize);
+    ingest::container_limit(cfg.container_target) + span + span / 32 + (256 << 10)
 }
 
 /// Big buffers of each kind kept for reuse: as many as uploads commonly run at once (aws cli: 10 parts).
@@ -119,6 +124,8 @@ pub(crate) const SEAL_SLOTS: usize = 4;
 /// of new or changed streams, ~6 TB of them, up to ~0.6 GB of catalog.
 const MD5_CHECKPOINTS_KEPT: u64 = 1 << 22;
 
+/// 8 MiB containers: 2 MiB shards at 4+2, big enough for sequential I/O, small enough that 16 parallel
+/// uploads stay well under 1 GiB of buffers.
 pub const DEFAULT_CONTAINER_TARGET: usize = 8 * 1024 * 1024;
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 /// Container ids are reserved in the catalog in blocks, so an id is never reused after a crash.
