@@ -26,8 +26,9 @@
 //!   CAIRN_BENCH_PERF_ARGS="-F 999 -g"  perf record's options (e.g. --call-graph dwarf,32768)
 //!   CAIRN_BENCH_ONLY=rss        only section 5 (CAIRN_BENCH_RSS_TRACE=1: also the RSS every 0.25 s, per second)
 //!   CAIRN_BENCH_AB=/path/a,/path/b  instead of all the above: alternating rounds (CAIRN_BENCH_AB_ROUNDS=3) of
-//!                               unique ingest, duplicate ingest and a scrub on a fresh server of each binary,
-//!                               with the server's CPU seconds and minor page faults per phase (comparing two
+//!                               unique ingest, duplicate ingest, a scrub and restores (healthy, then with
+//!                               d00 and d01 removed) on a fresh server of each binary, with the server's
+//!                               CPU seconds and minor page faults per phase (comparing two
 //!                               builds on a noisy VM)
 
 use std::fs::File;
@@ -1382,7 +1383,8 @@ fn nightly(o: &Opts, work: &Path, has_restic: bool) {
     srv.stop();
 }
 
-/// `CAIRN_BENCH_AB`: the same phases on a fresh server of each binary in turn, round after round, so that the
+/// `CAIRN_BENCH_AB`: the same phases (unique and duplicate ingest, scrub, restore healthy and with two disks
+/// removed) on a fresh server of each binary in turn, round after round, so that the
 /// VM's slow spells fall on both. Each phase's MB/s and server CPU seconds; the medians per binary at the end.
 fn ab_rounds(o: &Opts, data: &Path, work: &Path, bins: &[PathBuf]) {
     let rounds: usize = std::env::var("CAIRN_BENCH_AB_ROUNDS")
@@ -1391,11 +1393,11 @@ fn ab_rounds(o: &Opts, data: &Path, work: &Path, bins: &[PathBuf]) {
         .unwrap_or(3);
     let mb = std::fs::metadata(data).map(|m| m.len()).unwrap_or(0) as f64 / MB;
     println!(
-        "\n| round | binary | unique MB/s | CPU s | k faults | dup MB/s | CPU s | k faults | scrub MB/s | CPU s | k faults |"
+        "\n| round | binary | unique MB/s | CPU s | k faults | dup MB/s | CPU s | k faults | scrub MB/s | CPU s | k faults | restore MB/s | CPU s | k faults | 2 disks removed MB/s | CPU s | k faults |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     // Per binary, per phase: (MB/s, server CPU s, minor faults) of every round.
-    let mut seen = vec![vec![Vec::new(); 3]; bins.len()];
+    let mut seen = vec![vec![Vec::new(); 5]; bins.len()];
     for round in 0..rounds {
         for (b, bin) in bins.iter().enumerate() {
             let dir = work.join(format!("ab-{round}-{b}"));
@@ -1423,6 +1425,19 @@ fn ab_rounds(o: &Opts, data: &Path, work: &Path, bins: &[PathBuf]) {
             phase(2, "scrub", &|| {
                 admin_job(&srv.data, "scrub");
                 shards
+            });
+            evict_tree(&srv.disks());
+            phase(3, "restore", &|| {
+                restore_file(&client, "full-1", data);
+                mb * MB
+            });
+            for d in ["d00", "d01"] {
+                let _ = std::fs::remove_dir_all(srv.disks().join(d));
+            }
+            evict_tree(&srv.disks());
+            phase(4, "degraded", &|| {
+                restore_file(&client, "full-1", data);
+                mb * MB
             });
             srv.stop();
             let r: Vec<String> = seen[b]

@@ -21,6 +21,7 @@ pub mod jobs;
 mod md5_lanes;
 mod objects;
 mod read;
+mod reconstructed;
 pub mod rebuild;
 pub mod recover;
 pub mod repair;
@@ -155,6 +156,8 @@ pub struct Store {
     parity_buffer_len: usize,
     /// Bounds the seals encoding and writing at once (`SEAL_SLOTS`).
     seal_slots: buffers::Slots,
+    /// Containers a restore found degraded, reconstructed once and kept for its next frames (reconstructed.rs).
+    reconstructed: reconstructed::ReconstructedContainers,
     /// MD5 states of streams at their checkpoints (md5_lanes.rs); new ones go to the catalog with each seal.
     md5_memo: Arc<md5_lanes::Md5Memo>,
     jobs: jobs::Jobs,
@@ -368,6 +371,9 @@ impl Store {
             parity_buffers,
             parity_buffer_len,
             seal_slots: buffers::Slots::new(SEAL_SLOTS),
+            reconstructed: reconstructed::ReconstructedContainers::new(
+                reconstructed::RECONSTRUCTED_KEPT,
+            ),
             md5_memo: Arc::new(md5_lanes::Md5Memo::durable()),
             jobs: jobs::Jobs::default(),
             _lock: lock,
@@ -385,6 +391,10 @@ impl Store {
 
     pub fn config(&self) -> &StoreConfig {
         &self.cfg
+    }
+    /// Containers reconstructed whole from parity for restores since the store opened (read.rs).
+    pub fn containers_reconstructed(&self) -> u64 {
+        self.reconstructed.made()
     }
     pub fn store_id(&self) -> StoreId {
         self.store_id

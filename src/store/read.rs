@@ -15,6 +15,7 @@ use super::dedup::ChunkLocation;
 use super::disk::shard_path;
 use super::diskset::DiskState;
 use super::error::{Result, StoreError};
+use super::reconstructed::DataShards;
 use super::{Store, now_ms};
 use crate::core::container::{decode_chunk, decode_group, group_member};
 use crate::core::ids::{ChunkId, ContainerId, UploadId};
@@ -241,7 +242,7 @@ impl Store {
     /// Reads and verifies one chunk, reconstructing from parity when needed.
     pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
         let (loc, row) = self.locate(id)?;
-        let mut v = self.read_stored(&row, &loc, &[(*id, loc)])?;
+        let mut v = self.read_stored(&row, &loc, &[(*id, loc)], false)?;
         v.pop().ok_or_else(|| StoreError::Corrupt {
             container: row.id,
             detail: "empty read".into(),
@@ -250,11 +251,15 @@ impl Store {
 
     /// Reads the stored bytes at `at` (a chunk entry's payload or a group's frame) once and returns `chunks`,
     /// all located there, each verified; reconstructs from parity when the healthy read does not verify.
+    /// `streaming`: the read is part of a restore that goes on through the container, so a container with an
+    /// unreadable data shard is reconstructed whole, once, and kept for the next frames (reconstructed.rs);
+    /// a single chunk read reconstructs just the rows it needs.
     fn read_stored(
         &self,
         row: &ContainerRow,
         at: &ChunkLocation,
         chunks: &[(ChunkId, ChunkLocation)],
+        streaming: bool,
     ) -> Result<Vec<Vec<u8>>> {
         let decode = |stored: &[u8]| -> Option<Vec<Vec<u8>>> {
             match at.group {
@@ -272,10 +277,29 @@ impl Store {
             }
         };
         let range = at.offset..at.offset + at.stored_len as u64;
-        if let Ok(stored) = self.read_container_range(row, range.clone())
-            && let Some(v) = decode(&stored)
-        {
-            return Ok(v);
+        // A data shard the range needs is on a failed disk: the healthy read would only fail part way.
+        let known_unreadable = self.range_hits_unreadable_shard(row, &range);
+        let unreadable = if known_unreadable {
+            true
+        } else {
+            match self.read_container_range(row, range.clone()) {
+                Ok(stored) => match decode(&stored) {
+                    Some(v) => return Ok(v),
+                    None => false, // read but wrong: bit rot, which a subset search locates
+                },
+                Err(_) => true,
+            }
+        };
+        if streaming && unreadable {
+            let whole = self
+                .reconstructed
+                .get_or_reconstruct(row.id, || self.reconstruct_container(row));
+            if let Some(whole) = whole
+                && let Some(v) = whole.range(range.clone()).and_then(|b| decode(&b))
+            {
+                self.note_degraded(row.id, &whole.unreadable);
+                return Ok(v);
+            }
         }
         let (v, bad) = self.degraded_read(row, range, &decode)?;
         self.note_degraded(row.id, &bad);
@@ -311,7 +335,7 @@ impl Store {
         let read = |(row, at, members): &ReadUnit| {
             let chunks: Vec<(ChunkId, ChunkLocation)> =
                 members.iter().map(|(_, id, l)| (*id, *l)).collect();
-            self.read_stored(row, at, &chunks)
+            self.read_stored(row, at, &chunks, true)
         };
         let results: Vec<Result<Vec<Vec<u8>>>> = if units.len() == 1 {
             units.iter().map(read).collect()
@@ -415,6 +439,67 @@ impl Store {
             filled += n;
         }
         Ok(out)
+    }
+
+    /// Whether a data shard holding part of `range` is on a failed, retired or unknown disk.
+    fn range_hits_unreadable_shard(&self, row: &ContainerRow, range: &Range<u64>) -> bool {
+        let s = row.shard_len;
+        if s == 0 || range.start >= range.end {
+            return false;
+        }
+        let (first, last) = (range.start / s, (range.end - 1) / s);
+        (first..=last).any(|i| self.shard_source(row, i as usize).is_none())
+    }
+
+    /// The container's k data shards, whole: the first k shards that can be read (data shards first, read in
+    /// parallel), the missing data shards decoded from them. None if fewer than k can be read or the decode
+    /// fails. Nothing here is verified: the frames served from it are, by their chunk hashes.
+    fn reconstruct_container(&self, row: &ContainerRow) -> Option<DataShards> {
+        let k = row.k as usize;
+        let width = k + row.m as usize;
+        let s = usize::try_from(row.shard_len).ok()?;
+        let read = |i: usize| -> Option<Vec<u8>> {
+            self.shard_source(row, i)?;
+            let mut b = vec![0u8; s];
+            self.read_shard_range(row, i, 0, &mut b, true).ok()?;
+            Some(b)
+        };
+        // Shards expected readable, data shards first; read the first k of them at once.
+        let candidates: Vec<usize> = (0..width)
+            .filter(|i| self.shard_source(row, *i).is_some())
+            .collect();
+        let mut pieces: Vec<Option<Vec<u8>>> = vec![None; width];
+        let first: Vec<(usize, Option<Vec<u8>>)> = candidates
+            .iter()
+            .take(k)
+            .copied()
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|i| (i, read(i)))
+            .collect();
+        for (i, b) in first {
+            pieces[i] = b;
+        }
+        let mut tried: Vec<usize> = candidates.iter().take(k).copied().collect();
+        // Any that failed: the remaining candidates, one at a time, until k are in.
+        for &i in candidates.iter().skip(k) {
+            if pieces.iter().flatten().count() >= k {
+                break;
+            }
+            tried.push(i);
+            pieces[i] = read(i);
+        }
+        // Unreadable: on a failed disk, or tried and failed (parity not needed stays unread, not bad).
+        let unreadable: Vec<usize> = (0..width)
+            .filter(|i| pieces[*i].is_none() && (!candidates.contains(i) || tried.contains(i)))
+            .collect();
+        let erasure = crate::core::erasure::Erasure::new(
+            crate::core::erasure::Geometry::new(row.k, row.m).ok()?,
+        )
+        .ok()?;
+        erasure.reconstruct_data(&mut pieces).ok()?;
+        let shards: Vec<Vec<u8>> = pieces.into_iter().take(k).collect::<Option<_>>()?;
+        Some(DataShards { shards, unreadable })
     }
 
     /// Reconstructs container bytes `range` from any k shards, trying subsets until `accept` takes the result
