@@ -393,6 +393,12 @@ fn a_restore_reconstructs_each_degraded_container_once_not_frame_by_frame() {
         get(&store, "bkt", "big", Some(range.clone())).unwrap(),
         object[range.start as usize..range.end as usize]
     );
+    // Restores at once, sharing the kept reconstructions and the read pool, each get every byte.
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| assert!(get(&store, "bkt", "big", None).unwrap() == object));
+        }
+    });
     // Single-chunk reads (no restore stream) stay on the frame-by-frame path: nothing more reconstructed whole.
     let before = store.containers_reconstructed();
     let (chunk_id,): (Vec<u8>,) = store

@@ -277,8 +277,14 @@ impl Store {
             }
         };
         let range = at.offset..at.offset + at.stored_len as u64;
-        // A data shard the range needs is on a failed disk: the healthy read would only fail part way.
-        let known_unreadable = self.range_hits_unreadable_shard(row, &range);
+        // A restore in a container with a data shard on a failed disk takes all its frames from one
+        // reconstruction, which reads each readable shard once; outside a restore, a range that needs such a
+        // shard skips the healthy read, which would only fail part way.
+        let known_unreadable = if streaming {
+            self.range_hits_unreadable_shard(row, &(0..row.shard_len * u64::from(row.k)))
+        } else {
+            self.range_hits_unreadable_shard(row, &range)
+        };
         let unreadable = if known_unreadable {
             true
         } else {
@@ -469,17 +475,23 @@ impl Store {
             .filter(|i| self.shard_source(row, *i).is_some())
             .collect();
         let mut pieces: Vec<Option<Vec<u8>>> = vec![None; width];
-        let first: Vec<(usize, Option<Vec<u8>>)> = candidates
-            .iter()
-            .take(k)
-            .copied()
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .map(|i| (i, read(i)))
-            .collect();
-        for (i, b) in first {
-            pieces[i] = b;
-        }
+        // On threads of its own, not the read pool's: this runs inside the pool, while other pool threads
+        // wait for this very reconstruction, and a pool thread waiting on rayon work steals other jobs (such as
+        // another frame of this container, which would wait on the reconstruction it is part of).
+        std::thread::scope(|scope| {
+            let reads: Vec<_> = candidates
+                .iter()
+                .take(k)
+                .skip(1)
+                .map(|&i| (i, scope.spawn(move || read(i))))
+                .collect();
+            if let Some(&i) = candidates.first() {
+                pieces[i] = read(i);
+            }
+            for (i, handle) in reads {
+                pieces[i] = handle.join().ok().flatten();
+            }
+        });
         let mut tried: Vec<usize> = candidates.iter().take(k).copied().collect();
         // Any that failed: the remaining candidates, one at a time, until k are in.
         for &i in candidates.iter().skip(k) {

@@ -33,7 +33,10 @@ impl DataShards {
     /// Container bytes `range`, copied out of the data shards; None if the range lies outside them.
     pub fn range(&self, range: Range<u64>) -> Option<Vec<u8>> {
         let shard_len = self.shards.first()?.len() as u64;
-        if shard_len == 0 || range.start > range.end || range.end > shard_len * self.shards.len() as u64 {
+        if shard_len == 0
+            || range.start > range.end
+            || range.end > shard_len * self.shards.len() as u64
+        {
             return None;
         }
         let mut out = Vec::with_capacity((range.end - range.start) as usize);
@@ -135,8 +138,20 @@ mod tests {
     fn a_range_is_copied_across_shard_boundaries() {
         let d = shards(4, 10);
         let joined: Vec<u8> = d.shards.concat();
-        for (a, b) in [(0, 0), (0, 40), (3, 7), (8, 12), (9, 31), (10, 20), (39, 40)] {
-            assert_eq!(d.range(a..b).unwrap(), joined[a as usize..b as usize], "{a}..{b}");
+        for (a, b) in [
+            (0, 0),
+            (0, 40),
+            (3, 7),
+            (8, 12),
+            (9, 31),
+            (10, 20),
+            (39, 40),
+        ] {
+            assert_eq!(
+                d.range(a..b).unwrap(),
+                joined[a as usize..b as usize],
+                "{a}..{b}"
+            );
         }
         assert!(d.range(30..41).is_none());
         assert!(d.range(5..4).is_none());
