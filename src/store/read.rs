@@ -18,6 +18,7 @@ use super::error::{Result, StoreError};
 use super::reconstructed::DataShards;
 use super::{Store, now_ms};
 use crate::core::container::{decode_chunk, decode_group, group_member};
+use crate::core::erasure::{Erasure, Geometry};
 use crate::core::ids::{ChunkId, ContainerId, UploadId};
 use crate::core::shard::SHARD_HEADER_LEN;
 
@@ -280,15 +281,17 @@ impl Store {
         // A restore in a container with a data shard on a failed disk takes all its frames from one
         // reconstruction, which reads each readable shard once; outside a restore, a range that needs such a
         // shard skips the healthy read, which would only fail part way.
+        let container_degraded =
+            self.range_hits_unreadable_shard(row, &(0..row.shard_len * u64::from(row.k)));
         let known_unreadable = if streaming {
-            self.range_hits_unreadable_shard(row, &(0..row.shard_len * u64::from(row.k)))
+            container_degraded
         } else {
             self.range_hits_unreadable_shard(row, &range)
         };
         let unreadable = if known_unreadable {
             true
         } else {
-            match self.read_container_range(row, range.clone()) {
+            match self.read_container_range(row, range.clone(), !container_degraded) {
                 Ok(stored) => match decode(&stored) {
                     Some(v) => return Ok(v),
                     None => false, // read but wrong: bit rot, which a subset search locates
@@ -426,16 +429,20 @@ impl Store {
         r
     }
 
-    /// Container bytes `range`, read straight from the data shards (the healthy path).
-    fn read_container_range(&self, row: &ContainerRow, range: Range<u64>) -> io::Result<Vec<u8>> {
+    /// Container bytes `range`, read straight from the data shards (the healthy path). `once`: past the page
+    /// cache, for a container whose data shards are all readable; otherwise some of its frames are read
+    /// degraded, which (outside a restore) re-reads the rows of all shards per frame, and finds those the
+    /// healthy reads brought into the cache (reading them with O_DIRECT cost a degraded restore ~15%).
+    fn read_container_range(
+        &self,
+        row: &ContainerRow,
+        range: Range<u64>,
+        once: bool,
+    ) -> io::Result<Vec<u8>> {
         let s = row.shard_len;
         let mut out = vec![0u8; (range.end - range.start) as usize];
         let mut pos = range.start;
         let mut filled = 0usize;
-        // Past the page cache only while every data shard of the container is readable: otherwise some of
-        // its frames are read degraded, which re-reads the rows of all shards per frame, and finds those the
-        // healthy reads brought into the cache (reading them with O_DIRECT cost a degraded restore ~15%).
-        let once = (0..row.k as usize).all(|i| self.shard_source(row, i).is_some());
         while pos < range.end {
             let idx = (pos / s) as usize;
             let within = pos % s;
@@ -465,7 +472,6 @@ impl Store {
         let width = k + row.m as usize;
         let s = usize::try_from(row.shard_len).ok()?;
         let read = |i: usize| -> Option<Vec<u8>> {
-            self.shard_source(row, i)?;
             let mut b = vec![0u8; s];
             self.read_shard_range(row, i, 0, &mut b, true).ok()?;
             Some(b)
@@ -492,23 +498,17 @@ impl Store {
                 pieces[i] = handle.join().ok().flatten();
             }
         });
-        let mut tried: Vec<usize> = candidates.iter().take(k).copied().collect();
         // Any that failed: the remaining candidates, one at a time, until k are in.
-        for &i in candidates.iter().skip(k) {
-            if pieces.iter().flatten().count() >= k {
-                break;
-            }
-            tried.push(i);
-            pieces[i] = read(i);
+        let mut tried = k.min(candidates.len());
+        while tried < candidates.len() && pieces.iter().flatten().count() < k {
+            pieces[candidates[tried]] = read(candidates[tried]);
+            tried += 1;
         }
         // Unreadable: on a failed disk, or tried and failed (parity not needed stays unread, not bad).
         let unreadable: Vec<usize> = (0..width)
-            .filter(|i| pieces[*i].is_none() && (!candidates.contains(i) || tried.contains(i)))
+            .filter(|i| pieces[*i].is_none() && !candidates[tried..].contains(i))
             .collect();
-        let erasure = crate::core::erasure::Erasure::new(
-            crate::core::erasure::Geometry::new(row.k, row.m).ok()?,
-        )
-        .ok()?;
+        let erasure = Erasure::new(Geometry::new(row.k, row.m).ok()?).ok()?;
         erasure.reconstruct_data(&mut pieces).ok()?;
         let shards: Vec<Vec<u8>> = pieces.into_iter().take(k).collect::<Option<_>>()?;
         Some(DataShards { shards, unreadable })
@@ -543,8 +543,7 @@ impl Store {
         // disks); pass 1 reads the rest only when those did not verify (bit rot in one of them).
         let mut pieces: Vec<Option<Vec<u8>>> = vec![None; width];
         let mut tried = vec![false; width];
-        let erasure =
-            crate::core::erasure::Erasure::new(crate::core::erasure::Geometry::new(row.k, row.m)?)?;
+        let erasure = Erasure::new(Geometry::new(row.k, row.m)?)?;
         for pass in 0..2 {
             let mut have = pieces.iter().filter(|p| p.is_some()).count();
             for i in 0..width {
