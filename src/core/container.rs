@@ -610,9 +610,7 @@ pub fn verify_container_pieces(c: &Pieces<'_>, check_chunks: bool) -> Result<(),
         match h.ty {
             EntryType::Chunk => {
                 let payload = c.contiguous(start..end, &mut scratch).ok_or_else(short)?;
-                decode_chunk(h.codec, h.raw_len, payload, &ChunkId(h.id))
-                    .map(|_| ())
-                    .map_err(at_entry)
+                verify_chunk(h.codec, h.raw_len, payload, &ChunkId(h.id)).map_err(at_entry)
             }
             EntryType::Group => {
                 let table = c
@@ -1060,6 +1058,45 @@ pub fn decode_chunk(
     Ok(raw)
 }
 
+/// [`decode_chunk`]'s checks without handing the bytes out (scrub): a raw chunk is hashed where it lies, a
+/// compressed one decoded into the thread's reused buffer. (The copy of every raw chunk and a fresh buffer per
+/// compressed one were ~1.6% of scrub's CPU.)
+pub fn verify_chunk(
+    codec: Codec,
+    raw_len: u32,
+    stored: &[u8],
+    id: &ChunkId,
+) -> Result<(), CoreError> {
+    const W: &str = "chunk payload";
+    if !(1..=MAX_RAW_CHUNK_LEN).contains(&raw_len) {
+        return Err(malformed(W, format!("raw length {raw_len}")));
+    }
+    let check = |raw: &[u8]| {
+        if raw.len() != raw_len as usize {
+            return Err(malformed(
+                W,
+                format!("decoded {} bytes, header says {raw_len}", raw.len()),
+            ));
+        }
+        if ChunkId::of(raw) != *id {
+            return Err(CoreError::HashMismatch { what: "chunk" });
+        }
+        Ok(())
+    };
+    match codec {
+        Codec::Raw => check(stored),
+        Codec::Zstd => VERIFY_BUF.with(|cell| {
+            let mut raw = cell.borrow_mut();
+            raw.clear();
+            raw.reserve(thread_buffer_size(raw_len as usize));
+            // Into the spare capacity only: output beyond it is an error, as decode_chunk's bound.
+            with_decompressor(|d| d.decompress_to_buffer(stored, &mut *raw))
+                .map_err(|e| malformed(W, format!("zstd: {e}")))?;
+            check(&raw)
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -1378,6 +1415,47 @@ mod tests {
         assert_eq!(c, Codec::Raw);
         assert_eq!(s, random);
         assert_eq!(compress_chunk(&[], 3).0, Codec::Raw);
+    }
+
+    #[test]
+    fn verify_chunk_agrees_with_decode_chunk() {
+        let text = b"abcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabc".repeat(10);
+        let random: Vec<u8> = (0..70_000).map(|_| rand::random::<u8>()).collect();
+        let n = text.len() as u32;
+        let (c, z) = compress_chunk(&text, 3);
+        assert_eq!(c, Codec::Zstd);
+        let id = ChunkId::of(&text);
+        // Every case decode_chunk decides, in both codecs, and a larger chunk after a smaller one (the
+        // reused buffer grows) and then a smaller one again.
+        let cases: Vec<(Codec, u32, &[u8], ChunkId)> = vec![
+            (c, n, &z, id),
+            (Codec::Raw, n, &text, id),
+            (
+                Codec::Raw,
+                random.len() as u32,
+                &random,
+                ChunkId::of(&random),
+            ),
+            (c, n, &z, id),
+            (c, n, &z, ChunkId::of(b"other")),
+            (Codec::Raw, n, &text, ChunkId::of(b"other")),
+            (Codec::Raw, n - 1, &text, id),
+            (c, n - 1, &z, id),
+            (c, n + 1, &z, id),
+            (c, 0, &z, id),
+            (c, MAX_RAW_CHUNK_LEN + 1, &z, id),
+            (c, n, &z[..z.len() - 3], id),
+            (c, n, &text, id),
+        ];
+        for (i, (codec, len, stored, id)) in cases.into_iter().enumerate() {
+            let decoded = decode_chunk(codec, len, stored, &id);
+            let verified = verify_chunk(codec, len, stored, &id);
+            assert_eq!(verified.is_ok(), decoded.is_ok(), "case {i}");
+            if let Err(CoreError::HashMismatch { what }) = decoded {
+                assert_eq!(verified, Err(CoreError::HashMismatch { what }), "case {i}");
+            }
+            assert!(i >= 4 || verified.is_ok(), "case {i} is a good chunk");
+        }
     }
 
     #[test]
