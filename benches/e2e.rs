@@ -240,9 +240,6 @@ struct Limits {
     /// Per core, BLAKE3 and the socket receive alone: what a server following a remembered chunk sequence
     /// (no CDC scan, core::follow) and doing nothing else reaches.
     follow_io_core: f64,
-    /// The same with the ETag's MD5 in SIMD lanes: what such a server also owes the S3 contract (every PUT and
-    /// part answers the MD5 of its bytes, and rclone and Content-MD5 senders check it).
-    follow_md5_io_core: f64,
     hash: f64,
     dup_md5: f64,
     restore_core: f64,
@@ -281,7 +278,6 @@ fn limits(s: &Stages) -> Limits {
         hash_core: 1.0 / hash,
         hash_io_core: 1.0 / (hash + 1.0 / s.socket_receive),
         follow_io_core: 1.0 / (1.0 / s.blake3 + 1.0 / s.socket_receive),
-        follow_md5_io_core: 1.0 / (1.0 / s.blake3 + 1.0 / s.md5_lanes + 1.0 / s.socket_receive),
         hash: cores as f64 / hash,
         dup_md5: cores as f64 / (hash + 1.0 / s.md5_lanes),
         restore_core: 1.0 / restore,
@@ -863,14 +859,6 @@ fn main() {
         0.90,
         (follow_reach, l.hash),
         "BLAKE3 and the socket receive",
-        dup_client_cpu.2,
-    ));
-    let follow_md5_reach = limit_with_client(mb, l.follow_md5_io_core, dup_client_cpu, l.cores);
-    rows.push(reachable_row(
-        "  same, following sequences and computing the ETag's MD5 (in lanes)",
-        0.90,
-        (follow_md5_reach, l.hash),
-        "BLAKE3, MD5 in lanes and the socket receive",
         dup_client_cpu.2,
     ));
     rows.push(row(
