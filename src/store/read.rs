@@ -66,6 +66,48 @@ fn locate_in(
     Ok((loc, row))
 }
 
+/// Where one stored frame of a read window lies, for [`plan_read_runs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FrameSpot {
+    container: ContainerId,
+    offset: u64,
+    stored_len: u32,
+    /// A chunk stored alone (not a group's frame).
+    alone: bool,
+}
+
+/// The most bytes one read of a run of chunks stored alone covers.
+const RUN_MAX_BYTES: u64 = 1 << 20;
+/// The most bytes between two chunks of a run (their entry headers lie between them; a larger gap holds
+/// something else, read for nothing).
+const RUN_MAX_GAP: u64 = 4096;
+
+/// Cuts a window's frames (in window order) into runs read together: consecutive chunks stored alone in one
+/// container, each starting at most [`RUN_MAX_GAP`] bytes after the one before ends, at most
+/// [`RUN_MAX_BYTES`] from the first's start to the last's end; every other frame is a run of its own. Chunks
+/// that do not compress are stored alone, one entry each (§4.5): read one by one, a restore of such data made
+/// a read of 16-64 KiB per chunk, below the O_DIRECT threshold, so through the page cache and its copy.
+fn plan_read_runs(frames: &[FrameSpot]) -> Vec<Range<usize>> {
+    let mut runs: Vec<Range<usize>> = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        let joins = runs.last().is_some_and(|run| {
+            let (first, prev) = (&frames[run.start], &frames[i - 1]);
+            let prev_end = prev.offset + u64::from(prev.stored_len);
+            f.alone
+                && prev.alone
+                && f.container == prev.container
+                && f.offset >= prev_end
+                && f.offset - prev_end <= RUN_MAX_GAP
+                && f.offset + u64::from(f.stored_len) - first.offset <= RUN_MAX_BYTES
+        });
+        match runs.last_mut() {
+            Some(run) if joins => run.end = i + 1,
+            _ => runs.push(i..i + 1),
+        }
+    }
+    runs
+}
+
 /// One stored frame to read for a window: its container, where it is, and the (window position, chunk) pairs
 /// it serves.
 type ReadUnit = (
@@ -346,10 +388,33 @@ impl Store {
                 members.iter().map(|(_, id, l)| (*id, *l)).collect();
             self.read_stored(row, at, &chunks, true)
         };
-        let results: Vec<Result<Vec<Vec<u8>>>> = if units.len() == 1 {
-            units.iter().map(read).collect()
+        let frames: Vec<FrameSpot> = units
+            .iter()
+            .map(|(_, at, _)| FrameSpot {
+                container: at.container,
+                offset: at.offset,
+                stored_len: at.stored_len,
+                alone: at.group.is_none(),
+            })
+            .collect();
+        let runs = plan_read_runs(&frames);
+        let read_run = |run: &Range<usize>| -> Vec<Result<Vec<Vec<u8>>>> {
+            match &units[run.clone()] {
+                [one] => vec![read(one)],
+                several => self.read_alone_run(several, &read),
+            }
+        };
+        let results: Vec<Result<Vec<Vec<u8>>>> = if runs.len() == 1 {
+            runs.iter().flat_map(read_run).collect()
         } else {
-            let all = || units.par_iter().map(read).collect();
+            let all = || {
+                runs.par_iter()
+                    .map(read_run)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .flatten()
+                    .collect()
+            };
             match read_pool() {
                 Some(pool) => pool.install(all),
                 None => all(),
@@ -382,6 +447,44 @@ impl Store {
                         detail: "read window lost a chunk".into(),
                     })
                 })
+            })
+            .collect()
+    }
+
+    /// Chunks stored alone, back to back in one container (a run from [`plan_read_runs`]): their range is read
+    /// once on the healthy path and each chunk verified from its slice. A container with an unreadable data
+    /// shard, a failed read, or a chunk that does not verify goes the frame-by-frame way (`read`), which
+    /// repairs or reports.
+    fn read_alone_run(
+        &self,
+        run: &[ReadUnit],
+        read: &(dyn Fn(&ReadUnit) -> Result<Vec<Vec<u8>>> + Sync),
+    ) -> Vec<Result<Vec<Vec<u8>>>> {
+        let (Some((row, first, _)), Some((_, last, _))) = (run.first(), run.last()) else {
+            return Vec::new();
+        };
+        let range = first.offset..last.offset + u64::from(last.stored_len);
+        let container = 0..row.shard_len * u64::from(row.k);
+        let bytes = if self.range_hits_unreadable_shard(row, &container) {
+            None
+        } else {
+            self.read_container_range(row, range.clone(), true).ok()
+        };
+        run.iter()
+            .map(|unit| {
+                let (_, at, members) = unit;
+                let from_run = bytes.as_deref().and_then(|b| {
+                    let start = usize::try_from(at.offset - range.start).ok()?;
+                    let stored = b.get(start..start + at.stored_len as usize)?;
+                    members
+                        .iter()
+                        .map(|(_, id, l)| decode_chunk(l.codec, l.raw_len, stored, id).ok())
+                        .collect::<Option<Vec<_>>>()
+                });
+                match from_run {
+                    Some(chunks) => Ok(chunks),
+                    None => read(unit),
+                }
             })
             .collect()
     }
@@ -908,7 +1011,64 @@ impl io::Read for ObjectReader {
 
 #[cfg(test)]
 mod tests {
-    use super::combinations;
+    use super::{ContainerId, FrameSpot, RUN_MAX_BYTES, RUN_MAX_GAP, combinations, plan_read_runs};
+
+    fn spot(container: u64, offset: u64, stored_len: u32, alone: bool) -> FrameSpot {
+        FrameSpot {
+            container: ContainerId(container),
+            offset,
+            stored_len,
+            alone,
+        }
+    }
+
+    #[test]
+    fn adjacent_chunks_stored_alone_are_read_as_one_run() {
+        // Back to back with 48-byte entry headers between them: one run.
+        let header = 48;
+        let mut frames = Vec::new();
+        let mut at = 64;
+        for len in [20_000u32, 35_000, 17_000, 60_000] {
+            frames.push(spot(1, at, len, true));
+            at += u64::from(len) + header;
+        }
+        assert_eq!(plan_read_runs(&frames), vec![0..4]);
+
+        // A group's frame, another container, a gap past RUN_MAX_GAP, and a chunk earlier in the container
+        // (a dedup hit pointing back) each start a new run.
+        let frames = vec![
+            spot(1, 64, 30_000, true),
+            spot(1, 30_112, 30_000, true),
+            spot(1, 60_160, 1_200_000, false),
+            spot(1, 1_260_208, 30_000, true),
+            spot(2, 64, 30_000, true),
+            spot(2, 30_064 + RUN_MAX_GAP + 1, 30_000, true),
+            spot(2, 64, 30_000, true),
+            spot(2, 30_112, 30_000, true),
+        ];
+        assert_eq!(
+            plan_read_runs(&frames),
+            vec![0..2, 2..3, 3..4, 4..5, 5..6, 6..8]
+        );
+        assert!(plan_read_runs(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_run_reads_at_most_run_max_bytes() {
+        let len = 40_000u32;
+        let frames: Vec<FrameSpot> = (0..100u64)
+            .map(|i| spot(7, i * u64::from(len), len, true))
+            .collect();
+        let runs = plan_read_runs(&frames);
+        assert_eq!(runs.first(), Some(&(0..26)));
+        assert_eq!(runs.iter().map(|r| r.len()).sum::<usize>(), 100);
+        for r in &runs {
+            let (first, last) = (&frames[r.start], &frames[r.end - 1]);
+            assert!(last.offset + u64::from(last.stored_len) - first.offset <= RUN_MAX_BYTES);
+        }
+        // Consecutive and covering the window in order.
+        assert!(runs.windows(2).all(|w| w[0].end == w[1].start));
+    }
 
     #[test]
     fn combinations_enumerate_all_subsets() {
