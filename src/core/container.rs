@@ -1023,6 +1023,31 @@ fn with_decompressor<R>(
     })
 }
 
+/// What chunk payload errors name.
+const CHUNK_PAYLOAD: &str = "chunk payload";
+
+/// A chunk's raw length as its entry or location states it: 1 to [`MAX_RAW_CHUNK_LEN`].
+fn check_chunk_raw_len(raw_len: u32) -> Result<(), CoreError> {
+    if !(1..=MAX_RAW_CHUNK_LEN).contains(&raw_len) {
+        return Err(malformed(CHUNK_PAYLOAD, format!("raw length {raw_len}")));
+    }
+    Ok(())
+}
+
+/// A chunk's decoded bytes: `raw_len` of them, hashing to `id`.
+fn check_decoded_chunk(raw: &[u8], raw_len: u32, id: &ChunkId) -> Result<(), CoreError> {
+    if raw.len() != raw_len as usize {
+        return Err(malformed(
+            CHUNK_PAYLOAD,
+            format!("decoded {} bytes, header says {raw_len}", raw.len()),
+        ));
+    }
+    if ChunkId::of(raw) != *id {
+        return Err(CoreError::HashMismatch { what: "chunk" });
+    }
+    Ok(())
+}
+
 /// Decompresses (bounded to `raw_len`: never allocates more than that, rejects oversize output) and verifies
 /// BLAKE3 == id.
 pub fn decode_chunk(
@@ -1031,30 +1056,19 @@ pub fn decode_chunk(
     stored: &[u8],
     id: &ChunkId,
 ) -> Result<Vec<u8>, CoreError> {
-    const W: &str = "chunk payload";
-    if !(1..=MAX_RAW_CHUNK_LEN).contains(&raw_len) {
-        return Err(malformed(W, format!("raw length {raw_len}")));
-    }
+    check_chunk_raw_len(raw_len)?;
     let raw = match codec {
         Codec::Raw if stored.len() != raw_len as usize => {
             return Err(malformed(
-                W,
+                CHUNK_PAYLOAD,
                 format!("{} stored bytes, header says {raw_len}", stored.len()),
             ));
         }
         Codec::Raw => stored.to_vec(),
         Codec::Zstd => decompress_reusing(stored, raw_len as usize)
-            .map_err(|e| malformed(W, format!("zstd: {e}")))?,
+            .map_err(|e| malformed(CHUNK_PAYLOAD, format!("zstd: {e}")))?,
     };
-    if raw.len() != raw_len as usize {
-        return Err(malformed(
-            W,
-            format!("decoded {} bytes, header says {raw_len}", raw.len()),
-        ));
-    }
-    if ChunkId::of(&raw) != *id {
-        return Err(CoreError::HashMismatch { what: "chunk" });
-    }
+    check_decoded_chunk(&raw, raw_len, id)?;
     Ok(raw)
 }
 
@@ -1067,32 +1081,17 @@ pub fn verify_chunk(
     stored: &[u8],
     id: &ChunkId,
 ) -> Result<(), CoreError> {
-    const W: &str = "chunk payload";
-    if !(1..=MAX_RAW_CHUNK_LEN).contains(&raw_len) {
-        return Err(malformed(W, format!("raw length {raw_len}")));
-    }
-    let check = |raw: &[u8]| {
-        if raw.len() != raw_len as usize {
-            return Err(malformed(
-                W,
-                format!("decoded {} bytes, header says {raw_len}", raw.len()),
-            ));
-        }
-        if ChunkId::of(raw) != *id {
-            return Err(CoreError::HashMismatch { what: "chunk" });
-        }
-        Ok(())
-    };
+    check_chunk_raw_len(raw_len)?;
     match codec {
-        Codec::Raw => check(stored),
+        Codec::Raw => check_decoded_chunk(stored, raw_len, id),
         Codec::Zstd => VERIFY_BUF.with(|cell| {
             let mut raw = cell.borrow_mut();
             raw.clear();
             raw.reserve(thread_buffer_size(raw_len as usize));
             // Into the spare capacity only: output beyond it is an error, as decode_chunk's bound.
             with_decompressor(|d| d.decompress_to_buffer(stored, &mut *raw))
-                .map_err(|e| malformed(W, format!("zstd: {e}")))?;
-            check(&raw)
+                .map_err(|e| malformed(CHUNK_PAYLOAD, format!("zstd: {e}")))?;
+            check_decoded_chunk(&raw, raw_len, id)
         }),
     }
 }

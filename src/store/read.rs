@@ -108,6 +108,28 @@ fn plan_read_runs(frames: &[FrameSpot]) -> Vec<Range<usize>> {
     runs
 }
 
+/// The verified chunks of one stored frame (`at`, as read: `stored`): a chunk alone, or members of a group,
+/// which is decompressed once. None if any does not verify.
+fn decode_frame(
+    at: &ChunkLocation,
+    chunks: &[(ChunkId, ChunkLocation)],
+    stored: &[u8],
+) -> Option<Vec<Vec<u8>>> {
+    match at.group {
+        None => chunks
+            .iter()
+            .map(|(id, l)| decode_chunk(l.codec, l.raw_len, stored, id).ok())
+            .collect(),
+        Some(g) => {
+            let raw = decode_group(stored, g.group_raw).ok()?;
+            chunks
+                .iter()
+                .map(|(id, l)| group_member(&raw, l.group?, l.raw_len, id).ok())
+                .collect()
+        }
+    }
+}
+
 /// One stored frame to read for a window: its container, where it is, and the (window position, chunk) pairs
 /// it serves.
 type ReadUnit = (
@@ -304,27 +326,12 @@ impl Store {
         chunks: &[(ChunkId, ChunkLocation)],
         streaming: bool,
     ) -> Result<Vec<Vec<u8>>> {
-        let decode = |stored: &[u8]| -> Option<Vec<Vec<u8>>> {
-            match at.group {
-                None => chunks
-                    .iter()
-                    .map(|(id, l)| decode_chunk(l.codec, l.raw_len, stored, id).ok())
-                    .collect(),
-                Some(g) => {
-                    let raw = decode_group(stored, g.group_raw).ok()?;
-                    chunks
-                        .iter()
-                        .map(|(id, l)| group_member(&raw, l.group?, l.raw_len, id).ok())
-                        .collect()
-                }
-            }
-        };
+        let decode = |stored: &[u8]| decode_frame(at, chunks, stored);
         let range = at.offset..at.offset + at.stored_len as u64;
         // A restore in a container with a data shard on a failed disk takes all its frames from one
         // reconstruction, which reads each readable shard once; outside a restore, a range that needs such a
         // shard skips the healthy read, which would only fail part way.
-        let container_degraded =
-            self.range_hits_unreadable_shard(row, &(0..row.shard_len * u64::from(row.k)));
+        let container_degraded = self.container_degraded(row);
         let known_unreadable = if streaming {
             container_degraded
         } else {
@@ -464,8 +471,7 @@ impl Store {
             return Vec::new();
         };
         let range = first.offset..last.offset + u64::from(last.stored_len);
-        let container = 0..row.shard_len * u64::from(row.k);
-        let bytes = if self.range_hits_unreadable_shard(row, &container) {
+        let bytes = if self.container_degraded(row) {
             None
         } else {
             self.read_container_range(row, range.clone(), true).ok()
@@ -476,10 +482,9 @@ impl Store {
                 let from_run = bytes.as_deref().and_then(|b| {
                     let start = usize::try_from(at.offset - range.start).ok()?;
                     let stored = b.get(start..start + at.stored_len as usize)?;
-                    members
-                        .iter()
-                        .map(|(_, id, l)| decode_chunk(l.codec, l.raw_len, stored, id).ok())
-                        .collect::<Option<Vec<_>>>()
+                    let chunks: Vec<(ChunkId, ChunkLocation)> =
+                        members.iter().map(|(_, id, l)| (*id, *l)).collect();
+                    decode_frame(at, &chunks, stored)
                 });
                 match from_run {
                     Some(chunks) => Ok(chunks),
@@ -555,6 +560,11 @@ impl Store {
             filled += n;
         }
         Ok(out)
+    }
+
+    /// Whether any data shard of the container is on a failed, retired or unknown disk.
+    fn container_degraded(&self, row: &ContainerRow) -> bool {
+        self.range_hits_unreadable_shard(row, &(0..row.shard_len * u64::from(row.k)))
     }
 
     /// Whether a data shard holding part of `range` is on a failed, retired or unknown disk.
