@@ -812,14 +812,15 @@ fn parts_recorded_with_their_seal_replace_and_refuse_cleanly() {
     assert_eq!(get(&store, "bkt", "mp", None).unwrap(), want);
     assert!(store.catalog().read(check_catalog).unwrap().is_empty());
 
-    // A part for an upload aborted meanwhile: refused, and nothing of it stays referenced.
+    // A part for an upload aborted meanwhile: refused, and nothing of it stays referenced. (One within a
+    // stream's first batch, 128 KiB: nothing of it is sealed before its end, so no shard is written either.)
     let gone = store
         .create_multipart("bkt", "gone", ObjectMeta::default())
         .unwrap();
     store.abort_multipart(&gone).unwrap();
     let before = stored_bytes(dir.path());
     let mut up = store.begin_upload().unwrap();
-    up.write(&data(34, 3 * 1024 * 1024)).unwrap();
+    up.write(&data(34, 120 * 1024)).unwrap();
     let refused = up.finish_part(PartRecord::new(&gone, 1, Default::default()).unwrap());
     assert!(
         matches!(refused, Err(StoreError::NoSuchUpload(_))),
@@ -1011,6 +1012,99 @@ fn repeat_is_followed_whole(store: &Arc<Store>, night: &[u8], piece: usize, lens
         followed as usize,
         night.len() - lens[0] - lens[lens.len() - 1]
     );
+}
+
+/// Writes `bytes` as object `key` in body frames (as the S3 layer hands them over: owned, of `sizes` in
+/// turn); returns the bytes followed in all and those followed as they arrived (never copied).
+fn put_frames(store: &Arc<Store>, key: &str, bytes: &[u8], sizes: &[usize]) -> (u64, u64) {
+    let mut up = store.begin_upload().unwrap();
+    let mut at = 0;
+    for &size in sizes.iter().cycle() {
+        if at == bytes.len() {
+            break;
+        }
+        let end = (at + size).min(bytes.len());
+        up.write_bytes(bytes::Bytes::copy_from_slice(&bytes[at..end]))
+            .unwrap();
+        at = end;
+    }
+    up.md5().unwrap();
+    let followed = (up.followed_bytes(), up.followed_in_frames());
+    let info = up.finish_object("bkt", key, ObjectMeta::default()).unwrap();
+    assert_eq!(info.etag(), format!("\"{:032x}\"", md5_of(bytes)));
+    followed
+}
+
+/// A repeated stream arriving in body frames is followed as it arrives: past its first batch (128 KiB, where
+/// the remembered sequence is found), no byte of it is copied into a batch buffer, and it reads back whole.
+/// Where it changed, or where the memo knows chunks the store never kept (an upload abandoned before its
+/// seal), the bytes are cut and stored as usual.
+#[test]
+fn a_repeated_stream_in_body_frames_is_followed_as_it_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    // Containers larger than the abandoned upload below processes: none of its chunks is sealed.
+    cfg.container_target = 8 << 20;
+    let store = Store::open(cfg.clone()).unwrap();
+    store.create_bucket("bkt").unwrap();
+    let scanned = |b: &[u8]| -> Vec<usize> {
+        chunk_ranges(b, cfg.chunker)
+            .into_iter()
+            .map(|r| r.len())
+            .collect()
+    };
+    let night1 = data(41, 7_000_000);
+    // Frames of the sizes hyper hands over, from a few bytes to 1 MiB.
+    let sizes = [65_536, 1 << 20, 7, 300_001, 16_384, 1];
+    assert_eq!(put_frames(&store, "n1", &night1, &sizes), (0, 0));
+    let (followed, in_frames) = put_frames(&store, "n1-again", &night1, &sizes);
+    let lens = scanned(&night1);
+    let tail = lens[lens.len() - 1] as u64;
+    assert_eq!(followed, night1.len() as u64 - lens[0] as u64 - tail);
+    let first_batch = (128 << 10) + cfg.chunker.max as u64;
+    assert!(
+        in_frames >= night1.len() as u64 - first_batch - tail,
+        "{in_frames} of {} followed as they arrived",
+        night1.len()
+    );
+    assert!(get(&store, "bkt", "n1-again", None).unwrap() == night1);
+
+    // The next night's changes are cut by scanning; the stream is followed again after each.
+    let night2 = next_night(&night1);
+    let (followed, in_frames) = put_frames(&store, "n2", &night2, &sizes);
+    assert!(
+        followed as f64 > 0.7 * night2.len() as f64,
+        "{followed} of {}",
+        night2.len()
+    );
+    // Each of its 14 changes costs a probing batch or two of 128 KiB cut by scanning (copied).
+    assert!(in_frames as f64 > 0.7 * night2.len() as f64, "{in_frames}");
+    assert!(get(&store, "bkt", "n2", None).unwrap() == night2);
+    assert!(
+        get(&store, "bkt", "n2", Some(2_999_000..3_100_000)).unwrap()
+            == night2[2_999_000..3_100_000]
+    );
+
+    // An upload abandoned mid-stream: the memo learned its chunks, but those of its open container were never
+    // stored. The same stream again is followed through them, and they are stored from its frames.
+    let night3 = data(42, 6_000_000);
+    let mut abandoned = store.begin_upload().unwrap();
+    for piece in night3.chunks(1 << 20) {
+        abandoned
+            .write_bytes(bytes::Bytes::copy_from_slice(piece))
+            .unwrap();
+    }
+    drop(abandoned);
+    let (followed, in_frames) = put_frames(&store, "n3", &night3, &sizes);
+    assert!(followed > 0 && in_frames > 0, "{followed} {in_frames}");
+    assert!(get(&store, "bkt", "n3", None).unwrap() == night3);
+    assert_eq!(get(&store, "bkt", "n1", None).unwrap(), night1);
+    assert!(store.catalog().read(check_catalog).unwrap().is_empty());
+    drop(store);
+    // Everything committed reads back after a restart too.
+    let store = Store::open(cfg).unwrap();
+    assert!(get(&store, "bkt", "n3", None).unwrap() == night3);
+    assert!(get(&store, "bkt", "n1-again", None).unwrap() == night1);
 }
 
 /// The sequence memo is in memory, but the catalog records which chunk followed which (`chunk_refs.next`):

@@ -100,8 +100,8 @@ pub async fn ingest(
         while let Some(frames) = rx.blocking_recv() {
             for piece in frames {
                 hasher.update(&piece);
-                upload.write(&piece)?;
                 size += piece.len() as u64;
+                upload.write_bytes(piece)?;
             }
         }
         Ok::<_, crate::store::StoreError>((upload, size, hasher.finish()))

@@ -3,12 +3,14 @@
 //! Memory per upload is bounded: one batch of chunks (`BATCH_BYTES`), one open container
 //! (`container_target`) and one segment of at most `MAX_SEGMENT_ENTRIES` entries, whatever the object size.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
+use bytes::{Buf, Bytes};
 use md5::{Digest, Md5};
 
-use super::md5_lanes::Md5Stream;
+use super::frames::FrameBatch;
+use super::md5_lanes::{BatchBytes, Md5Stream};
 use crate::core::md5x::Md5State;
 use rayon::prelude::*;
 
@@ -23,12 +25,18 @@ use crate::core::container::{
     Codec, ContainerBuilder, EntryType, GroupSlot, compress_chunk_reusing,
     compress_group_bytes_into, compress_group_into, plan_group_spans,
 };
-use crate::core::follow::{NextChunk, follow_cuts};
+use crate::core::follow::{NextChunk, StreamFollower, follow_cuts};
 use crate::core::ids::{ChunkId, ContainerId, UploadId};
 use crate::core::records::{ObjectCommitRecord, SegmentRecord, SourceRef, encode_segment_entries};
 
 /// Chunks are hashed and compressed in parallel batches of about this many bytes.
 const BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// A stream's first batch, and the first after following a remembered sequence ended (the stream changed
+/// there), is cut at twice the chunker's `max` (at least this many bytes): where the stream repeats a
+/// remembered one, the sequence is found (or found again a chunk or two after a change) within it, and the rest
+/// is followed as it arrives (`Upload::following`). Of a repeated 16 MiB part ~1% is then copied, not 1/4, and
+/// each place a night's stream changed costs ~200 KB of copying, not a 4 MiB batch.
+const PROBE_BATCH_BYTES: usize = 128 * 1024;
 /// Capacity of a batch buffer: it starts with the previous batch's unfinished chunk (at most `max_chunk`), is
 /// cut once it holds BATCH_BYTES, and writes (network reads, well under 1 MiB) are split so that it never
 /// holds more than this. Beyond `max_chunk` bytes a buffer always has a final chunk to cut.
@@ -55,6 +63,24 @@ enum SpanPayload {
     /// Several new chunks: whether the group pays, and the buffer its frame is in (from the store's
     /// `frame_buffers`, given back once the frame is in the container).
     Group(bool, Vec<u8>),
+}
+
+/// A batch's bytes: a batch buffer, or the body frames of a followed stream (copied out only if a chunk of
+/// them turns out to be new).
+#[derive(Clone, Copy)]
+enum BatchSource<'a> {
+    Buffer(&'a [u8]),
+    Frames(&'a FrameBatch),
+}
+
+/// A repeated stream followed as it arrives: the body frames since the last batch, kept as they came.
+struct Following {
+    follower: StreamFollower,
+    /// Offsets of `follower` and `ends` count from the start of these.
+    frames: FrameBatch,
+    /// Ends and ids of the chunks confirmed in `frames`.
+    ends: Vec<usize>,
+    ids: Vec<ChunkId>,
 }
 
 struct OpenContainer {
@@ -88,6 +114,14 @@ pub struct Upload {
     last_chunk: Option<ChunkId>,
     /// Bytes cut by following a remembered sequence instead of scanning (for tests and figures).
     followed: u64,
+    /// Of `followed`, bytes followed as they arrived, never copied into a batch buffer.
+    followed_in_frames: u64,
+    /// The stream is being followed as it arrives (core::follow::StreamFollower): body frames go to it, not
+    /// into `pending`. None while the stream is cut in batch buffers (scanning, or following within one).
+    following: Option<Following>,
+    /// The next batch is cut at PROBE_BATCH_BYTES: the stream just started, following just ended, or the last
+    /// batch followed a remembered sequence in part.
+    probing: bool,
     /// The last chunk named in the segment so far, with its container where known: the predecessor of the
     /// next one in `successors`.
     named_last: Option<(ChunkId, Option<ContainerId>)>,
@@ -164,6 +198,9 @@ impl Store {
             pending_ids: Vec::new(),
             last_chunk: None,
             followed: 0,
+            followed_in_frames: 0,
+            following: None,
+            probing: true,
             named_last: None,
             successors: Vec::new(),
             open: None,
@@ -185,26 +222,179 @@ impl Upload {
         self.id
     }
 
+    /// Appends `data` to the stream. Prefer [`Upload::write_bytes`] where the bytes are owned already: a
+    /// followed stream keeps them as they are instead of copying them.
     pub fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        self.check_writable()?;
+        while !data.is_empty() {
+            if self.following.is_some() {
+                return self.write_bytes(Bytes::copy_from_slice(data));
+            }
+            let taken = self.fill_batch(data)?;
+            self.size += taken as u64;
+            data = &data[taken..];
+        }
+        Ok(())
+    }
+
+    /// Appends a body frame to the stream. While the stream repeats a remembered one, the frame is hashed as it
+    /// is and kept (shared) until its chunks are stored, never copied.
+    pub fn write_bytes(&mut self, data: Bytes) -> Result<()> {
+        self.check_writable()?;
+        self.size += data.len() as u64;
+        // Frames still to take: where following ends, the frames not followed come back to be cut (by scanning
+        // in a probing batch, and followed again after it if the stream is back on a remembered sequence).
+        let mut frames = VecDeque::from([data]);
+        while let Some(mut frame) = frames.pop_front() {
+            while !frame.is_empty() {
+                if self.following.is_some() {
+                    if let Some(rest) = self.follow(frame)? {
+                        for f in rest.into_frames().into_iter().rev() {
+                            frames.push_front(f);
+                        }
+                    }
+                    break;
+                }
+                let taken = self.fill_batch(&frame)?;
+                frame.advance(taken);
+            }
+        }
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<()> {
         if self.drained {
             return Err(super::StoreError::Config(
                 "write after the upload's end".into(),
             ));
         }
-        self.size += data.len() as u64;
-        let capacity = batch_capacity(self.store.cfg.chunker.max as usize);
-        while !data.is_empty() {
-            self.fill_batch_buffer();
-            // Never 0: a buffer is cut at BATCH_BYTES, and past `max` bytes it always has a final chunk.
-            let room = capacity.saturating_sub(self.pending.len());
-            let (now, later) = data.split_at(room.min(data.len()));
-            self.pending.extend_from_slice(now);
-            data = later;
-            if self.pending.len() >= BATCH_BYTES {
-                self.cut_batch(false)?;
-            }
+        Ok(())
+    }
+
+    /// Copies as much of `data` into the batch buffer as fits, and cuts the buffer once it holds a batch; after
+    /// a cut the stream may go on followed (`start_following`). Returns the bytes taken (never 0).
+    fn fill_batch(&mut self, data: &[u8]) -> Result<usize> {
+        let max = self.store.cfg.chunker.max as usize;
+        let batch = if self.probing {
+            PROBE_BATCH_BYTES.max(2 * max)
+        } else {
+            BATCH_BYTES
+        };
+        self.fill_batch_buffer();
+        // Up to the batch's size (the rest of a frame may go to a follower), or what the buffer holds if it is
+        // past that already (no final chunk yet). Never 0: past `max` bytes a buffer always has a final chunk.
+        let room = if self.pending.len() < batch {
+            batch - self.pending.len()
+        } else {
+            batch_capacity(max)
+                .saturating_sub(self.pending.len())
+                .max(1)
+        };
+        let taken = room.min(data.len());
+        self.pending.extend_from_slice(&data[..taken]);
+        if self.pending.len() >= batch {
+            self.cut_batch(false)?;
+            self.start_following()?;
+        }
+        Ok(taken)
+    }
+
+    /// After a batch was cut: if the last chunk's successor is remembered, the stream goes on through a
+    /// follower, starting with the unfinished chunk's bytes.
+    fn start_following(&mut self) -> Result<()> {
+        if self.following.is_some() || !self.pending.is_empty() {
+            // Following already, or the buffer holds no final chunk yet (it was not cut).
+            return Ok(());
+        }
+        let Some(last) = self.last_chunk else {
+            return Ok(());
+        };
+        let Some(next) = self
+            .store
+            .dedup
+            .next_of_loading(&self.store.catalog, &last)?
+        else {
+            return Ok(());
+        };
+        self.following = Some(Following {
+            follower: StreamFollower::new(next, 0),
+            frames: FrameBatch::new(),
+            ends: Vec::new(),
+            ids: Vec::new(),
+        });
+        let unfinished = Bytes::from(std::mem::take(&mut self.unfinished));
+        if let Some(rest) = self.follow(unfinished)? {
+            // At most the unfinished chunk's bytes: back where they were.
+            self.unfinished = rest.to_vec(0..rest.len());
         }
         Ok(())
+    }
+
+    /// Feeds a frame to the follower. Its confirmed chunks are processed once they make a batch; if following
+    /// ends, they are processed at once and the frames from there on are returned, to be cut by scanning.
+    fn follow(&mut self, frame: Bytes) -> Result<Option<FrameBatch>> {
+        let Some(f) = self.following.as_mut() else {
+            return Ok(Some(FrameBatch::from(frame)));
+        };
+        let (dedup, catalog) = (&self.store.dedup, &self.store.catalog);
+        let mut failed = None;
+        let stop = f.follower.feed(
+            &frame,
+            |id| {
+                dedup.next_of_loading(catalog, id).unwrap_or_else(|e| {
+                    failed.get_or_insert(e);
+                    None
+                })
+            },
+            &mut f.ends,
+            &mut f.ids,
+        );
+        f.frames.push(frame);
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if stop.is_none() && f.follower.confirmed() < BATCH_BYTES {
+            return Ok(None);
+        }
+        self.process_followed()?;
+        Ok(stop.map(|_| self.stop_following()))
+    }
+
+    /// Processes the chunks the follower confirmed so far as a batch of frames.
+    fn process_followed(&mut self) -> Result<()> {
+        let Some(f) = self.following.as_mut() else {
+            return Ok(());
+        };
+        let confirmed = f.follower.confirmed();
+        if confirmed == 0 {
+            return Ok(());
+        }
+        let batch = f.frames.split_to(confirmed);
+        f.follower.rebase(confirmed);
+        let ends = std::mem::take(&mut f.ends);
+        let ids = std::mem::take(&mut f.ids);
+        self.followed += confirmed as u64;
+        self.followed_in_frames += confirmed as u64;
+        let lens: Vec<usize> = chunk_lens(&ends);
+        let arrivals = self.remember_sequence(&lens, &ids, false);
+        let shared = Arc::new(batch);
+        self.md5
+            .feed(BatchBytes::Frames(shared.clone()), &ends, &ids)
+            .map_err(md5_lost)?;
+        self.store_chunks(BatchSource::Frames(&shared), &ends, &ids, &arrivals)
+    }
+
+    /// Ends following (its confirmed chunks processed already) and returns the frames not followed. The next
+    /// batch is a probing one.
+    fn stop_following(&mut self) -> FrameBatch {
+        self.probing = true;
+        match self.following.take() {
+            Some(f) => {
+                debug_assert!(f.ends.is_empty(), "confirmed chunks are processed first");
+                f.frames
+            }
+            None => FrameBatch::new(),
+        }
     }
 
     /// Makes `pending` a batch buffer to fill: after a cut, one from the store's pool with the unfinished
@@ -250,6 +440,9 @@ impl Upload {
             return Err(e);
         }
         self.followed += cuts.followed as u64;
+        // A batch that followed a remembered sequence somewhere is followed by a probing one: the stream is
+        // repeating one, and the next cut may leave it followable as it arrives. New data goes in full batches.
+        self.probing = cuts.followed > 0;
         let consumed = cuts.consumed;
         if consumed == 0 {
             // No final chunk yet (only when `max` exceeds BATCH_BYTES): keep filling.
@@ -263,6 +456,11 @@ impl Upload {
     /// Bytes cut by following a remembered chunk sequence instead of scanning.
     pub fn followed_bytes(&self) -> u64 {
         self.followed
+    }
+
+    /// Of [`Upload::followed_bytes`], those followed as they arrived (never copied into a batch buffer).
+    pub fn followed_in_frames(&self) -> u64 {
+        self.followed_in_frames
     }
 
     /// Bytes whose MD5 state came from the memo or the catalog instead of being hashed.
@@ -308,11 +506,13 @@ impl Upload {
                 .map(|c| ChunkId::of(c))
                 .collect();
             ids.extend(rest);
-            let arrivals = self.remember_sequence(&chunks, &ids, at_end);
+            let lens: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+            drop(chunks);
+            let arrivals = self.remember_sequence(&lens, &ids, at_end);
             self.md5
-                .feed(shared.clone(), &ends, &ids)
+                .feed(BatchBytes::Buffer(shared.clone()), &ends, &ids)
                 .map_err(md5_lost)?;
-            self.store_chunks(&shared, &ends, &chunks, &ids, &arrivals)?;
+            self.store_chunks(BatchSource::Buffer(&shared), &ends, &ids, &arrivals)?;
             // Back to the pool now unless pieces of it still wait for the MD5 lanes (they give it back).
             if let Ok(b) = Arc::try_unwrap(shared) {
                 self.store.batch_buffers.give(b);
@@ -329,7 +529,7 @@ impl Upload {
     /// Returns each chunk as its predecessor's successor (None for the stream's last), for the catalog.
     fn remember_sequence(
         &mut self,
-        chunks: &[&[u8]],
+        lens: &[usize],
         ids: &[ChunkId],
         at_end: bool,
     ) -> Vec<Option<NextChunk>> {
@@ -338,15 +538,11 @@ impl Upload {
         } else {
             ids.len()
         };
-        let arrivals: Vec<Option<NextChunk>> = chunks
+        let arrivals: Vec<Option<NextChunk>> = lens
             .iter()
             .zip(ids)
             .enumerate()
-            .map(|(i, (chunk, id))| {
-                (i < remembered)
-                    .then(|| NextChunk::new(chunk.len(), id))
-                    .flatten()
-            })
+            .map(|(i, (&len, id))| (i < remembered).then(|| NextChunk::new(len, id)).flatten())
             .collect();
         let prevs = std::iter::once(self.last_chunk).chain(ids.iter().copied().map(Some));
         self.store.dedup.remember_sequence(
@@ -358,23 +554,23 @@ impl Upload {
         arrivals
     }
 
-    /// Stores the batch's chunks: `chunks` (of `buffer`, ending at `ends`) with their ids.
+    /// Stores the batch's chunks (of `batch`, ending at `ends`) with their ids.
     fn store_chunks(
         &mut self,
-        buffer: &[u8],
+        batch: BatchSource<'_>,
         ends: &[usize],
-        chunks: &[&[u8]],
         ids: &[ChunkId],
         arrivals: &[Option<NextChunk>],
     ) -> Result<()> {
         if ends.is_empty() {
             return Ok(());
         }
+        let lens = chunk_lens(ends);
 
         // Classify in stream order: a chunk is new unless the open container, this batch or the index has it.
         // `homes` learns the container of every chunk the batch names: from the index, the open container, or
         // where a new chunk is stored below (a repeat of it later in the batch follows its first copy).
-        let mut is_new = vec![false; chunks.len()];
+        let mut is_new = vec![false; ids.len()];
         let mut batch_new: HashSet<ChunkId> = HashSet::new();
         let mut homes: HashMap<ChunkId, ContainerId> = HashMap::new();
         let open_id = self.open.as_ref().map(|o| o.builder.id());
@@ -402,10 +598,27 @@ impl Upload {
             Ok(())
         })?;
 
+        // A followed batch of frames is all duplicates, short of a chunk the memo knew and the store does not
+        // have (its upload was abandoned): only then are its bytes copied into one buffer.
+        let mut copied = None;
+        let buffer: &[u8] = match batch {
+            BatchSource::Buffer(b) => b,
+            BatchSource::Frames(_) if !is_new.contains(&true) => &[],
+            BatchSource::Frames(f) => {
+                let mut b = self.store.batch_buffers.take();
+                f.copy_range_into(0..f.len(), &mut b);
+                &copied.insert(b)[..]
+            }
+        };
+        let chunks: Vec<&[u8]> = if buffer.is_empty() {
+            Vec::new()
+        } else {
+            chunks_at(buffer, ends).collect()
+        };
+
         // New chunks are compressed in groups (§4.5): the stream is cut into spans, each holding at most one
         // group's worth of new chunks; spans compress in parallel and are then stored in stream order.
         let level = self.store.cfg.zstd_level;
-        let lens: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
         let spans = plan_group_spans(&lens, &is_new);
         let stored: Vec<SpanPayload> = spans
             .par_iter()
@@ -491,7 +704,7 @@ impl Upload {
                 }
             }
             for i in span {
-                let raw_len = chunks[i].len() as u32;
+                let raw_len = lens[i] as u32;
                 let home = homes.get(&ids[i]).copied();
                 if let (Some((prev, prev_home)), Some(next)) = (self.named_last, arrivals[i]) {
                     self.successors.push(catalog::Successor {
@@ -512,6 +725,10 @@ impl Upload {
             if full || self.segment.len() >= MAX_SEGMENT_ENTRIES {
                 self.seal_current(None)?;
             }
+        }
+        drop(chunks);
+        if let Some(b) = copied {
+            self.store.batch_buffers.give(b);
         }
         Ok(())
     }
@@ -667,6 +884,10 @@ impl Upload {
     fn drain(&mut self) -> Result<()> {
         if !self.drained {
             self.drained = true;
+            self.process_followed()?;
+            // At most a chunk's bytes (the follower's unconfirmed one): the stream's last chunk.
+            let rest = self.stop_following();
+            rest.copy_range_into(0..rest.len(), &mut self.unfinished);
             self.cut_batch(true)?;
             let state = self.md5.state().map_err(md5_lost)?;
             tracing::debug!(
@@ -674,6 +895,7 @@ impl Upload {
                 bytes = self.size,
                 md5_remembered = self.md5.remembered(),
                 cut_by_following = self.followed,
+                followed_in_frames = self.followed_in_frames,
                 "upload drained"
             );
             self.md5_digest = Some(state.finalize());
@@ -789,6 +1011,18 @@ impl Drop for Upload {
             }
         }
     }
+}
+
+/// Chunk lengths from their ends in a batch.
+fn chunk_lens(ends: &[usize]) -> Vec<usize> {
+    let mut start = 0;
+    ends.iter()
+        .map(|&end| {
+            let len = end - start;
+            start = end;
+            len
+        })
+        .collect()
 }
 
 fn md5_lost(e: super::md5_lanes::Md5LaneError) -> super::StoreError {

@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use super::frames::FrameBatch;
 use crate::core::ids::ChunkId;
 use crate::core::md5x::{LANES, Md5State, update_many_pieces_while_wide};
 
@@ -104,6 +105,13 @@ impl Stream {
         Ok(g)
     }
 
+    /// Drops a piece's hold on its batch; the last holder of a pool buffer recycles it.
+    fn release_batch(&self, data: BatchBytes) {
+        if let BatchBytes::Buffer(b) = data {
+            self.release(b);
+        }
+    }
+
     /// Drops a piece's hold on its buffer; the last holder recycles it.
     fn release(&self, data: Arc<Vec<u8>>) {
         if let (Ok(buffer), Some(recycle)) = (Arc::try_unwrap(data), &self.recycle) {
@@ -120,8 +128,26 @@ struct Job {
     checkpoint: Option<[u8; 32]>,
 }
 
-/// A piece to hash: bytes of a batch buffer, and the fingerprint if it ends at a checkpoint.
-type Piece = (Arc<Vec<u8>>, Range<usize>, Option<[u8; 32]>);
+/// Where a batch fed to a stream lies: a batch buffer of the store's pool, or the body frames a followed
+/// stream arrived in (store::frames). A piece of frames that must be hashed after all is copied out into a
+/// buffer of its own when handed over (a stream whose MD5 the memo knows never is).
+#[derive(Clone)]
+pub enum BatchBytes {
+    Buffer(Arc<Vec<u8>>),
+    Frames(Arc<FrameBatch>),
+}
+
+impl BatchBytes {
+    fn len(&self) -> usize {
+        match self {
+            BatchBytes::Buffer(b) => b.len(),
+            BatchBytes::Frames(f) => f.len(),
+        }
+    }
+}
+
+/// A piece to hash: bytes of a batch, and the fingerprint if it ends at a checkpoint.
+type Piece = (BatchBytes, Range<usize>, Option<[u8; 32]>);
 
 /// Fingerprint of a stream's chunk-id sequence so far -> the MD5 state after those bytes.
 #[derive(Default)]
@@ -243,7 +269,7 @@ pub struct Md5Stream {
     fed: u64,
     /// The bytes after the last checkpoint, held back until the next checkpoint (or the end) shows whether
     /// the memo knows them.
-    carry: Option<(Arc<Vec<u8>>, Range<usize>)>,
+    carry: Option<(BatchBytes, Range<usize>)>,
     /// Bytes whose MD5 came from the memo instead of being hashed (for tests and figures).
     remembered: u64,
     /// A checkpoint was not in the memo: this stream's chunk sequence differs from every remembered one,
@@ -317,7 +343,7 @@ impl Md5Stream {
     /// have taken from the other mid-stream; nightly fulls come one after another.
     pub fn feed(
         &mut self,
-        data: Arc<Vec<u8>>,
+        data: BatchBytes,
         ends: &[usize],
         ids: &[ChunkId],
     ) -> Result<(), Md5LaneError> {
@@ -382,9 +408,9 @@ impl Md5Stream {
 
     /// `buf[range]` is covered by a state taken from the memo: counted as remembered, never hashed, and its hold
     /// on the buffer dropped (the last holder gives it back to the pool).
-    fn skip_remembered(&mut self, buf: Arc<Vec<u8>>, range: Range<usize>) {
+    fn skip_remembered(&mut self, buf: BatchBytes, range: Range<usize>) {
         self.remembered += range.len() as u64;
-        self.shared.release(buf);
+        self.shared.release_batch(buf);
     }
 
     /// Bytes whose MD5 state came from the memo.
@@ -427,10 +453,20 @@ impl Md5Stream {
     /// stream already has `MAX_OUTSTANDING` pieces unhashed.
     fn submit(
         &mut self,
-        data: Arc<Vec<u8>>,
+        data: BatchBytes,
         range: Range<usize>,
         checkpoint: Option<[u8; 32]>,
     ) -> Result<(), Md5LaneError> {
+        let (data, range) = match data {
+            BatchBytes::Buffer(b) => (b, range),
+            // Hashed after all (the stream diverged): the frames' bytes in one buffer for the lanes. Its
+            // release offers it to the pool, which keeps only buffers of a batch buffer's size.
+            BatchBytes::Frames(f) => {
+                let v = f.to_vec(range);
+                let len = v.len();
+                (Arc::new(v), 0..len)
+            }
+        };
         let hashed = lock(&self.shared.inner).hashed;
         if self.submitted - hashed >= MAX_OUTSTANDING as u64 {
             self.wait_hashed(self.submitted + 1 - MAX_OUTSTANDING as u64)?;
@@ -526,7 +562,7 @@ impl Drop for Md5Stream {
     fn drop(&mut self) {
         self.close();
         if let Some((buf, _)) = self.carry.take() {
-            self.shared.release(buf);
+            self.shared.release_batch(buf);
         }
         let mut q = lock(queue());
         q.retain(|j| !Arc::ptr_eq(&j.stream, &self.shared));
@@ -740,7 +776,30 @@ mod tests {
 
     /// Feeds `data` cut into "chunks" of `chunk` bytes, in batches of whole chunks of at least `batch` bytes
     /// (as ingest does: chunk boundaries depend on the content only, batch boundaries on network reads).
+    fn buffer(data: &[u8]) -> BatchBytes {
+        BatchBytes::Buffer(Arc::new(data.to_vec()))
+    }
+
+    /// `data` as body frames of up to 333 bytes.
+    fn frames(data: &[u8]) -> BatchBytes {
+        let mut f = FrameBatch::new();
+        for piece in data.chunks(333) {
+            f.push(bytes::Bytes::copy_from_slice(piece));
+        }
+        BatchBytes::Frames(Arc::new(f))
+    }
+
     fn feed_all(md5: &mut Md5Stream, data: &[u8], batch: usize, chunk: usize) -> [u8; 16] {
+        feed_all_as(md5, data, batch, chunk, buffer)
+    }
+
+    fn feed_all_as(
+        md5: &mut Md5Stream,
+        data: &[u8],
+        batch: usize,
+        chunk: usize,
+        batch_bytes: fn(&[u8]) -> BatchBytes,
+    ) -> [u8; 16] {
         let mut from = 0;
         while from < data.len() {
             let to = (from + batch.div_ceil(chunk) * chunk).min(data.len());
@@ -749,7 +808,7 @@ mod tests {
                 .map(|i| (i * chunk).min(b.len()))
                 .collect();
             let ids: Vec<ChunkId> = b.chunks(chunk).map(ChunkId::of).collect();
-            md5.feed(Arc::new(b.to_vec()), &ends, &ids).expect("feed");
+            md5.feed(batch_bytes(b), &ends, &ids).expect("feed");
             assert!(
                 md5.unhashed() <= MAX_OUTSTANDING as u64,
                 "memory stays bounded"
@@ -806,9 +865,10 @@ mod tests {
         let want: [u8; 16] = md5::Md5::digest(&data).into();
         let mut first = Md5Stream::new(None);
         assert_eq!(feed_all(&mut first, &data, 50_000, 211), want);
-        // The same content in other batch sizes (network reads differ): same chunks, all of it remembered.
+        // The same content in other batch sizes (network reads differ), as body frames (a followed stream):
+        // same chunks, all of it remembered.
         let mut again = Md5Stream::new(None);
-        assert_eq!(feed_all(&mut again, &data, 30_011, 211), want);
+        assert_eq!(feed_all_as(&mut again, &data, 30_011, 211, frames), want);
         assert_eq!(again.remembered(), data.len() as u64);
         // A stream sharing only a prefix: the prefix up to its last checkpoint is remembered, the rest hashed.
         let mut changed = data.clone();
@@ -816,7 +876,10 @@ mod tests {
         changed[at] ^= 1;
         let mut third = Md5Stream::new(None);
         let want_changed: [u8; 16] = md5::Md5::digest(&changed).into();
-        assert_eq!(feed_all(&mut third, &changed, 50_000, 211), want_changed);
+        assert_eq!(
+            feed_all_as(&mut third, &changed, 50_000, 211, frames),
+            want_changed
+        );
         assert!(
             third.remembered() > 0 && third.remembered() <= at as u64,
             "remembered {} of a {at}-byte shared prefix",
@@ -837,12 +900,12 @@ mod tests {
         let data: Vec<u8> = (0..4000u32).map(|i| (i * 7) as u8).collect();
         let mut md5 = Md5Stream::new(None);
         // No checkpoint yet: the memo may still know this prefix, so the bytes are held back.
-        md5.feed(Arc::new(data[..1000].to_vec()), &[1000], &[id(false, 1)])
+        md5.feed(buffer(&data[..1000]), &[1000], &[id(false, 1)])
             .expect("feed");
         assert!(md5.carry.is_some() && !md5.diverged);
         // A checkpoint the memo does not know: from here on every byte is handed over as it comes.
         md5.feed(
-            Arc::new(data[1000..3000].to_vec()),
+            frames(&data[1000..3000]),
             &[1500, 2000],
             &[id(true, 2), id(false, 3)],
         )
@@ -853,7 +916,7 @@ mod tests {
             md5.submitted, 3,
             "the carry, up to the checkpoint, the rest"
         );
-        md5.feed(Arc::new(data[3000..].to_vec()), &[1000], &[id(true, 4)])
+        md5.feed(buffer(&data[3000..]), &[1000], &[id(true, 4)])
             .expect("feed");
         assert_eq!(md5.remembered(), 0);
         let want: [u8; 16] = md5::Md5::digest(&data).into();
@@ -875,16 +938,19 @@ mod tests {
         not_checkpoint[0] = 0xff;
         let data: Vec<u8> = (0..3000u32).map(|i| (i * 13 + 5) as u8).collect();
         let mut md5 = Md5Stream::new(counting());
-        let buffer = Arc::new(data.clone());
-        md5.feed(buffer.clone(), &[3000], &[ChunkId(not_checkpoint)])
-            .expect("feed");
-        let (held, range) = md5.carry.clone().expect("held back: the memo may know it");
-        assert!(
-            Arc::ptr_eq(&held, &buffer),
-            "no copy: the batch's own buffer"
-        );
+        let own = Arc::new(data.clone());
+        md5.feed(
+            BatchBytes::Buffer(own.clone()),
+            &[3000],
+            &[ChunkId(not_checkpoint)],
+        )
+        .expect("feed");
+        let Some((BatchBytes::Buffer(held), range)) = md5.carry.clone() else {
+            panic!("held back: the memo may know it");
+        };
+        assert!(Arc::ptr_eq(&held, &own), "no copy: the batch's own buffer");
         assert_eq!(range, 0..3000);
-        drop((held, buffer));
+        drop((held, own));
         assert_eq!(recycled.load(Ordering::Relaxed), 0, "still held");
         // The stream's end hashes the tail; its buffer then goes back to the pool.
         let want: [u8; 16] = md5::Md5::digest(&data).into();
@@ -893,7 +959,7 @@ mod tests {
         // An upload dropped while holding a tail back gives its buffer back too.
         let mut abandoned = Md5Stream::new(counting());
         abandoned
-            .feed(Arc::new(data), &[3000], &[ChunkId(not_checkpoint)])
+            .feed(buffer(&data), &[3000], &[ChunkId(not_checkpoint)])
             .expect("feed");
         drop(abandoned);
         assert_eq!(recycled.load(Ordering::Relaxed), 2);
@@ -904,12 +970,8 @@ mod tests {
         let _queue = shared_queue();
         let mut md5 = Md5Stream::new(None);
         let data = vec![7u8; 1000];
-        md5.feed(
-            Arc::new(data.clone()),
-            &[1000],
-            &[ChunkId::of(b"abandoned")],
-        )
-        .expect("feed");
+        md5.feed(buffer(&data), &[1000], &[ChunkId::of(b"abandoned")])
+            .expect("feed");
         let shared = md5.shared.clone();
         drop(md5);
         assert!(

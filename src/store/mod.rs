@@ -16,6 +16,7 @@ pub mod dedup;
 pub mod disk;
 pub mod diskset;
 pub mod error;
+mod frames;
 mod ingest;
 pub mod jobs;
 mod md5_lanes;
