@@ -23,6 +23,11 @@
 //! time by scanning, each looked up again: after a small change the stream is back on a remembered sequence
 //! within a chunk or two. Beyond that the rest of the buffer is cut in one scan (and hashed in parallel by
 //! the caller), as without a memo.
+//!
+//! [`follow_cuts`] needs the batch in one buffer, which ingest fills by copying the body into it. Once a cut
+//! leaves a chunk whose successor is remembered, ingest follows the rest as it arrives instead
+//! ([`StreamFollower`]): the same rule, the same cuts, the body frames hashed as they come and kept as they
+//! are; where following ends, the bytes from there on go back to batches and [`follow_cuts`].
 
 use super::chunker::{ChunkerParams, final_cuts, first_cut};
 use super::ids::ChunkId;
