@@ -1107,6 +1107,57 @@ fn a_repeated_stream_in_body_frames_is_followed_as_it_arrives() {
     assert!(get(&store, "bkt", "n1-again", None).unwrap() == night1);
 }
 
+/// A second full backup in concurrent multipart parts (as the S3 layer hands them over, in body frames): every
+/// part is followed, and takes its whole MD5 from the memo, none of it hashed again. (Part streams whose batch
+/// ended before a checkpoint used to hash the held-back tail.)
+#[test]
+fn a_repeated_full_in_concurrent_parts_takes_every_md5_from_the_memo() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::embedded(dir.path().join("data"))).unwrap();
+    let parts: Vec<Vec<u8>> = (0..12).map(|i| data(100 + i, 8 << 20)).collect();
+    let write_all = || -> Vec<(u64, u64, [u8; 16])> {
+        std::thread::scope(|s| {
+            let writers: Vec<_> = parts
+                .chunks(3)
+                .map(|mine| {
+                    let store = store.clone();
+                    s.spawn(move || {
+                        mine.iter()
+                            .map(|part| {
+                                let mut up = store.begin_upload().unwrap();
+                                for frame in part.chunks(1 << 20) {
+                                    up.write_bytes(bytes::Bytes::copy_from_slice(frame))
+                                        .unwrap();
+                                }
+                                let md5 = up.md5().unwrap();
+                                let got = (up.md5_remembered_bytes(), up.followed_in_frames(), md5);
+                                up.finish_sealed().unwrap();
+                                got
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            writers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect()
+        })
+    };
+    let first = write_all();
+    for (part, (remembered, in_frames, md5)) in parts.iter().zip(first) {
+        assert_eq!((remembered, in_frames), (0, 0));
+        assert_eq!(md5, md5_of(part).to_be_bytes());
+    }
+    for _ in 0..2 {
+        for (part, (remembered, in_frames, md5)) in parts.iter().zip(write_all()) {
+            assert_eq!(md5, md5_of(part).to_be_bytes());
+            assert_eq!(remembered, part.len() as u64, "MD5 taken from the memo");
+            assert!(in_frames > part.len() as u64 * 9 / 10, "{in_frames}");
+        }
+    }
+}
+
 /// The sequence memo is in memory, but the catalog records which chunk followed which (`chunk_refs.next`):
 /// after a restart a repeated stream is followed as whole as in the process that wrote it, with scanning's
 /// cuts; a night's changes are recorded for the next night after another restart; and a chunker with other

@@ -40,6 +40,8 @@ use crate::core::md5x::{LANES, Md5State, update_many_pieces_while_wide};
 /// MD5's bytes to the scalar kernel, 4 left 2%. Four pieces hold at most four batch buffers; peak RSS with 16
 /// parallel uploads stayed below what it was with 2 (docs/performance-history.md).
 const MAX_OUTSTANDING: usize = 4;
+/// Batch tails a stream that has not diverged holds back at most, waiting for its next checkpoint.
+const MAX_CARRIED: usize = MAX_OUTSTANDING;
 /// Remembered checkpoint states (~200 B each with the table's overhead): ~13 MiB, covering the last ~150 GB
 /// of streams at one checkpoint per ~2.3 MB.
 const MEMO_ENTRIES: usize = 1 << 16;
@@ -268,8 +270,9 @@ pub struct Md5Stream {
     /// Bytes fed.
     fed: u64,
     /// The bytes after the last checkpoint, held back until the next checkpoint (or the end) shows whether
-    /// the memo knows them.
-    carry: Option<(BatchBytes, Range<usize>)>,
+    /// the memo knows them: the tails of one or more batches (a batch may hold no checkpoint), at most
+    /// `MAX_CARRIED`.
+    carry: Vec<(BatchBytes, Range<usize>)>,
     /// Bytes whose MD5 came from the memo instead of being hashed (for tests and figures).
     remembered: u64,
     /// A checkpoint was not in the memo: this stream's chunk sequence differs from every remembered one,
@@ -323,7 +326,7 @@ impl Md5Stream {
             remembered: 0,
             diverged: false,
             fed: 0,
-            carry: None,
+            carry: Vec::new(),
             closed: false,
             open: false,
             recorded,
@@ -347,10 +350,11 @@ impl Md5Stream {
         ends: &[usize],
         ids: &[ChunkId],
     ) -> Result<(), Md5LaneError> {
-        let mut pieces: Vec<Piece> = Vec::new();
-        if let Some((buf, range)) = self.carry.take() {
-            pieces.push((buf, range, None));
-        }
+        let mut pieces: Vec<Piece> = self
+            .carry
+            .drain(..)
+            .map(|(buf, range)| (buf, range, None))
+            .collect();
         let mut start = 0usize;
         let mut resume: Option<Md5State> = None;
         for (id, &end) in ids.iter().zip(ends) {
@@ -375,14 +379,28 @@ impl Md5Stream {
             start = end;
         }
         self.fed += data.len() as u64;
-        if self.diverged && start < data.len() {
-            pieces.push((data.clone(), start..data.len(), None));
-        } else if start < data.len() {
-            // Held in the batch's own buffer, which goes back to the pool once the carry is hashed or found
-            // remembered. (It was copied out, on average half a checkpoint interval per batch, so that the
-            // buffer could go back at once: that copy was 2.8% of the server's CPU in duplicate ingest. A
-            // stream holds back only while it has not diverged, so unique data never holds a buffer here.)
-            self.carry = Some((data.clone(), start..data.len()));
+        if self.diverged {
+            if start < data.len() {
+                pieces.push((data.clone(), start..data.len(), None));
+            }
+        } else {
+            // Not diverged: every checkpoint so far was remembered, and what `pieces` still holds is the carry
+            // of earlier batches (this one had no checkpoint). It waits with this batch's tail for the next
+            // checkpoint: handing it over here had a repeated stream hash the carry whenever a batch ended
+            // before its next checkpoint (~5-10% of the parts of a duplicate full were partly MD5-hashed).
+            // The tails are held in their batches' own buffers, which go back to the pool once the carry is
+            // hashed or found remembered (copying them out was 2.8% of the server's CPU in duplicate
+            // ingest). A stream holds back only while it has not diverged, so unique data never holds a buffer
+            // here. Beyond MAX_CARRIED tails (no checkpoint for that long) the oldest are hashed after all, so
+            // that a stream never holds more buffers than that.
+            if start < data.len() {
+                pieces.push((data.clone(), start..data.len(), None));
+            }
+            let due = pieces.len().saturating_sub(MAX_CARRIED);
+            self.carry = pieces
+                .drain(due..)
+                .map(|(buf, range, _)| (buf, range))
+                .collect();
         }
         if let Some(state) = resume {
             self.resume_at(state)?;
@@ -511,16 +529,16 @@ impl Md5Stream {
             return Ok(Md5State::new());
         }
         let known = self.remembered_state();
-        let carry = self.carry.take();
+        let carry = std::mem::take(&mut self.carry);
         match known {
             Some(state) => {
-                if let Some((buf, range)) = carry {
+                for (buf, range) in carry {
                     self.skip_remembered(buf, range);
                 }
                 self.resume_at(state)?;
             }
             None => {
-                if let Some((buf, range)) = carry {
+                for (buf, range) in carry {
                     self.submit(buf, range, None)?;
                 }
             }
@@ -561,7 +579,7 @@ impl Drop for Md5Stream {
     /// An abandoned upload takes its pieces out of the queue (no one would hash them for nothing).
     fn drop(&mut self) {
         self.close();
-        if let Some((buf, _)) = self.carry.take() {
+        for (buf, _) in std::mem::take(&mut self.carry) {
             self.shared.release_batch(buf);
         }
         let mut q = lock(queue());
@@ -902,7 +920,7 @@ mod tests {
         // No checkpoint yet: the memo may still know this prefix, so the bytes are held back.
         md5.feed(buffer(&data[..1000]), &[1000], &[id(false, 1)])
             .expect("feed");
-        assert!(md5.carry.is_some() && !md5.diverged);
+        assert!(!md5.carry.is_empty() && !md5.diverged);
         // A checkpoint the memo does not know: from here on every byte is handed over as it comes.
         md5.feed(
             frames(&data[1000..3000]),
@@ -911,7 +929,7 @@ mod tests {
         )
         .expect("feed");
         assert!(md5.diverged);
-        assert!(md5.carry.is_none(), "nothing held back");
+        assert!(md5.carry.is_empty(), "nothing held back");
         assert_eq!(
             md5.submitted, 3,
             "the carry, up to the checkpoint, the rest"
@@ -921,6 +939,51 @@ mod tests {
         assert_eq!(md5.remembered(), 0);
         let want: [u8; 16] = md5::Md5::digest(&data).into();
         assert_eq!(md5.state().expect("hashed").finalize(), want);
+    }
+
+    #[test]
+    fn tails_of_batches_without_a_checkpoint_wait_together() {
+        let _queue = shared_queue();
+        let id = |checkpoint: bool, n: u8| {
+            let mut b = *ChunkId::of(b"tails wait together").as_bytes();
+            b[0] = if checkpoint { 0 } else { 0xff };
+            b[1] = n;
+            ChunkId(b)
+        };
+        let data: Vec<u8> = (0..8000u32).map(|i| (i * 11 + 3) as u8).collect();
+        let mut first = Md5Stream::new(None);
+        // Remembers the checkpoint after chunk 7 (a stream of eight 1000-byte chunks).
+        let batch = |n: u8| -> (BatchBytes, [usize; 1], [ChunkId; 1]) {
+            let at = usize::from(n) * 1000;
+            let bytes = if n % 2 == 0 { buffer } else { frames };
+            (bytes(&data[at..at + 1000]), [1000], [id(n == 7, n)])
+        };
+        for n in 0..8 {
+            let (b, ends, ids) = batch(n);
+            first.feed(b, &ends, &ids).expect("feed");
+        }
+        let want: [u8; 16] = md5::Md5::digest(&data).into();
+        assert_eq!(first.state().expect("hashed").finalize(), want);
+
+        let mut again = Md5Stream::new(None);
+        for n in 0..3 {
+            let (b, ends, ids) = batch(n);
+            again.feed(b, &ends, &ids).expect("feed");
+            // A batch with no checkpoint hands nothing over: its tail waits with the earlier ones.
+            assert_eq!(again.submitted, 0);
+            assert_eq!(again.carry.len(), usize::from(n) + 1);
+        }
+        for n in 3..7 {
+            let (b, ends, ids) = batch(n);
+            again.feed(b, &ends, &ids).expect("feed");
+        }
+        // Seven tails without a checkpoint: all but MAX_CARRIED handed over (memory stays bounded).
+        assert_eq!(again.carry.len(), MAX_CARRIED);
+        assert_eq!(again.submitted, 7 - MAX_CARRIED as u64);
+        let (b, ends, ids) = batch(7);
+        again.feed(b, &ends, &ids).expect("feed");
+        assert!(again.carry.is_empty());
+        assert_eq!(again.state().expect("remembered").finalize(), want);
     }
 
     #[test]
@@ -945,7 +1008,7 @@ mod tests {
             &[ChunkId(not_checkpoint)],
         )
         .expect("feed");
-        let Some((BatchBytes::Buffer(held), range)) = md5.carry.clone() else {
+        let Some((BatchBytes::Buffer(held), range)) = md5.carry.first().cloned() else {
             panic!("held back: the memo may know it");
         };
         assert!(Arc::ptr_eq(&held, &own), "no copy: the batch's own buffer");
