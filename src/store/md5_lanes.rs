@@ -955,7 +955,7 @@ mod tests {
         // Remembers the checkpoint after chunk 7 (a stream of eight 1000-byte chunks).
         let batch = |n: u8| -> (BatchBytes, [usize; 1], [ChunkId; 1]) {
             let at = usize::from(n) * 1000;
-            let bytes = if n % 2 == 0 { buffer } else { frames };
+            let bytes = if n.is_multiple_of(2) { buffer } else { frames };
             (bytes(&data[at..at + 1000]), [1000], [id(n == 7, n)])
         };
         for n in 0..8 {
