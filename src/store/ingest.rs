@@ -375,13 +375,13 @@ impl Upload {
         let ids = std::mem::take(&mut f.ids);
         self.followed += confirmed as u64;
         self.followed_in_frames += confirmed as u64;
-        let lens: Vec<usize> = chunk_lens(&ends);
+        let lens = chunk_lens(&ends);
         let arrivals = self.remember_sequence(&lens, &ids, false);
         let shared = Arc::new(batch);
         self.md5
             .feed(BatchBytes::Frames(shared.clone()), &ends, &ids)
             .map_err(md5_lost)?;
-        self.store_chunks(BatchSource::Frames(&shared), &ends, &ids, &arrivals)
+        self.store_chunks(BatchSource::Frames(&shared), &ends, &lens, &ids, &arrivals)
     }
 
     /// Ends following (its confirmed chunks processed already) and returns the frames not followed. The next
@@ -506,13 +506,12 @@ impl Upload {
                 .map(|c| ChunkId::of(c))
                 .collect();
             ids.extend(rest);
-            let lens: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
-            drop(chunks);
+            let lens = chunk_lens(&ends);
             let arrivals = self.remember_sequence(&lens, &ids, at_end);
             self.md5
                 .feed(BatchBytes::Buffer(shared.clone()), &ends, &ids)
                 .map_err(md5_lost)?;
-            self.store_chunks(BatchSource::Buffer(&shared), &ends, &ids, &arrivals)?;
+            self.store_chunks(BatchSource::Buffer(&shared), &ends, &lens, &ids, &arrivals)?;
             // Back to the pool now unless pieces of it still wait for the MD5 lanes (they give it back).
             if let Ok(b) = Arc::try_unwrap(shared) {
                 self.store.batch_buffers.give(b);
@@ -554,18 +553,18 @@ impl Upload {
         arrivals
     }
 
-    /// Stores the batch's chunks (of `batch`, ending at `ends`) with their ids.
+    /// Stores the batch's chunks (of `batch`, ending at `ends`, `lens` long) with their ids.
     fn store_chunks(
         &mut self,
         batch: BatchSource<'_>,
         ends: &[usize],
+        lens: &[usize],
         ids: &[ChunkId],
         arrivals: &[Option<NextChunk>],
     ) -> Result<()> {
         if ends.is_empty() {
             return Ok(());
         }
-        let lens = chunk_lens(ends);
 
         // Classify in stream order: a chunk is new unless the open container, this batch or the index has it.
         // `homes` learns the container of every chunk the batch names: from the index, the open container, or
@@ -619,7 +618,7 @@ impl Upload {
         // New chunks are compressed in groups (§4.5): the stream is cut into spans, each holding at most one
         // group's worth of new chunks; spans compress in parallel and are then stored in stream order.
         let level = self.store.cfg.zstd_level;
-        let spans = plan_group_spans(&lens, &is_new);
+        let spans = plan_group_spans(lens, &is_new);
         let stored: Vec<SpanPayload> = spans
             .par_iter()
             .map(|span| {

@@ -794,6 +794,14 @@ mod tests {
 
     /// Feeds `data` cut into "chunks" of `chunk` bytes, in batches of whole chunks of at least `batch` bytes
     /// (as ingest does: chunk boundaries depend on the content only, batch boundaries on network reads).
+    /// An id made up for a test (salted by `salt`): whether a chunk ends a checkpoint depends on its id only.
+    fn made_up_id(salt: &[u8], checkpoint: bool, n: u8) -> ChunkId {
+        let mut b = *ChunkId::of(salt).as_bytes();
+        b[0] = if checkpoint { 0 } else { 0xff };
+        b[1] = n;
+        ChunkId(b)
+    }
+
     fn buffer(data: &[u8]) -> BatchBytes {
         BatchBytes::Buffer(Arc::new(data.to_vec()))
     }
@@ -908,13 +916,7 @@ mod tests {
     #[test]
     fn a_stream_unlike_any_remembered_holds_nothing_back() {
         let _queue = shared_queue();
-        // Ids made up for the test: whether a chunk ends a checkpoint depends on its id only.
-        let id = |checkpoint: bool, n: u8| {
-            let mut b = *ChunkId::of(b"holds nothing back").as_bytes();
-            b[0] = if checkpoint { 0 } else { 0xff };
-            b[1] = n;
-            ChunkId(b)
-        };
+        let id = |checkpoint, n| made_up_id(b"holds nothing back", checkpoint, n);
         let data: Vec<u8> = (0..4000u32).map(|i| (i * 7) as u8).collect();
         let mut md5 = Md5Stream::new(None);
         // No checkpoint yet: the memo may still know this prefix, so the bytes are held back.
@@ -944,12 +946,7 @@ mod tests {
     #[test]
     fn tails_of_batches_without_a_checkpoint_wait_together() {
         let _queue = shared_queue();
-        let id = |checkpoint: bool, n: u8| {
-            let mut b = *ChunkId::of(b"tails wait together").as_bytes();
-            b[0] = if checkpoint { 0 } else { 0xff };
-            b[1] = n;
-            ChunkId(b)
-        };
+        let id = |checkpoint, n| made_up_id(b"tails wait together", checkpoint, n);
         let data: Vec<u8> = (0..8000u32).map(|i| (i * 11 + 3) as u8).collect();
         let mut first = Md5Stream::new(None);
         // Remembers the checkpoint after chunk 7 (a stream of eight 1000-byte chunks).
