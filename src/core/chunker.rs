@@ -75,7 +75,8 @@ impl ChunkerParams {
 /// Push-style streaming chunker. Boundaries are identical to [`chunk_ranges`] over the whole input.
 ///
 /// Why this is exact: fastcdc finds a cut by scanning forward from the chunk start, so a cut found strictly
-/// before the end of the buffer depends only on bytes up to it and stays a cut however much data follows; a
+/// before the end of the buffer depends only on bytes up to it and the one byte at it (fastcdc decides a cut
+/// at p with a hash that includes byte p), all in the buffer, and stays a cut however much data follows; a
 /// chunk cut at `max` is final as well. Only the last chunk found in the buffer may still grow.
 /// Memory: the buffer holds at most `2 * max` bytes.
 pub struct Chunker {

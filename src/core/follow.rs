@@ -7,11 +7,20 @@
 //!
 //! Why the cuts are exactly those of scanning ([`super::chunker::chunk_ranges`] of the whole stream): FastCDC
 //! finds a cut by scanning forward from the chunk's start, so where a chunk ends depends only on the bytes
-//! from its start to its end. The memo remembers only chunks whose end was found that way (a content match,
-//! or `max`), never a stream's last chunk (cut by the stream's end). By induction every position a chunk is
-//! followed from is a true cut, and equal bytes from a true cut end where the remembered chunk ended. A false
-//! tag match (2^-40 per attempt on differing bytes) would only place one cut where scanning would not: that
-//! costs dedup, never data, since every chunk is stored under the hash of its own bytes.
+//! from its start to its end and on the one byte after it (see "The byte after a cut"). The memo remembers
+//! only chunks whose end was found that way (a content match, or `max`), never a stream's last chunk (cut by
+//! the stream's end). By induction every position a chunk is followed from is a true cut, and equal bytes
+//! from a true cut, followed by an equal byte, end where the remembered chunk ended. A false tag match (2^-40
+//! per attempt on differing bytes) would only place one cut where scanning would not: that costs dedup,
+//! never data, since every chunk is stored under the hash of its own bytes.
+//!
+//! The byte after a cut: fastcdc v2020 cuts at position p when the gear hash that includes byte p matches
+//! its mask, so the chunk ends before the byte that decided its cut. A chunk whose bytes match a remembered
+//! one ends where it did only if the byte after it is the one that followed it then: the first byte of its
+//! remembered successor. So a followed chunk is confirmed only once its successor matched as well; where
+//! following stops, the last chunk that matched is scanned again from its start (unless it is `max` bytes
+//! long: a cut by length reads no byte after it). Without this, an edit starting right after a remembered
+//! cut left a cut there that scanning does not make (found by the proptest below, in CI).
 //!
 //! The memo holds the last ~1-2 M chunks; the store also records each successor in the catalog
 //! (`chunk_refs.next`, storage-format.md §7) and suggests a container's recorded successors to the memo when
@@ -227,22 +236,43 @@ pub fn follow_cuts(
     debug_assert_eq!(ends.len(), ids.len());
     let first = ends.len();
     let (mut pos, mut followed, mut probes) = (0, 0, PROBE_CHUNKS);
+    // The start of the last chunk pushed while it was followed and its cut is not yet checked against the
+    // byte after it (module doc, "The byte after a cut").
+    let mut unchecked: Option<usize> = None;
+    // The last two extents hashed and their ids: after a miss, the chunk scanned again and the successor tried
+    // again are not rehashed.
+    let mut hashed: [Option<(usize, usize, ChunkId)>; 2] = [None; 2];
+    let id_of = |start: usize, end: usize, hashed: &mut [Option<(usize, usize, ChunkId)>; 2]| {
+        if let Some(&(_, _, id)) = hashed.iter().flatten().find(|h| (h.0, h.1) == (start, end)) {
+            return id;
+        }
+        let id = ChunkId::of(&buf[start..end]);
+        *hashed = [Some((start, end, id)), hashed[0]];
+        id
+    };
     loop {
-        // A hash of the remembered successor's extent that did not match: reused if scanning cuts there too.
-        let mut tried: Option<(usize, ChunkId)> = None;
         if let Some(next) = prev.as_ref().and_then(&mut next_of) {
             let end = pos + next.chunk_len();
             if end <= buf.len() {
-                let id = ChunkId::of(&buf[pos..end]);
+                let id = id_of(pos, end, &mut hashed);
                 if next.is(&id) {
                     ends.push(end);
                     ids.push(id);
                     followed += end - pos;
+                    // A chunk of `max` bytes was cut by its length, not by the byte after it.
+                    unchecked = (end - pos < params.max as usize).then_some(pos);
                     (pos, prev, probes) = (end, Some(id), PROBE_CHUNKS);
                     continue;
                 }
-                tried = Some((end, id));
             }
+        }
+        if let Some(start) = unchecked.take() {
+            // Following stops right after a chunk whose bytes matched but whose cut depends on a byte the
+            // match did not cover: it is scanned again from its start (and not rehashed if it ends there).
+            ends.pop();
+            ids.pop();
+            followed -= pos - start;
+            pos = start;
         }
         if probes == 0 {
             break;
@@ -255,10 +285,7 @@ pub fn follow_cuts(
             };
         };
         let end = pos + len;
-        let id = match tried {
-            Some((tried_end, id)) if tried_end == end => id,
-            _ => ChunkId::of(&buf[pos..end]),
-        };
+        let id = id_of(pos, end, &mut hashed);
         ends.push(end);
         ids.push(id);
         (pos, prev) = (end, Some(id));
@@ -279,8 +306,10 @@ pub fn follow_cuts(
 /// duplicate ingest). Positions are offsets in the caller's batch, the pieces fed so far back to back.
 ///
 /// It starts at a true cut whose successor is remembered (the rule of [`follow_cuts`]) and confirms one chunk
-/// after another while each matches; where one does not, or a confirmed chunk has no remembered successor, it
-/// stops and says where following ended: the caller cuts the bytes from there on by scanning.
+/// after another while each matches; where one does not, or a matched chunk has no remembered successor, it
+/// stops and says where following ended: the caller cuts the bytes from there on by scanning. A chunk whose
+/// bytes matched is confirmed only once its successor matched too (module doc, "The byte after a cut"), so
+/// following ends at the start of the last chunk that matched, unless it is `max` bytes long.
 pub struct StreamFollower {
     next: NextChunk,
     hasher: blake3::Hasher,
@@ -288,26 +317,34 @@ pub struct StreamFollower {
     chunk_start: usize,
     /// Bytes fed so far.
     fed: usize,
+    /// The last chunk that matched, while the byte after it is not yet known to be the remembered one: its
+    /// start and id.
+    matched: Option<(usize, ChunkId)>,
+    /// The chunker's `max`: a chunk that long was cut by its length, whatever byte follows it.
+    max_chunk: usize,
 }
 
 impl StreamFollower {
     /// Following from offset `at` of the batch, a true cut whose remembered successor is `next`.
-    pub fn new(next: NextChunk, at: usize) -> StreamFollower {
+    pub fn new(params: ChunkerParams, next: NextChunk, at: usize) -> StreamFollower {
         StreamFollower {
             next,
             hasher: blake3::Hasher::new(),
             chunk_start: at,
             fed: at,
+            matched: None,
+            max_chunk: params.max as usize,
         }
     }
 
-    /// Where the chunk being followed starts: every byte before it is in a confirmed chunk.
+    /// Where the first chunk not confirmed starts: every byte before it is in a confirmed chunk.
     pub fn confirmed(&self) -> usize {
-        self.chunk_start
+        self.matched.map_or(self.chunk_start, |(start, _)| start)
     }
 
     /// Feeds the batch's next bytes; appends each chunk confirmed to `ends` and `ids`. Returns where following
-    /// ended if it did: the bytes from there on (fed or not) are not followed, and the follower is spent.
+    /// ended if it did (always [`StreamFollower::confirmed`]): the bytes from there on (fed or not) are not
+    /// followed, and the follower is spent.
     pub fn feed(
         &mut self,
         mut bytes: &[u8],
@@ -327,14 +364,23 @@ impl StreamFollower {
             let id = ChunkId(*self.hasher.finalize().as_bytes());
             self.hasher.reset();
             if !self.next.is(&id) {
-                return Some(self.chunk_start);
+                return Some(self.confirmed());
             }
-            ends.push(end);
-            ids.push(id);
+            // The remembered successor's first byte is the one after the matched chunk: its cut holds.
+            if let Some((_, matched)) = self.matched.take() {
+                ends.push(self.chunk_start);
+                ids.push(matched);
+            }
+            if end - self.chunk_start < self.max_chunk {
+                self.matched = Some((self.chunk_start, id));
+            } else {
+                ends.push(end);
+                ids.push(id);
+            }
             self.chunk_start = end;
             match next_of(&id) {
                 Some(next) => self.next = next,
-                None => return Some(end),
+                None => return Some(self.confirmed()),
             }
         }
         None
@@ -342,9 +388,12 @@ impl StreamFollower {
 
     /// The batch's first `n` bytes (confirmed chunks) were taken away: offsets now count from there.
     pub fn rebase(&mut self, n: usize) {
-        debug_assert!(n <= self.chunk_start);
+        debug_assert!(n <= self.confirmed());
         self.chunk_start -= n;
         self.fed -= n;
+        if let Some((start, _)) = self.matched.as_mut() {
+            *start -= n;
+        }
     }
 }
 
@@ -481,7 +530,7 @@ mod tests {
                 from += cuts.consumed;
                 if let Some(next) = prev.as_ref().and_then(|p| memo.next_of(p)) {
                     // The unfinished chunk's bytes are the follower's first piece.
-                    let mut f = StreamFollower::new(next, 0);
+                    let mut f = StreamFollower::new(SMALL, next, 0);
                     let (mut ends, mut ids) = (Vec::new(), Vec::new());
                     let stop = f.feed(&data[from..pos], |id| memo.next_of(id), &mut ends, &mut ids);
                     streamed += f.confirmed();
@@ -549,19 +598,17 @@ mod tests {
             );
         }
         let start = ranges[1].start;
-        let mut f = StreamFollower::new(memo.next_of(&ids[0]).unwrap(), 0);
+        let mut f = StreamFollower::new(SMALL, memo.next_of(&ids[0]).unwrap(), 0);
         let (mut ends, mut got) = (Vec::new(), Vec::new());
         let stop = f.feed(&data[start..], |id| memo.next_of(id), &mut ends, &mut got);
-        assert_eq!(
-            stop,
-            Some(ranges[10].end - start),
-            "chunk 10 has no successor"
-        );
-        assert_eq!(got, ids[1..=10]);
-        // A byte changed inside chunk 5: chunks 1-4 are confirmed, following ends where chunk 5 starts.
+        // Chunk 10 has no successor, so the byte after it is not known to be the one it was cut before.
+        assert_eq!(stop, Some(ranges[10].start - start));
+        assert_eq!(got, ids[1..10]);
+        // A byte changed inside chunk 5: chunks 1-3 are confirmed (4 matched, but 5 did not), following ends
+        // where chunk 4 starts.
         let mut edited = data.clone();
         edited[ranges[5].start + 3] ^= 1;
-        let mut f = StreamFollower::new(memo.next_of(&ids[0]).unwrap(), 0);
+        let mut f = StreamFollower::new(SMALL, memo.next_of(&ids[0]).unwrap(), 0);
         let (mut ends, mut got) = (Vec::new(), Vec::new());
         let mut stop = None;
         for piece in edited[start..].chunks(1000) {
@@ -570,16 +617,50 @@ mod tests {
                 break;
             }
         }
-        assert_eq!(stop, Some(ranges[5].start - start));
-        assert_eq!(f.confirmed(), ranges[5].start - start);
-        assert_eq!(got, ids[1..5]);
+        assert_eq!(stop, Some(ranges[4].start - start));
+        assert_eq!(f.confirmed(), ranges[4].start - start);
+        assert_eq!(got, ids[1..4]);
         assert_eq!(
             ends,
-            ranges[1..5]
+            ranges[1..4]
                 .iter()
                 .map(|r| r.end - start)
                 .collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn a_changed_byte_right_after_a_remembered_cut_is_cut_as_scanning_cuts() {
+        let data = random_bytes(4, 300_000);
+        let ranges = chunk_ranges(&data, SMALL);
+        // A byte just after a content cut, changed so that scanning no longer cuts there: the chunk before it
+        // keeps its bytes (and would match the memo) but ends elsewhere.
+        let (edited, cut) = ranges[3..ranges.len() - 2]
+            .iter()
+            .filter(|r| r.len() < SMALL.max as usize)
+            .find_map(|r| {
+                (1..=255u8).find_map(|x| {
+                    let mut edited = data.clone();
+                    edited[r.end] ^= x;
+                    let cuts = chunk_ranges(&edited, SMALL);
+                    (!cuts.iter().any(|c| c.end == r.end)).then_some((edited, r.end))
+                })
+            })
+            .expect("some byte after a cut decides it");
+        for batch in [20_000, 80_000] {
+            let mut memo = SequenceMemo::new(1 << 14);
+            let (first, _) = ingest(&mut memo, &data, &[], batch);
+            assert_eq!(first, ranges);
+            let (again, followed) = ingest(&mut memo, &edited, &[], batch);
+            assert_eq!(again, chunk_ranges(&edited, SMALL), "batch {batch}");
+            assert!(!again.iter().any(|c| c.end == cut));
+            assert!(followed > 0);
+            let mut memo = SequenceMemo::new(1 << 14);
+            ingest_streaming(&mut memo, &data, &[], batch);
+            let (again, streamed) = ingest_streaming(&mut memo, &edited, &[1000, cut - 5], batch);
+            assert_eq!(again, chunk_ranges(&edited, SMALL), "batch {batch}");
+            assert!(streamed > 0);
+        }
     }
 
     #[test]
@@ -667,9 +748,15 @@ mod tests {
         assert_eq!(followed_first, 0);
         let (again, followed) = ingest(&mut memo, &data, &[7, 300_000], 50_000);
         assert_eq!(again, first);
-        // All but the first chunk (cut by scanning: nothing precedes it) and the last (never remembered).
+        // All but the first chunk (cut by scanning: nothing precedes it), the last (never remembered), and
+        // each batch's last followed chunk (scanned again: its successor is not in the batch).
         let (head, tail) = (first[0].len(), first[first.len() - 1].len());
-        assert_eq!(followed, data.len() - head - tail);
+        let batches = data.len().div_ceil(50_000);
+        assert!(followed <= data.len() - head - tail, "{followed}");
+        assert!(
+            followed >= data.len() - head - tail - batches * SMALL.max as usize,
+            "{followed}"
+        );
     }
 
     proptest! {

@@ -317,7 +317,7 @@ impl Upload {
             return Ok(());
         };
         self.following = Some(Following {
-            follower: StreamFollower::new(next, 0),
+            follower: StreamFollower::new(self.store.cfg.chunker, next, 0),
             frames: FrameBatch::new(),
             ends: Vec::new(),
             ids: Vec::new(),
