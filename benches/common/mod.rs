@@ -502,3 +502,4 @@ pub fn shard_write_cpu(
     }
     Ok(best)
 }
+pub mod sink;
