@@ -48,16 +48,8 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn cairn serve");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let endpoint = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find_map(|l| {
-                l.strip_prefix("cairn: listening on ")
-                    .map(|s| s.trim().to_string())
-            })
+        let endpoint = listening_endpoint(&mut child, "cairn: listening on ")
             .expect("cairn serve exited before listening");
-        std::thread::spawn(move || for _ in lines {});
         Server {
             data: data.to_path_buf(),
             endpoint,
@@ -115,6 +107,18 @@ impl Server {
             .status();
         let _ = self.child.wait();
     }
+}
+
+/// The endpoint a child process printed after `prefix` on its stdout (the rest of its output is drained);
+/// None if it exited first.
+pub fn listening_endpoint(child: &mut Child, prefix: &str) -> Option<String> {
+    let mut lines = BufReader::new(child.stdout.take()?).lines();
+    let endpoint = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix(prefix).map(|s| s.trim().to_string()))?;
+    std::thread::spawn(move || for _ in lines {});
+    Some(endpoint)
 }
 
 impl Drop for Server {

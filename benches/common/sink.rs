@@ -14,7 +14,6 @@
 #![allow(dead_code)]
 
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use bytes::Bytes;
@@ -121,13 +120,8 @@ impl Sink {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn the sink");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let endpoint = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find_map(|l| l.strip_prefix(LISTENING).map(|s| s.trim().to_string()))
+        let endpoint = super::server::listening_endpoint(&mut child, LISTENING)
             .expect("the sink exited before listening");
-        std::thread::spawn(move || for _ in lines {});
         Sink { endpoint, child }
     }
 
