@@ -37,8 +37,9 @@ const BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// is followed as it arrives (`Upload::following`). Of a repeated 16 MiB part ~1% is then copied, not 1/4, and
 /// each place a night's stream changed costs ~200 KB of copying, not a 4 MiB batch.
 const PROBE_BATCH_BYTES: usize = 128 * 1024;
-/// Capacity of a batch buffer: it starts with the previous batch's unfinished chunk (at most `max_chunk`), is
-/// cut once it holds BATCH_BYTES, and writes (network reads, well under 1 MiB) are split so that it never
+/// Capacity of a batch buffer: it starts with the previous batch's unfinished bytes (at most two chunks: a
+/// followed chunk whose cut could not be checked yet goes back with them, core::follow), is cut once it
+/// holds BATCH_BYTES, and writes (network reads, well under 1 MiB) are split so that it never
 /// holds more than this. Beyond `max_chunk` bytes a buffer always has a final chunk to cut.
 pub(super) fn batch_capacity(max_chunk: usize) -> usize {
     BATCH_BYTES + (1 << 20) + max_chunk
@@ -104,7 +105,8 @@ pub struct Upload {
     /// BATCH_BYTES (no copy into a chunker's buffer and out again). It starts with the previous batch's last
     /// chunk, which was not final yet. `pending_ends` holds the ends of its final chunks while it is processed.
     pending: Vec<u8>,
-    /// The last chunk of the batch just processed, not final yet: the front of the next batch buffer.
+    /// The bytes after the last final chunk of the batch just processed (not final yet): the front of the next
+    /// batch buffer.
     unfinished: Vec<u8>,
     pending_ends: Vec<usize>,
     /// Ids of a leading run of the chunks ending at `pending_ends`, hashed while cutting (core::follow); the
@@ -884,7 +886,8 @@ impl Upload {
         if !self.drained {
             self.drained = true;
             self.process_followed()?;
-            // At most a chunk's bytes (the follower's unconfirmed one): the stream's last chunk.
+            // At most two chunks' bytes (the follower's last matched chunk, not confirmed, and the one it was
+            // hashing): the stream's last chunks.
             let rest = self.stop_following();
             rest.copy_range_into(0..rest.len(), &mut self.unfinished);
             self.cut_batch(true)?;
