@@ -490,6 +490,29 @@ mod tests {
                 *prev = Some(id);
             }
         }
+        // Cuts the batch data[batch] with follow_cuts and records its final chunks; returns the bytes consumed.
+        fn cut_batch(
+            data: &[u8],
+            out: &mut Vec<Range<usize>>,
+            prev: &mut Option<ChunkId>,
+            memo: &mut SequenceMemo,
+            batch: Range<usize>,
+            at_end: bool,
+        ) -> usize {
+            let (mut ends, mut ids) = (Vec::new(), Vec::new());
+            let cuts = follow_cuts(
+                SMALL,
+                &data[batch.clone()],
+                at_end,
+                *prev,
+                |id| memo.next_of(id),
+                &mut ends,
+                &mut ids,
+            );
+            let ends: Vec<usize> = ends.iter().map(|e| batch.start + e).collect();
+            record(data, out, prev, memo, &ends, None, at_end);
+            cuts.consumed
+        }
         for piece_end in piece_ends {
             while pos < piece_end {
                 if let Some(f) = follower.as_mut() {
@@ -515,19 +538,7 @@ mod tests {
                 if pos - from < batch {
                     continue;
                 }
-                let (mut ends, mut ids) = (Vec::new(), Vec::new());
-                let cuts = follow_cuts(
-                    SMALL,
-                    &data[from..pos],
-                    false,
-                    prev,
-                    |id| memo.next_of(id),
-                    &mut ends,
-                    &mut ids,
-                );
-                let ends: Vec<usize> = ends.iter().map(|e| from + e).collect();
-                record(data, &mut out, &mut prev, memo, &ends, None, false);
-                from += cuts.consumed;
+                from += cut_batch(data, &mut out, &mut prev, memo, from..pos, false);
                 if let Some(next) = prev.as_ref().and_then(|p| memo.next_of(p)) {
                     // The unfinished chunk's bytes are the follower's first piece.
                     let mut f = StreamFollower::new(SMALL, next, 0);
@@ -546,18 +557,7 @@ mod tests {
         if let Some(f) = follower.take() {
             from += f.confirmed();
         }
-        let (mut ends, mut ids) = (Vec::new(), Vec::new());
-        follow_cuts(
-            SMALL,
-            &data[from..pos],
-            true,
-            prev,
-            |id| memo.next_of(id),
-            &mut ends,
-            &mut ids,
-        );
-        let ends: Vec<usize> = ends.iter().map(|e| from + e).collect();
-        record(data, &mut out, &mut prev, memo, &ends, None, true);
+        cut_batch(data, &mut out, &mut prev, memo, from..pos, true);
         (out, streamed)
     }
 
