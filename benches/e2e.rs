@@ -845,9 +845,10 @@ fn main() {
         Some(l.hash),
         Some((0.90, "of hash-only limit")),
     ));
+    // The duplicate phase's (wall, server, client, other) CPU seconds.
+    let dup_cpu = cpu[cpu.len() - 1].cpu;
     // Even a server that did nothing but CDC and BLAKE3 shares these cores with the client.
-    let dup_client_cpu = cpu[cpu.len() - 1].cpu;
-    let dup_shared = limit_with_client(mb, l.hash_core, dup_client_cpu, l.cores);
+    let dup_shared = limit_with_client(mb, l.hash_core, dup_cpu, l.cores);
     rows.push(row(
         "  same, against the hash-only limit left by the client's CPU",
         dup,
@@ -855,22 +856,22 @@ fn main() {
         None,
     ));
     // Like unique ingest's: a server also receives the bytes it hashes.
-    let dup_reach = limit_with_client(mb, l.hash_io_core, dup_client_cpu, l.cores);
+    let dup_reach = limit_with_client(mb, l.hash_io_core, dup_cpu, l.cores);
     rows.push(reachable_row(
         "  90% of hash-only reachable with the client on these cores",
         0.90,
         (dup_reach, l.hash),
         "CDC+BLAKE3 and the socket receive",
-        dup_client_cpu.2,
+        dup_cpu.2,
     ));
     // A repeated stream is cut by following what the memo remembers: no CDC scan, only the BLAKE3 that checks it.
-    let follow_reach = limit_with_client(mb, l.follow_io_core, dup_client_cpu, l.cores);
+    let follow_reach = limit_with_client(mb, l.follow_io_core, dup_cpu, l.cores);
     rows.push(reachable_row(
         "  same, for a server that follows remembered chunk sequences (no CDC)",
         0.90,
         (follow_reach, l.hash),
         "BLAKE3 and the socket receive",
-        dup_client_cpu.2,
+        dup_cpu.2,
     ));
     rows.push(row(
         "  same, against the limit incl. MD5",
@@ -921,15 +922,15 @@ fn main() {
     // against what a bare receive-and-hash server takes and what Cairn takes (docs/performance-history.md,
     // session 27: the S3 layer and the store's work on a repeated stream must fit in the difference).
     let sink_cpu = cpu[cpu.len() - 1].cpu;
-    let budget = dup_budget(mb, l.hash, l.cores, dup_client_cpu);
+    let budget = dup_budget(mb, l.hash, l.cores, dup_cpu);
     rows.push(text_row(
         "  90% as server CPU s (beside the client and the rest): allowed / the sink's / Cairn's",
         format!(
             "{budget:.2} / {:.2} / {:.2}: {:.2} s left above the sink for the S3 layer and dedup, Cairn spent {:.2}",
             sink_cpu.1,
-            dup_client_cpu.1,
+            dup_cpu.1,
             budget - sink_cpu.1,
-            dup_client_cpu.1 - sink_cpu.1
+            dup_cpu.1 - sink_cpu.1
         ),
         "",
         None,
