@@ -18,6 +18,7 @@ pub mod diskset;
 pub mod error;
 mod frames;
 mod ingest;
+mod io_threads;
 pub mod jobs;
 mod md5_lanes;
 mod objects;
@@ -157,6 +158,8 @@ pub struct Store {
     parity_buffer_len: usize,
     /// Bounds the seals encoding and writing at once (`SEAL_SLOTS`).
     seal_slots: buffers::Slots,
+    /// The threads the seals write their shard files on: one per shard of every seal slot.
+    shard_writers: io_threads::IoThreads,
     /// Containers a restore found degraded, reconstructed once and kept for its next frames (reconstructed.rs).
     reconstructed: reconstructed::ReconstructedContainers,
     /// MD5 states of streams at their checkpoints (md5_lanes.rs); new ones go to the catalog with each seal.
@@ -372,6 +375,10 @@ impl Store {
             parity_buffers,
             parity_buffer_len,
             seal_slots: buffers::Slots::new(SEAL_SLOTS),
+            shard_writers: io_threads::IoThreads::new(
+                SEAL_SLOTS * geometry.width(),
+                "cairn-shard-write",
+            ),
             reconstructed: reconstructed::ReconstructedContainers::new(
                 reconstructed::RECONSTRUCTED_KEPT,
             ),

@@ -78,42 +78,42 @@ impl Store {
                     need: width,
                     have: loads.len() + (width - missing.len()),
                 })?;
-            let results: Vec<(usize, DiskId, std::io::Result<()>)> = std::thread::scope(|s| {
-                let handles: Vec<_> = missing
-                    .iter()
-                    .zip(chosen.iter())
-                    .map(|(&idx, &disk_id)| {
-                        let shard = shards.shard(idx);
-                        let entry = self.disks.get(disk_id);
-                        s.spawn(move || {
-                            let Some(entry) = entry else {
-                                return (
-                                    idx,
-                                    disk_id,
-                                    Err(std::io::Error::other("disk disappeared from set")),
-                                );
-                            };
-                            let header = ShardHeader {
-                                k: geometry.k,
-                                m: geometry.m,
-                                index: idx as u8,
-                                container: id,
-                                store: self.store_id,
-                                container_len,
-                                shard_len: shard.len() as u64,
-                            };
-                            let trailer = encode_trailer(shard);
-                            let r = entry.disk.write_durable(
-                                &shard_path(id, idx),
-                                &[&header.encode(), shard, &trailer],
+            let writes: Vec<_> = missing
+                .iter()
+                .zip(chosen.iter())
+                .map(|(&idx, &disk_id)| {
+                    let shard = shards.shard(idx);
+                    let entry = self.disks.get(disk_id);
+                    move || {
+                        let Some(entry) = entry else {
+                            return (
+                                idx,
+                                disk_id,
+                                Err(std::io::Error::other("disk disappeared from set")),
                             );
-                            (idx, disk_id, r)
-                        })
-                    })
-                    .collect();
-                handles.into_iter().filter_map(|h| h.join().ok()).collect()
-            });
-            for (idx, disk_id, r) in results {
+                        };
+                        let header = ShardHeader {
+                            k: geometry.k,
+                            m: geometry.m,
+                            index: idx as u8,
+                            container: id,
+                            store: self.store_id,
+                            container_len,
+                            shard_len: shard.len() as u64,
+                        };
+                        let trailer = encode_trailer(shard);
+                        let r = entry.disk.write_durable(
+                            &shard_path(id, idx),
+                            &[&header.encode(), shard, &trailer],
+                        );
+                        (idx, disk_id, r)
+                    }
+                })
+                .collect();
+            // All at once, on the threads kept for it; a write that panicked stays unplaced (and is tried
+            // again on another disk).
+            let results = self.shard_writers.run_all(writes);
+            for (idx, disk_id, r) in results.into_iter().flatten() {
                 match r {
                     Ok(()) => placed[idx] = Some(disk_id),
                     Err(e) => {
