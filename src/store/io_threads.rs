@@ -3,9 +3,10 @@
 //! A seal writes its k + m shard files at once, one per disk, each waiting on its own fsyncs. It spawned a
 //! thread per shard and joined them: on the bench's VM spawning and joining six threads cost ~200 us of CPU
 //! (a stack and a signal stack mapped and unmapped, each under the process's mmap lock taken for writing,
-//! which other threads' O_DIRECT reads wait for), against ~25 us for six tasks on threads kept for it; and duplicate ingest
-//! seals a small container per part (its segment record), so 2 GB of it started ~730 threads
-//! (docs/performance-history.md, session 28). At 100 TB that is a thread per shard of ~12 million containers.
+//! which other threads' O_DIRECT reads wait for), against ~25 us for six tasks on threads kept for it; and
+//! duplicate ingest seals a small container per part (its segment record), so 2 GB of it started ~730
+//! threads (docs/performance-history.md, session 28). At 100 TB that is a thread per shard of ~12 million
+//! containers.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
