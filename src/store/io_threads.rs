@@ -7,8 +7,13 @@
 //! duplicate ingest seals a small container per part (its segment record), so 2 GB of it started ~730
 //! threads (docs/performance-history.md, session 28). At 100 TB that is a thread per shard of ~12 million
 //! containers.
+//!
+//! A degraded read reconstructs a container from k shards read at once, and its callers are threads of the
+//! read pool, which must not wait inside rayon (see `IoThreads::run_all`): those reads go to [`KeptThreads`],
+//! plain threads that take tasks owning what they use, the caller waiting on a channel for each result.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex, mpsc};
 
 /// A fixed set of threads that run blocking disk I/O tasks a caller waits for.
 pub(super) struct IoThreads {
@@ -66,9 +71,84 @@ impl IoThreads {
     }
 }
 
+/// A task for [`KeptThreads`]: it sends its own result.
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// Plain threads kept for blocking tasks that own what they use (an `Arc` of the disk, the path), for callers
+/// that must not wait inside rayon: each waits on a channel for its task's result.
+pub(super) struct KeptThreads {
+    queue: Mutex<mpsc::Sender<Job>>,
+    started: usize,
+}
+
+/// The result of a task started on [`KeptThreads`].
+pub(super) struct Pending<T>(mpsc::Receiver<Option<T>>);
+
+impl<T> Pending<T> {
+    /// Waits for the task; None if it panicked.
+    pub(super) fn wait(self) -> Option<T> {
+        self.0.recv().ok().flatten()
+    }
+}
+
+impl KeptThreads {
+    /// `threads` threads, named `{name}-{i}`; they live as long as the process.
+    pub(super) fn new(threads: usize, name: &str) -> KeptThreads {
+        let (queue, jobs) = mpsc::channel::<Job>();
+        let jobs = Arc::new(Mutex::new(jobs));
+        let mut started = 0;
+        for i in 0..threads.max(1) {
+            let jobs = jobs.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while waiting for the next job, never while running one.
+                        let next = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok(job) = next else { break };
+                        job();
+                    }
+                });
+            if spawned.is_err() {
+                tracing::warn!(name, started, "cannot start more I/O threads");
+                break;
+            }
+            started += 1;
+        }
+        KeptThreads {
+            queue: Mutex::new(queue),
+            started,
+        }
+    }
+
+    /// Starts `task` on a kept thread (on a thread of its own if none could be started).
+    pub(super) fn start<T, F>(&self, task: F) -> Pending<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move || {
+            let _ = reply.send(catch_unwind(AssertUnwindSafe(task)).ok());
+        });
+        let unsent = if self.started == 0 {
+            Some(job)
+        } else {
+            let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            queue.send(job).err().map(|e| e.0)
+        };
+        if let Some(job) = unsent {
+            // If even that fails, the job (and its reply) is dropped: `wait` returns None.
+            let _ = std::thread::Builder::new().spawn(job);
+        }
+        Pending(answer)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rayon::prelude::*;
     use std::collections::HashSet;
     use std::sync::Mutex;
 
@@ -116,6 +196,59 @@ mod tests {
                 .all(|n| n.as_deref().is_some_and(|n| n.starts_with("test-io-"))),
             "{seen:?}"
         );
+    }
+
+    #[test]
+    fn kept_threads_run_owned_tasks_for_rayon_callers_without_new_threads() {
+        let kept = KeptThreads::new(3, "test-kept");
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("pool");
+        // Rayon threads start tasks and wait for them, as a degraded read does.
+        let names: Vec<Option<String>> = pool.install(|| {
+            (0..40u64)
+                .into_par_iter()
+                .flat_map_iter(|n| {
+                    let pending: Vec<_> = (0..3)
+                        .map(|i| {
+                            kept.start(move || {
+                                assert!(rayon::current_thread_index().is_none());
+                                (n * 3 + i, std::thread::current().name().map(str::to_string))
+                            })
+                        })
+                        .collect();
+                    pending
+                        .into_iter()
+                        .zip(0..)
+                        .map(move |(p, i)| {
+                            let (got, name) = p.wait().expect("task ran");
+                            assert_eq!(got, n * 3 + i);
+                            name
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        });
+        assert_eq!(names.len(), 120);
+        let distinct: HashSet<_> = names.into_iter().collect();
+        assert!(distinct.len() <= 3, "{distinct:?}");
+        assert!(
+            distinct
+                .iter()
+                .all(|n| n.as_deref().is_some_and(|n| n.starts_with("test-kept-"))),
+            "{distinct:?}"
+        );
+    }
+
+    #[test]
+    fn a_kept_task_that_panics_gives_none_and_the_threads_go_on() {
+        let kept = KeptThreads::new(1, "test-kept");
+        assert_eq!(
+            kept.start(|| -> u8 { panic!("a read that panics") }).wait(),
+            None
+        );
+        assert_eq!(kept.start(|| 7).wait(), Some(7));
     }
 
     #[test]

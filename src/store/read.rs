@@ -13,8 +13,9 @@ use super::api::ObjectInfo;
 use super::catalog::{self, ContainerRow, SegmentRow};
 use super::dedup::ChunkLocation;
 use super::disk::shard_path;
-use super::diskset::DiskState;
+use super::diskset::{DiskEntry, DiskState};
 use super::error::{Result, StoreError};
+use super::io_threads::KeptThreads;
 use super::reconstructed::DataShards;
 use super::{Store, now_ms};
 use crate::core::container::{decode_chunk, decode_group, group_member};
@@ -43,6 +44,34 @@ fn read_pool() -> Option<&'static rayon::ThreadPool> {
             .ok()
     })
     .as_ref()
+}
+
+/// Threads that read the shards of containers being reconstructed (`Store::reconstruct_container`), kept
+/// for the process: a degraded restore reconstructs every container with a shard on a missing disk, and a
+/// thread started per shard read cost ~33 us of CPU each on the bench's VM (session 28). As many as the read
+/// pool's threads can wait on at k = 4, up to 64; more reads wait their turn.
+fn reconstruct_readers() -> &'static KeptThreads {
+    static THREADS: OnceLock<KeptThreads> = OnceLock::new();
+    THREADS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        KeptThreads::new((cores * 12).clamp(16, 64), "cairn-shard-read")
+    })
+}
+
+/// Reads bytes `within` a shard file's payload (after its header) from disk `d`.
+fn read_shard_file(
+    d: &DiskEntry,
+    path: &std::path::Path,
+    within: u64,
+    buf: &mut [u8],
+    once: bool,
+) -> io::Result<()> {
+    let offset = SHARD_HEADER_LEN as u64 + within;
+    if once {
+        d.disk.read_at_once(path, offset, buf)
+    } else {
+        d.disk.read_at(path, offset, buf)
+    }
 }
 
 /// Where chunk `id` is, and its container (`containers` caches the rows already read).
@@ -518,23 +547,24 @@ impl Store {
                 "shard's disk is failed or unknown",
             ));
         };
-        let (path, offset) = (shard_path(row.id, idx), SHARD_HEADER_LEN as u64 + within);
-        let r = if once {
-            d.disk.read_at_once(&path, offset, buf)
-        } else {
-            d.disk.read_at(&path, offset, buf)
-        };
-        if let Err(e) = &r
-            && e.kind() != io::ErrorKind::NotFound
-        {
+        let r = read_shard_file(&d, &shard_path(row.id, idx), within, buf, once);
+        if let Err(e) = &r {
+            self.note_shard_read_error(&d, e);
+        }
+        r
+    }
+
+    /// Counts a failed shard read against its disk (a missing file on a disk that is there is not a disk
+    /// error: the shard's own problem, found by scrub).
+    fn note_shard_read_error(&self, d: &DiskEntry, e: &io::Error) {
+        if e.kind() != io::ErrorKind::NotFound {
             self.note_disk_error(d.id, e);
-        } else if r.is_err() && !d.disk.is_present() {
+        } else if !d.disk.is_present() {
             self.note_disk_error(
                 d.id,
                 &io::Error::new(io::ErrorKind::NotFound, "disk vanished"),
             );
         }
-        r
     }
 
     /// Container bytes `range`, read straight from the data shards (the healthy path). `once`: past the page
@@ -594,23 +624,38 @@ impl Store {
             .filter(|i| self.shard_source(row, *i).is_some())
             .collect();
         let mut pieces: Vec<Option<Vec<u8>>> = vec![None; width];
-        // On threads of its own, not the read pool's: this runs inside the pool, while other pool threads
+        // On threads kept for it, not the read pool's: this runs inside the pool, while other pool threads
         // wait for this very reconstruction, and a pool thread waiting on rayon work steals other jobs (such as
-        // another frame of this container, which would wait on the reconstruction it is part of).
-        std::thread::scope(|scope| {
-            let reads: Vec<_> = candidates
-                .iter()
-                .take(k)
-                .skip(1)
-                .map(|&i| (i, scope.spawn(move || read(i))))
-                .collect();
-            if let Some(&i) = candidates.first() {
-                pieces[i] = read(i);
-            }
-            for (i, handle) in reads {
-                pieces[i] = handle.join().ok().flatten();
-            }
-        });
+        // another frame of this container, which would wait on the reconstruction it is part of). The kept
+        // threads' reads own what they use; their errors are noted here.
+        let reads: Vec<_> = candidates
+            .iter()
+            .take(k)
+            .skip(1)
+            .map(|&i| {
+                let (source, path) = (self.shard_source(row, i), shard_path(row.id, i));
+                let pending = reconstruct_readers().start(move || {
+                    let d = source?;
+                    let mut b = vec![0u8; s];
+                    let r = read_shard_file(&d, &path, 0, &mut b, true);
+                    Some((d, r.map(|()| b)))
+                });
+                (i, pending)
+            })
+            .collect();
+        if let Some(&i) = candidates.first() {
+            pieces[i] = read(i);
+        }
+        for (i, pending) in reads {
+            pieces[i] = match pending.wait().flatten() {
+                Some((_, Ok(b))) => Some(b),
+                Some((d, Err(e))) => {
+                    self.note_shard_read_error(&d, &e);
+                    None
+                }
+                None => None,
+            };
+        }
         // Any that failed: the remaining candidates, one at a time, until k are in.
         let mut tried = k.min(candidates.len());
         while tried < candidates.len() && pieces.iter().flatten().count() < k {
