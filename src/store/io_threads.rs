@@ -71,23 +71,33 @@ impl IoThreads {
     }
 }
 
+/// Runs the jobs of `queue` one after another until it closes: the loop of a thread kept for jobs. The lock
+/// is held only while waiting for the next job, never while running one. A job that panics is dropped with
+/// whatever it would have sent: its requester gets no answer and treats the work as failed.
+pub(super) fn serve_jobs<J: FnOnce()>(queue: &Mutex<mpsc::Receiver<J>>) {
+    loop {
+        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let Ok(job) = next else { break };
+        let _ = catch_unwind(AssertUnwindSafe(job));
+    }
+}
+
 /// A task for [`KeptThreads`]: it sends its own result.
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
 /// Plain threads kept for blocking tasks that own what they use (an `Arc` of the disk, the path), for callers
 /// that must not wait inside rayon: each waits on a channel for its task's result.
 pub(super) struct KeptThreads {
-    queue: Mutex<mpsc::Sender<Job>>,
-    started: usize,
+    queue: mpsc::Sender<Job>,
 }
 
 /// The result of a task started on [`KeptThreads`].
-pub(super) struct Pending<T>(mpsc::Receiver<Option<T>>);
+pub(super) struct Pending<T>(mpsc::Receiver<T>);
 
 impl<T> Pending<T> {
     /// Waits for the task; None if it panicked.
     pub(super) fn wait(self) -> Option<T> {
-        self.0.recv().ok().flatten()
+        self.0.recv().ok()
     }
 }
 
@@ -96,29 +106,18 @@ impl KeptThreads {
     pub(super) fn new(threads: usize, name: &str) -> KeptThreads {
         let (queue, jobs) = mpsc::channel::<Job>();
         let jobs = Arc::new(Mutex::new(jobs));
-        let mut started = 0;
         for i in 0..threads.max(1) {
             let jobs = jobs.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
-                .spawn(move || {
-                    loop {
-                        // The lock is held only while waiting for the next job, never while running one.
-                        let next = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                        let Ok(job) = next else { break };
-                        job();
-                    }
-                });
+                .spawn(move || serve_jobs(&jobs));
             if spawned.is_err() {
-                tracing::warn!(name, started, "cannot start more I/O threads");
+                tracing::warn!(name, started = i, "cannot start more I/O threads");
                 break;
             }
-            started += 1;
         }
-        KeptThreads {
-            queue: Mutex::new(queue),
-            started,
-        }
+        // With no thread started, the queue's receiver is gone with `jobs` here, and `start` sees it closed.
+        KeptThreads { queue }
     }
 
     /// Starts `task` on a kept thread (on a thread of its own if none could be started).
@@ -129,17 +128,12 @@ impl KeptThreads {
     {
         let (reply, answer) = mpsc::sync_channel(1);
         let job: Job = Box::new(move || {
-            let _ = reply.send(catch_unwind(AssertUnwindSafe(task)).ok());
+            let _ = reply.send(task());
         });
-        let unsent = if self.started == 0 {
-            Some(job)
-        } else {
-            let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            queue.send(job).err().map(|e| e.0)
-        };
-        if let Some(job) = unsent {
-            // If even that fails, the job (and its reply) is dropped: `wait` returns None.
-            let _ = std::thread::Builder::new().spawn(job);
+        if let Err(unsent) = self.queue.send(job) {
+            // If even that fails, the job (and its reply) is dropped: `wait` returns None. A panic there ends
+            // that thread and drops the reply the same way.
+            let _ = std::thread::Builder::new().spawn(unsent.0);
         }
         Pending(answer)
     }

@@ -18,6 +18,7 @@ use super::catalog::{self, ContainerRow};
 use super::disk::shard_path;
 use super::diskset::{DiskEntry, DiskState, MarkerCheck, check_marker};
 use super::error::{Result, StoreError};
+use super::io_threads::serve_jobs;
 use super::jobs::{Job, JobKind};
 use super::{Store, now_ms};
 use crate::core::container::{Pieces, verify_container_pieces};
@@ -133,15 +134,8 @@ pub(super) fn with_shard_readers<'env, R>(
     let tasks = std::sync::Mutex::new(tasks);
     std::thread::scope(|s| {
         for _ in 0..threads {
-            s.spawn(|| {
-                loop {
-                    // The lock is held only while waiting for the next task, never while running one.
-                    let next = tasks.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                    let Ok(task) = next else { break };
-                    // A read that panics drops its reply: its requester reports the shard as unread.
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task));
-                }
-            });
+            // A read that panics drops its reply: its requester reports the shard as unread.
+            s.spawn(|| serve_jobs(&tasks));
         }
         let readers = ShardReaders { queue };
         let out = body(&readers);
