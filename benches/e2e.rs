@@ -209,7 +209,7 @@ fn measure_stages(o: &Opts, data_file: &Path, work: &Path) -> Stages {
             std::hint::black_box(blake3::hash(&dat[0]));
         }),
         shard_xxh3: rate(dat[0].len(), min, || {
-            std::hint::black_box(xxhash_rust::xxh3::xxh3_128(&dat[0]));
+            std::hint::black_box(twox_hash::XxHash3_128::oneshot(&dat[0]));
         }),
         disk_write: disk_write_fsync(work, disk_bytes).expect("disk write"),
         disk_read: disk_read_cold(work, disk_bytes).expect("disk read"),

@@ -2,7 +2,8 @@
 //! FastCDC (the store's chunker), BLAKE3 per chunk, zstd at `DEFAULT_ZSTD_LEVEL` (compress and decompress),
 //! Reed-Solomon 4+2 on 8 MiB containers with reed-solomon-erasure (what `core::erasure` uses) and
 //! reed-solomon-simd side by side (encode, and reconstruct of two lost data shards), MD5 (the ETag), SHA-256
-//! (SigV4 signed payloads), and sequential write + fsync.
+//! (SigV4 signed payloads), the shard trailer's XXH3-128 (xxhash-rust and twox-hash, in cache and cold), and
+//! sequential write + fsync.
 //!
 //! `cargo bench --bench stages` (one core per stage; `benches/e2e.rs` turns these into pipeline limits).
 //! Under `cargo test` criterion runs each function once on a small sample.
@@ -69,6 +70,41 @@ fn stages(c: &mut Criterion) {
         b.iter(|| black_box(rs_simd_reconstruct(dat, par)))
     });
     g.finish();
+
+    // The shard trailer's XXH3-128 (storage-format.md §3), in the two crates that compute it bit for bit the
+    // same: once on one shard in cache, and once walking over 1 GiB of shards, as scrub hashes a shard it has
+    // just read from disk (O_DIRECT: not in any cache). The store uses twox-hash for the second case.
+    let shard_len = (CONTAINER / K as usize).min(size);
+    let cold_shards: Vec<Vec<u8>> = (0..if bench_mode() { 512 } else { 2 })
+        .map(|i| sample(100 + i, shard_len))
+        .collect();
+    let hot = &cold_shards[0];
+    let mut g = c.benchmark_group("shard_checksum");
+    g.throughput(Throughput::Bytes(shard_len as u64));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    g.bench_function("xxhash_rust_in_cache", |b| {
+        b.iter(|| black_box(xxhash_rust::xxh3::xxh3_128(hot)))
+    });
+    g.bench_function("twox_hash_in_cache", |b| {
+        b.iter(|| black_box(twox_hash::XxHash3_128::oneshot(hot)))
+    });
+    let mut next = 0;
+    g.bench_function("xxhash_rust_cold", |b| {
+        b.iter(|| {
+            next = (next + 1) % cold_shards.len();
+            black_box(xxhash_rust::xxh3::xxh3_128(&cold_shards[next]))
+        })
+    });
+    g.bench_function("twox_hash_cold", |b| {
+        b.iter(|| {
+            next = (next + 1) % cold_shards.len();
+            black_box(twox_hash::XxHash3_128::oneshot(&cold_shards[next]))
+        })
+    });
+    g.finish();
+    drop(cold_shards);
 
     let dir = tempfile::tempdir_in(
         std::env::var_os("CAIRN_BENCH_DIR").unwrap_or_else(|| std::env::temp_dir().into()),
