@@ -9,65 +9,69 @@
 //! containers.
 //!
 //! A degraded read reconstructs a container from k shards read at once, and its callers are threads of the
-//! read pool, which must not wait inside rayon (see `IoThreads::run_all`): those reads go to [`KeptThreads`],
-//! plain threads that take tasks owning what they use, the caller waiting on a channel for each result.
+//! read pool: those reads go to [`KeptThreads`] too, as tasks owning what they use, the caller waiting on a
+//! channel for each result. Both are plain threads sleeping on a channel (not a rayon pool, whose idle
+//! threads spin; see [`IoThreads`]).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, mpsc};
 
 /// A fixed set of threads that run blocking disk I/O tasks a caller waits for.
+///
+/// Plain threads that sleep on a channel between tasks. Session 28 kept them in a rayon pool, whose idle
+/// threads look for work before they sleep, yielding the CPU each time: every seal woke all twelve and 2 GB of
+/// unique ingest made ~47,000 `sched_yield` context switches on the two cores that compress (session 29,
+/// `perf record -e sched:sched_switch`).
 pub(super) struct IoThreads {
-    /// None if the threads could not be created: tasks then run on threads of their own, as before.
-    pool: Option<rayon::ThreadPool>,
+    threads: KeptThreads,
 }
 
+/// A task of [`IoThreads::run_all`], its borrows' lifetime erased (see the SAFETY note there).
+type ScopedJob = Box<dyn FnOnce() + Send + 'static>;
+
 impl IoThreads {
-    /// `threads` threads, named `{name}-{i}`.
+    /// `threads` threads, named `{name}-{i}`; they end when this is dropped.
     pub(super) fn new(threads: usize, name: &'static str) -> IoThreads {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
-            .thread_name(move |i| format!("{name}-{i}"))
-            .build()
-            .ok();
-        if pool.is_none() {
-            tracing::warn!(
-                name,
-                "cannot start I/O threads: each task gets a thread of its own"
-            );
+        IoThreads {
+            threads: KeptThreads::new(threads, name),
         }
-        IoThreads { pool }
     }
 
     /// Runs every task at once and returns their results in order; None for a task that panicked (its
-    /// panic is caught, as a joined thread's was).
+    /// panic is caught, as a joined thread's was). The tasks may borrow from the caller, as scoped threads'
+    /// do. Any thread may call this, a rayon pool's too: the kept threads never run rayon work, so waiting
+    /// for them cannot wait on the caller's own pool.
     pub(super) fn run_all<T, F>(&self, tasks: Vec<F>) -> Vec<Option<T>>
     where
         T: Send,
         F: FnOnce() -> T + Send,
     {
         let mut out: Vec<Option<T>> = tasks.iter().map(|_| None).collect();
-        let run = |task: F, slot: &mut Option<T>| *slot = catch_unwind(AssertUnwindSafe(task)).ok();
-        match &self.pool {
-            // Never from a thread of a rayon pool (a read pool's, say): rayon lets such a thread run other
-            // work of its own pool while it waits, and that work may wait on this very task.
-            Some(pool) if rayon::current_thread_index().is_none() => pool.scope(|s| {
-                for (task, slot) in tasks.into_iter().zip(out.iter_mut()) {
-                    s.spawn(move |_| run(task, slot));
-                }
-            }),
-            _ => std::thread::scope(|s| {
-                for (task, slot) in tasks.into_iter().zip(out.iter_mut()) {
-                    s.spawn(move || run(task, slot));
-                }
-            }),
+        let (done, results) = mpsc::channel::<(usize, Option<T>)>();
+        for (i, task) in tasks.into_iter().enumerate() {
+            let done = done.clone();
+            let job: Box<dyn FnOnce() + Send + '_> = Box::new(move || {
+                let result = catch_unwind(AssertUnwindSafe(task)).ok();
+                let _ = done.send((i, result));
+            });
+            // SAFETY: the job borrows what `task` borrows and `T`, which may live only as long as this call.
+            // It owns a clone of `done`, and this function returns only after the loop below has seen every
+            // clone dropped, which happens when the job has run (its captures are dropped when it returns) or
+            // has been dropped unrun (a closed queue drops what it holds); nothing between here and that loop
+            // can unwind (a panicking task is caught inside the job). So no job outlives the borrows it holds.
+            let job: ScopedJob = unsafe { std::mem::transmute::<_, ScopedJob>(job) };
+            if let Err(unsent) = self.threads.queue.send(job) {
+                // No kept thread is left: run it here (the writes then go one after another).
+                (unsent.0)();
+            }
+        }
+        drop(done);
+        for (i, result) in results {
+            if let Some(slot) = out.get_mut(i) {
+                *slot = result;
+            }
         }
         out
-    }
-
-    /// Whether the tasks run on the kept threads (false: a thread per task).
-    #[cfg(test)]
-    fn kept(&self) -> bool {
-        self.pool.is_some()
     }
 }
 
@@ -102,7 +106,8 @@ impl<T> Pending<T> {
 }
 
 impl KeptThreads {
-    /// `threads` threads, named `{name}-{i}`; they live as long as the process.
+    /// `threads` threads, named `{name}-{i}`; they live until this is dropped (the degraded read's, as long as
+    /// the process).
     pub(super) fn new(threads: usize, name: &str) -> KeptThreads {
         let (queue, jobs) = mpsc::channel::<Job>();
         let jobs = Arc::new(Mutex::new(jobs));
@@ -149,7 +154,6 @@ mod tests {
     #[test]
     fn runs_every_task_and_returns_results_in_order() {
         let io = IoThreads::new(3, "test-io");
-        assert!(io.kept());
         let data: Vec<u64> = (0..10).collect();
         let tasks: Vec<_> = data.iter().map(|v| move || v * 2).collect();
         let got: Vec<Option<u64>> = io.run_all(tasks);
@@ -246,24 +250,56 @@ mod tests {
     }
 
     #[test]
-    fn from_a_rayon_thread_tasks_get_threads_of_their_own() {
+    fn from_a_rayon_thread_tasks_run_on_the_kept_threads() {
         let io = IoThreads::new(2, "test-io");
         let other = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
             .expect("pool");
+        // More tasks than kept threads, from the only thread of a rayon pool: they queue and all finish.
         let names = other.install(|| {
-            let tasks: Vec<_> = (0..3)
+            let tasks: Vec<_> = (0..5)
                 .map(|_| || std::thread::current().name().map(str::to_string))
                 .collect();
             io.run_all(tasks)
         });
-        assert_eq!(names.len(), 3);
+        assert_eq!(names.len(), 5);
         assert!(
-            names
-                .iter()
-                .all(|n| n.as_ref().is_some_and(|n| n.is_none())),
+            names.iter().all(|n| n
+                .as_ref()
+                .is_some_and(|n| n.as_deref().is_some_and(|n| n.starts_with("test-io-")))),
             "{names:?}"
+        );
+    }
+
+    #[test]
+    fn tasks_borrow_from_the_caller_and_are_done_when_it_returns() {
+        let io = IoThreads::new(3, "test-io");
+        for round in 0..100u64 {
+            let inputs: Vec<Vec<u64>> = (0..6).map(|i| vec![round + i; 1000]).collect();
+            let written: Vec<Mutex<u64>> = (0..6).map(|_| Mutex::new(0)).collect();
+            let tasks: Vec<_> = inputs
+                .iter()
+                .zip(&written)
+                .map(|(input, out)| {
+                    move || {
+                        let sum: u64 = input.iter().sum();
+                        *out.lock().expect("lock") = sum;
+                        sum
+                    }
+                })
+                .collect();
+            let got = io.run_all(tasks);
+            // Every task has finished with what it borrowed by the time run_all returns.
+            for (i, (sum, out)) in got.iter().zip(&written).enumerate() {
+                let want = (round + i as u64) * 1000;
+                assert_eq!(*sum, Some(want));
+                assert_eq!(*out.lock().expect("lock"), want);
+            }
+        }
+        assert_eq!(
+            io.run_all(Vec::<fn() -> u8>::new()),
+            Vec::<Option<u8>>::new()
         );
     }
 }
