@@ -72,6 +72,32 @@ fn get(
     Ok(out)
 }
 
+/// Reads like the S3 response body does: the chunks as they were decoded (`ObjectReader::next_frame`, no
+/// copy), at most `cap` bytes a frame, none empty before the end.
+fn get_frames(
+    store: &Arc<Store>,
+    bucket: &str,
+    key: &str,
+    range: Option<std::ops::Range<u64>>,
+    cap: usize,
+) -> Vec<u8> {
+    let (_, mut r) = store.open_object(bucket, key, range).unwrap();
+    let mut out = Vec::new();
+    loop {
+        let frame = r.next_frame(cap).unwrap();
+        if frame.is_empty() {
+            break;
+        }
+        assert!(frame.len() <= cap, "{} > {cap}", frame.len());
+        out.extend_from_slice(&frame);
+    }
+    assert!(
+        r.next_frame(cap).unwrap().is_empty(),
+        "nothing after the end"
+    );
+    out
+}
+
 fn shard_files(root: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for disk in std::fs::read_dir(root.join("data/disks")).unwrap() {
@@ -183,7 +209,15 @@ fn reads_across_read_ahead_windows_and_group_ends() {
             &big[r.start as usize..r.end as usize],
             "range {r:?}"
         );
+        for cap in [1 << 20, 10_007] {
+            assert!(
+                get_frames(&store, "backups", "big", Some(r.clone()), cap)
+                    == big[r.start as usize..r.end as usize],
+                "range {r:?} in frames of at most {cap}"
+            );
+        }
     }
+    assert!(get_frames(&store, "backups", "big", None, 1 << 20) == big);
     // Readers keep several windows in flight on the read pool. A reader abandoned after its first bytes leaves
     // nothing behind that holds the store: it closes and reopens at once.
     let (_, mut abandoned) = store.open_object("backups", "big", None).unwrap();
@@ -748,7 +782,12 @@ fn chunks_stored_alone_are_read_in_runs_and_survive_rot_inside_a_run() {
                 &bytes[a as usize..b as usize],
                 "{key} {a}..{b}"
             );
+            assert!(
+                get_frames(&store, "bkt", key, Some(a..b), 65_536) == bytes[a as usize..b as usize],
+                "{key} {a}..{b} in frames"
+            );
         }
+        assert!(get_frames(&store, "bkt", key, None, 1 << 20) == **bytes);
     }
     drop(store);
     // Rot in the middle of every data shard 0 and 1: the chunks of a run that cross it fail their hash and

@@ -142,20 +142,24 @@ async fn pump(body: Option<StreamingBlob>, tx: &mpsc::Sender<Vec<Bytes>>) -> S3R
     Ok(())
 }
 
-/// Streams an `ObjectReader` as a response body.
+/// Streams an `ObjectReader` as a response body. The chunks go out as they were decoded (`next_frame`, no
+/// copy), passed through the channel about `PIECE` bytes at a time.
 pub fn reader_body(reader: ObjectReader, len: u64) -> StreamingBlob {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(DEPTH);
+    let (tx, rx) = mpsc::channel::<Result<Vec<Bytes>, std::io::Error>>(DEPTH);
     tokio::task::spawn_blocking(move || {
         let mut reader = reader;
         let mut left = len;
         while left > 0 {
             let want = usize::try_from(left.min(PIECE as u64)).unwrap_or(PIECE);
-            let mut buf = Vec::with_capacity(want);
-            while buf.len() < want {
-                let room = want - buf.len();
-                match reader.read_append(&mut buf, room) {
-                    Ok(0) => break,
-                    Ok(_) => {}
+            let mut frames = Vec::new();
+            let mut filled = 0;
+            while filled < want {
+                match reader.next_frame(want - filled) {
+                    Ok(frame) if frame.is_empty() => break,
+                    Ok(frame) => {
+                        filled += frame.len();
+                        frames.push(frame);
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         tracing::error!("read failed mid-response: {e}");
@@ -164,7 +168,6 @@ pub fn reader_body(reader: ObjectReader, len: u64) -> StreamingBlob {
                     }
                 }
             }
-            let filled = buf.len();
             if filled < want {
                 // The catalog promised more bytes than the reader gave: never send a short body silently.
                 let _ = tx.blocking_send(Err(std::io::Error::new(
@@ -174,20 +177,37 @@ pub fn reader_body(reader: ObjectReader, len: u64) -> StreamingBlob {
                 return;
             }
             left -= filled as u64;
-            if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+            if tx.blocking_send(Ok(frames)).is_err() {
                 return; // client went away
             }
         }
     });
-    StreamingBlob::wrap(ChannelStream(rx))
+    StreamingBlob::wrap(ChannelStream {
+        pieces: rx,
+        frames: std::collections::VecDeque::new(),
+    })
 }
 
-struct ChannelStream(mpsc::Receiver<Result<Bytes, std::io::Error>>);
+/// The response body: the frames of each piece received, one by one.
+struct ChannelStream {
+    pieces: mpsc::Receiver<Result<Vec<Bytes>, std::io::Error>>,
+    frames: std::collections::VecDeque<Bytes>,
+}
 
 impl Stream for ChannelStream {
     type Item = Result<Bytes, std::io::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx)
+        loop {
+            if let Some(frame) = self.frames.pop_front() {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            match self.pieces.poll_recv(cx) {
+                Poll::Ready(Some(Ok(frames))) => self.frames = frames.into(),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
