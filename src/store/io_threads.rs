@@ -8,10 +8,10 @@
 //! threads (docs/performance-history.md, session 28). At 100 TB that is a thread per shard of ~12 million
 //! containers.
 //!
-//! A degraded read reconstructs a container from k shards read at once, and its callers are threads of the
-//! read pool: those reads go to [`KeptThreads`] too, as tasks owning what they use, the caller waiting on a
-//! channel for each result. Both are plain threads sleeping on a channel (not a rayon pool, whose idle
-//! threads spin; see [`IoThreads`]).
+//! A degraded read reconstructs a container from k shards read at once, and its callers are the read threads
+//! (themselves [`KeptThreads`]): those reads go to kept threads of their own, as tasks owning what they use,
+//! the caller waiting on a channel for each result. All are plain threads sleeping on a channel (not a rayon
+//! pool, whose idle threads spin; see [`IoThreads`]).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, mpsc};
@@ -89,8 +89,8 @@ pub(super) fn serve_jobs<J: FnOnce()>(queue: &Mutex<mpsc::Receiver<J>>) {
 /// A task for [`KeptThreads`]: it sends its own result.
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
-/// Plain threads kept for blocking tasks that own what they use (an `Arc` of the disk, the path), for callers
-/// that must not wait inside rayon: each waits on a channel for its task's result.
+/// Plain threads kept for blocking tasks that own what they use (an `Arc` of the store or of a disk, a path):
+/// each caller waits on a channel for its task's result.
 pub(super) struct KeptThreads {
     queue: mpsc::Sender<Job>,
 }

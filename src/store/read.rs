@@ -8,7 +8,6 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
-use rayon::prelude::*;
 
 use super::api::ObjectInfo;
 use super::catalog::{self, ContainerRow, SegmentRow};
@@ -16,7 +15,7 @@ use super::dedup::ChunkLocation;
 use super::disk::shard_path;
 use super::diskset::{DiskEntry, DiskState};
 use super::error::{Result, StoreError};
-use super::io_threads::KeptThreads;
+use super::io_threads::{KeptThreads, Pending};
 use super::reconstructed::DataShards;
 use super::{Store, now_ms};
 use crate::core::container::{decode_chunk, decode_group, group_member};
@@ -30,21 +29,17 @@ use crate::core::shard::SHARD_HEADER_LEN;
 const READ_AHEAD_BYTES: u64 = 4 * 1024 * 1024;
 const READ_AHEAD_MAX_CHUNKS: usize = 512;
 
-/// The threads that run read-ahead windows. Chunk reads block on the disk (a cold restore, and a degraded
-/// read waits on k shards per chunk), so the pool is larger than the core count: with one thread per core the
-/// cores sat a third idle in both, waiting for two reads at a time.
-/// None if the threads could not be created: reads then use the global pool.
-fn read_pool() -> Option<&'static rayon::ThreadPool> {
-    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
-    POOL.get_or_init(|| {
+/// The threads that read and verify read-ahead windows, one run of frames (`plan_read_runs`) per task. Chunk
+/// reads block on the disk (a cold restore, and a degraded read waits on k shards per chunk), so there are more
+/// threads than cores: with one thread per core the cores sat a third idle in both, waiting for two reads at a
+/// time. Plain threads sleeping on a channel: in a rayon pool, as until session 29, idle threads looked for
+/// work before sleeping, yielding the CPU each time, ~34,000 context switches per 2 GB restored.
+fn read_threads() -> &'static KeptThreads {
+    static THREADS: OnceLock<KeptThreads> = OnceLock::new();
+    THREADS.get_or_init(|| {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        rayon::ThreadPoolBuilder::new()
-            .num_threads((cores * 4).clamp(8, 64))
-            .thread_name(|i| format!("cairn-read-{i}"))
-            .build()
-            .ok()
+        KeptThreads::new((cores * 4).clamp(8, 64), "cairn-read")
     })
-    .as_ref()
 }
 
 /// Threads that read the shards of containers being reconstructed (`Store::reconstruct_container`), kept
@@ -177,7 +172,7 @@ type ReadUnit = (
 const READ_AHEAD_WINDOWS: usize = 4;
 
 /// A planned read-ahead window: where each chunk lies in the object, and the chunks, read and verified (or
-/// their errors, kept for when they are reached) on the read pool.
+/// their errors, kept for when they are reached) on the read threads.
 struct Window {
     /// (absolute offset in the object, length) of each chunk not yet served, in order.
     spans: VecDeque<(u64, u64)>,
@@ -186,9 +181,108 @@ struct Window {
 
 enum WindowChunks {
     Ready(VecDeque<Result<Vec<u8>>>),
-    Reading(std::sync::mpsc::Receiver<VecDeque<Result<Vec<u8>>>>),
+    Reading(ReadingWindow),
     /// Planning failed (a catalog error, a missing segment): the reader returns it when it gets here.
     Failed(Option<StoreError>),
+}
+
+/// A window's reads as planned (`Store::plan_window`).
+struct WindowReads {
+    /// Chunks in the window.
+    len: usize,
+    /// The window positions of chunks that could not be located, with why.
+    unlocated: Vec<(usize, StoreError)>,
+    /// The frames to read, in runs.
+    runs: Vec<Vec<ReadUnit>>,
+}
+
+/// For each unit of a run, the window positions of its chunks and their container.
+type UnitPositions = Vec<Vec<(usize, ContainerId)>>;
+
+/// What a run's task gives back: each unit's chunks, or its error.
+type RunChunks = Vec<Result<Vec<Vec<u8>>>>;
+
+fn unit_positions(run: &[ReadUnit]) -> UnitPositions {
+    run.iter()
+        .map(|(_, _, members)| members.iter().map(|(i, _, l)| (*i, l.container)).collect())
+        .collect()
+}
+
+/// A window being read: each run's task, and where its chunks go.
+struct ReadingWindow {
+    len: usize,
+    unlocated: Vec<(usize, StoreError)>,
+    runs: Vec<(UnitPositions, Pending<RunChunks>)>,
+}
+
+impl ReadingWindow {
+    /// Waits for every run and puts the window's chunks (or their errors) in order.
+    fn wait(self) -> VecDeque<Result<Vec<u8>>> {
+        let mut out: Vec<Option<Result<Vec<u8>>>> = (0..self.len).map(|_| None).collect();
+        for (i, e) in self.unlocated {
+            if let Some(slot) = out.get_mut(i) {
+                *slot = Some(Err(e));
+            }
+        }
+        for (positions, pending) in self.runs {
+            let results = pending.wait().unwrap_or_default();
+            let mut results = results.into_iter();
+            for members in positions {
+                let Some(result) = results.next() else {
+                    // The run's task ended without an answer (it panicked): its chunks are not served.
+                    for (i, container) in members {
+                        if let Some(slot) = out.get_mut(i) {
+                            *slot = Some(Err(StoreError::Corrupt {
+                                container,
+                                detail: "read worker stopped".into(),
+                            }));
+                        }
+                    }
+                    continue;
+                };
+                place_unit(&mut out, members, result);
+            }
+        }
+        out.into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(StoreError::Corrupt {
+                        container: ContainerId(0),
+                        detail: "read window lost a chunk".into(),
+                    })
+                })
+            })
+            .collect()
+    }
+}
+
+/// Puts one unit's chunks (or its error, for each of them) at their window positions.
+fn place_unit(
+    out: &mut [Option<Result<Vec<u8>>>],
+    members: Vec<(usize, ContainerId)>,
+    result: Result<Vec<Vec<u8>>>,
+) {
+    match result {
+        Ok(chunks) => {
+            for ((i, _), raw) in members.into_iter().zip(chunks) {
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Some(Ok(raw));
+                }
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let mut first = Some(e);
+            for (i, container) in members {
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Some(Err(first.take().unwrap_or_else(|| StoreError::Corrupt {
+                        container,
+                        detail: msg.clone(),
+                    })));
+                }
+            }
+        }
+    }
 }
 
 /// A window as planned: its chunk ids, (absolute offset, length) of each, and where each is stored.
@@ -393,20 +487,21 @@ impl Store {
         Ok(v)
     }
 
-    /// Reads and verifies a window of chunks (`ids`, `located` by `locate_window`): the members of one group
-    /// are read and decompressed once; the reads run in parallel on the read pool.
-    fn read_window(
+    /// Plans the reads of a window of chunks (`ids`, `located` by `locate_window`): one unit per stored frame,
+    /// so the members of one group are read and decompressed once, and the units in runs (`plan_read_runs`),
+    /// each read as one task.
+    fn plan_window(
         &self,
         ids: &[ChunkId],
         located: Vec<Result<(ChunkLocation, ContainerRow)>>,
-    ) -> VecDeque<Result<Vec<u8>>> {
-        let mut out: Vec<Option<Result<Vec<u8>>>> = (0..ids.len()).map(|_| None).collect();
+    ) -> WindowReads {
+        let mut unlocated = Vec::new();
         // Units of work: one per stored frame (container, offset), holding the window positions it serves.
         let mut units: Vec<ReadUnit> = Vec::new();
         let mut unit_of: HashMap<(ContainerId, u64), usize> = HashMap::new();
         for (i, (id, located)) in ids.iter().zip(located).enumerate() {
             match located {
-                Err(e) => out[i] = Some(Err(e)),
+                Err(e) => unlocated.push((i, e)),
                 Ok((loc, row)) => {
                     let key = (loc.container, loc.offset);
                     match unit_of.get(&key) {
@@ -419,11 +514,6 @@ impl Store {
                 }
             }
         }
-        let read = |(row, at, members): &ReadUnit| {
-            let chunks: Vec<(ChunkId, ChunkLocation)> =
-                members.iter().map(|(_, id, l)| (*id, *l)).collect();
-            self.read_stored(row, at, &chunks, true)
-        };
         let frames: Vec<FrameSpot> = units
             .iter()
             .map(|(_, at, _)| FrameSpot {
@@ -433,58 +523,54 @@ impl Store {
                 alone: at.group.is_none(),
             })
             .collect();
-        let runs = plan_read_runs(&frames);
-        let read_run = |run: &Range<usize>| -> Vec<Result<Vec<Vec<u8>>>> {
-            match &units[run.clone()] {
-                [one] => vec![read(one)],
-                several => self.read_alone_run(several, &read),
-            }
-        };
-        let results: Vec<Result<Vec<Vec<u8>>>> = if runs.len() == 1 {
-            runs.iter().flat_map(read_run).collect()
-        } else {
-            let all = || {
-                runs.par_iter()
-                    .map(read_run)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .flatten()
-                    .collect()
-            };
-            match read_pool() {
-                Some(pool) => pool.install(all),
-                None => all(),
-            }
-        };
-        for ((_, _, members), result) in units.iter().zip(results) {
-            match result {
-                Ok(chunks) => {
-                    for ((i, _, _), raw) in members.iter().zip(chunks) {
-                        out[*i] = Some(Ok(raw));
-                    }
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    let mut first = Some(e);
-                    for (i, _, l) in members {
-                        out[*i] = Some(Err(first.take().unwrap_or_else(|| StoreError::Corrupt {
-                            container: l.container,
-                            detail: msg.clone(),
-                        })));
-                    }
-                }
-            }
+        let mut units = units.into_iter();
+        let runs = plan_read_runs(&frames)
+            .into_iter()
+            .map(|run| units.by_ref().take(run.len()).collect())
+            .collect();
+        WindowReads {
+            len: ids.len(),
+            unlocated,
+            runs,
         }
-        out.into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(StoreError::Corrupt {
-                        container: ContainerId(0),
-                        detail: "read window lost a chunk".into(),
-                    })
-                })
+    }
+
+    /// Reads and verifies one run of a window's units: each unit's chunks, or its error.
+    fn read_run(&self, run: &[ReadUnit]) -> RunChunks {
+        let read = |(row, at, members): &ReadUnit| {
+            let chunks: Vec<(ChunkId, ChunkLocation)> =
+                members.iter().map(|(_, id, l)| (*id, *l)).collect();
+            self.read_stored(row, at, &chunks, true)
+        };
+        match run {
+            [one] => vec![read(one)],
+            several => self.read_alone_run(several, &read),
+        }
+    }
+
+    /// Starts reading a planned window, a task per run on the read threads.
+    fn start_window(self: &Arc<Self>, planned: WindowReads) -> ReadingWindow {
+        let runs = planned
+            .runs
+            .into_iter()
+            .map(|run| {
+                let positions = unit_positions(&run);
+                let store = self.clone();
+                let pending = read_threads().start(move || {
+                    let chunks = store.read_run(&run);
+                    // Let go of the store before the reader can learn the run is done: see `Drop for
+                    // ObjectReader`.
+                    drop(store);
+                    chunks
+                });
+                (positions, pending)
             })
-            .collect()
+            .collect();
+        ReadingWindow {
+            len: planned.len,
+            unlocated: planned.unlocated,
+            runs,
+        }
     }
 
     /// Chunks stored alone, back to back in one container (a run from [`plan_read_runs`]): their range is read
@@ -673,10 +759,10 @@ impl Store {
             .filter(|i| self.shard_source(row, *i).is_some())
             .collect();
         let mut pieces: Vec<Option<Vec<u8>>> = vec![None; width];
-        // On threads kept for it, not the read pool's: this runs inside the pool, while other pool threads
-        // wait for this very reconstruction, and a pool thread waiting on rayon work steals other jobs (such as
-        // another frame of this container, which would wait on the reconstruction it is part of). The kept
-        // threads' reads own what they use; their errors are noted here.
+        // On threads kept for it, not the read threads: this runs on a read thread while other read threads
+        // may wait for this very reconstruction, and if its shard reads queued behind theirs, every read thread
+        // could end up waiting on reads none is left to do. The kept threads' reads own what they use; their
+        // errors are noted here.
         let reads: Vec<_> = candidates
             .iter()
             .take(k)
@@ -966,27 +1052,14 @@ impl Planner {
 }
 
 impl ObjectReader {
-    /// Plans windows and starts reading them on the read pool until `READ_AHEAD_WINDOWS` are in flight.
+    /// Plans windows and starts reading them on the read threads until `READ_AHEAD_WINDOWS` are in flight.
     fn fill_windows(&mut self) {
         while self.windows.len() < READ_AHEAD_WINDOWS && !self.plan.done() {
             let window = match self.plan.next_window(&self.store) {
                 Ok(None) => break,
                 Ok(Some((ids, spans, located))) => {
-                    let chunks = match read_pool() {
-                        Some(pool) => {
-                            let (tx, rx) = std::sync::mpsc::channel();
-                            let store = self.store.clone();
-                            pool.spawn(move || {
-                                let chunks = store.read_window(&ids, located);
-                                // Let go of the store before the reader can learn the window is done:
-                                // see `Drop for ObjectReader`.
-                                drop(store);
-                                let _ = tx.send(chunks);
-                            });
-                            WindowChunks::Reading(rx)
-                        }
-                        None => WindowChunks::Ready(self.store.read_window(&ids, located)),
-                    };
+                    let planned = self.store.plan_window(&ids, located);
+                    let chunks = WindowChunks::Reading(self.store.start_window(planned));
                     Window { spans, chunks }
                 }
                 Err(e) => {
@@ -1016,15 +1089,10 @@ impl ObjectReader {
                 detail: "object shorter than its size".into(),
             });
         };
-        if let WindowChunks::Reading(rx) = &window.chunks {
-            let chunks = rx.recv().unwrap_or_else(|_| {
-                VecDeque::from([Err(StoreError::Corrupt {
-                    container: ContainerId(0),
-                    detail: "read-ahead worker stopped".into(),
-                })])
-            });
-            window.chunks = WindowChunks::Ready(chunks);
-        }
+        window.chunks = match std::mem::replace(&mut window.chunks, WindowChunks::Failed(None)) {
+            WindowChunks::Reading(reading) => WindowChunks::Ready(reading.wait()),
+            other => other,
+        };
         let chunks = match &mut window.chunks {
             WindowChunks::Ready(chunks) => chunks,
             WindowChunks::Failed(e) => {
@@ -1070,9 +1138,11 @@ impl Drop for ObjectReader {
     /// work it started holds the store, so a store closed right after a read (or a read abandoned by its
     /// client) releases its data directory's lock at once.
     fn drop(&mut self) {
-        for window in &self.windows {
-            if let WindowChunks::Reading(rx) = &window.chunks {
-                let _ = rx.recv();
+        for window in std::mem::take(&mut self.windows) {
+            if let WindowChunks::Reading(reading) = window.chunks {
+                for (_, pending) in reading.runs {
+                    let _ = pending.wait();
+                }
             }
         }
     }
