@@ -949,15 +949,27 @@ fn member_bytes<'a>(
     raw_len: u32,
     id: &ChunkId,
 ) -> Result<&'a [u8], CoreError> {
+    let range = member_range(group, slot, raw_len, id)?;
+    Ok(&group[range])
+}
+
+/// Where one member lies within a decoded group, verified against its id (a reader that keeps the group
+/// serves the member as a slice of it).
+pub fn member_range(
+    group: &[u8],
+    slot: GroupSlot,
+    raw_len: u32,
+    id: &ChunkId,
+) -> Result<std::ops::Range<usize>, CoreError> {
     let start = slot.offset as usize;
-    let bytes = start
+    let end = start
         .checked_add(raw_len as usize)
-        .and_then(|end| group.get(start..end))
+        .filter(|&end| end <= group.len())
         .ok_or_else(|| malformed("chunk group member", "outside the group"))?;
-    if ChunkId::of(bytes) != *id {
+    if ChunkId::of(&group[start..end]) != *id {
         return Err(CoreError::HashMismatch { what: "chunk" });
     }
-    Ok(bytes)
+    Ok(start..end)
 }
 
 /// One member out of a decoded group, verified against its id.
@@ -1272,6 +1284,22 @@ mod tests {
             ..slot0
         };
         assert!(decode_located(Codec::Zstd, len0, Some(past), &frame, &id0).is_err());
+        // A reader keeping the decoded group serves each member as the range `member_range` gives.
+        let group = decode_group(&frame, at).unwrap();
+        for ((id, len, slot), raw) in parsed.members.iter().zip(&raws) {
+            let range = member_range(&group, *slot, *len, id).unwrap();
+            assert_eq!(&group[range], *raw);
+        }
+        assert!(matches!(
+            member_range(&group, slot0, len0, &ChunkId::of(b"other")),
+            Err(CoreError::HashMismatch { .. })
+        ));
+        assert!(member_range(&group, past, len0, &id0).is_err());
+        let overflowing = GroupSlot {
+            offset: u32::MAX,
+            ..slot0
+        };
+        assert!(member_range(&group, overflowing, len0, &id0).is_err());
         // A wrong group size is refused rather than trusted.
         let short = GroupSlot {
             group_raw: at - 1,
