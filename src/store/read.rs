@@ -691,18 +691,56 @@ impl Store {
         once: bool,
     ) -> io::Result<Vec<u8>> {
         let s = row.shard_len;
-        let mut out = vec![0u8; (range.end - range.start) as usize];
+        let len = usize::try_from(range.end - range.start).map_err(io::Error::other)?;
+        let mut out = if once {
+            // Appended from where each read lent its bytes: no zeroed buffer first.
+            Vec::with_capacity(len)
+        } else {
+            vec![0u8; len]
+        };
         let mut pos = range.start;
         let mut filled = 0usize;
         while pos < range.end {
             let idx = (pos / s) as usize;
             let within = pos % s;
             let n = (s - within).min(range.end - pos) as usize;
-            self.read_shard_range(row, idx, within, &mut out[filled..filled + n], once)?;
+            if once {
+                self.read_shard_range_with(row, idx, within, n, &mut |b| out.extend_from_slice(b))?;
+            } else {
+                self.read_shard_range(row, idx, within, &mut out[filled..filled + n], false)?;
+            }
             pos += n as u64;
             filled += n;
         }
+        if out.len() != len {
+            return Err(io::Error::other("a disk read lent fewer bytes than asked"));
+        }
         Ok(out)
+    }
+
+    /// `Disk::read_once_with` of `len` bytes `within` shard `idx`, its errors noted against the disk.
+    fn read_shard_range_with(
+        &self,
+        row: &ContainerRow,
+        idx: usize,
+        within: u64,
+        len: usize,
+        use_bytes: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<()> {
+        let Some(d) = self.shard_source(row, idx) else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "shard's disk is failed or unknown",
+            ));
+        };
+        let offset = SHARD_HEADER_LEN as u64 + within;
+        let r = d
+            .disk
+            .read_once_with(&shard_path(row.id, idx), offset, len, use_bytes);
+        if let Err(e) = &r {
+            self.note_shard_read_error(&d, e);
+        }
+        r
     }
 
     /// `use_bytes` of container bytes `range` (as `read_container_range` reads them). A range within one data
@@ -722,31 +760,20 @@ impl Store {
             let bytes = self.read_container_range(row, range, once)?;
             return Ok(use_bytes(&bytes));
         }
-        let idx = (range.start / s) as usize;
-        let Some(d) = self.shard_source(row, idx) else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "shard's disk is failed or unknown",
-            ));
-        };
-        let offset = SHARD_HEADER_LEN as u64 + range.start % s;
         let len = usize::try_from(range.end - range.start).map_err(io::Error::other)?;
         let mut use_bytes = Some(use_bytes);
         let mut result = None;
-        let read = d.disk.read_once_with(
-            &shard_path(row.id, idx),
-            offset,
+        self.read_shard_range_with(
+            row,
+            (range.start / s) as usize,
+            range.start % s,
             len,
             &mut |bytes: &[u8]| {
                 if let Some(f) = use_bytes.take() {
                     result = Some(f(bytes));
                 }
             },
-        );
-        if let Err(e) = &read {
-            self.note_shard_read_error(&d, e);
-        }
-        read?;
+        )?;
         result.ok_or_else(|| io::Error::other("the disk read lent no bytes"))
     }
 
