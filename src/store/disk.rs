@@ -291,18 +291,28 @@ impl FileDisk {
         Ok((buf, start..start + len))
     }
 
-    /// Reads `buf.len()` bytes at `offset` with O_DIRECT: the block-aligned span around them into an aligned,
-    /// pooled buffer, then the bytes out of it. A healthy restore reads every byte once; through the page
-    /// cache the kernel's copy out of freshly filled pages was 21-35% of a restore's CPU on this project's VMs
-    /// (docs/performance-history.md), and a large restore would evict everything else the server has cached. (A degraded
-    /// read re-reads the same shard rows for each frame of a container: it stays on the page cache.) Ok(false)
-    /// where the filesystem takes no O_DIRECT here (the caller reads through the page cache).
-    fn read_at_direct(&self, rel: &Path, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
-        let len = buf.len();
-        self.read_at_direct_with(rel, offset, len, &mut |bytes| buf.copy_from_slice(bytes))
+    /// Reads `len` bytes at `offset` with O_DIRECT, if the read is large enough and the filesystem takes
+    /// O_DIRECT (false: the caller reads through the page cache), and lends them to `use_bytes` where they
+    /// lie: the block-aligned span around them is read into an aligned, pooled buffer. A healthy restore reads
+    /// every byte once; through the page cache the kernel's copy out of freshly filled pages was 21-35% of a
+    /// restore's CPU on this project's VMs (docs/performance-history.md), and a large restore would evict
+    /// everything else the server has cached. (A degraded read re-reads the same shard rows for each frame of
+    /// a container: it stays on the page cache.)
+    fn read_direct_if_large(
+        &self,
+        rel: &Path,
+        offset: u64,
+        len: usize,
+        use_bytes: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<bool> {
+        if len < DIRECT_MIN_LEN || !self.direct.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        self.read_at_direct_with(rel, offset, len, use_bytes)
+            .inspect_err(|_| self.forget_handle(rel))
     }
 
-    /// [`Self::read_at_direct`] that lends the bytes to `use_bytes` in the pooled buffer they were read into.
+    /// The O_DIRECT read of [`Self::read_direct_if_large`]; Ok(false) where the filesystem refuses it.
     fn read_at_direct_with(
         &self,
         rel: &Path,
@@ -434,15 +444,9 @@ impl Disk for FileDisk {
     }
 
     fn read_at_once(&self, rel: &Path, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        if buf.len() >= DIRECT_MIN_LEN && self.direct.load(Ordering::Relaxed) {
-            match self.read_at_direct(rel, offset, buf) {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
-                Err(e) => {
-                    self.forget_handle(rel);
-                    return Err(e);
-                }
-            }
+        let len = buf.len();
+        if self.read_direct_if_large(rel, offset, len, &mut |b| buf.copy_from_slice(b))? {
+            return Ok(());
         }
         self.read_at(rel, offset, buf)
     }
@@ -454,15 +458,8 @@ impl Disk for FileDisk {
         len: usize,
         use_bytes: &mut dyn FnMut(&[u8]),
     ) -> io::Result<()> {
-        if len >= DIRECT_MIN_LEN && self.direct.load(Ordering::Relaxed) {
-            match self.read_at_direct_with(rel, offset, len, use_bytes) {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
-                Err(e) => {
-                    self.forget_handle(rel);
-                    return Err(e);
-                }
-            }
+        if self.read_direct_if_large(rel, offset, len, use_bytes)? {
+            return Ok(());
         }
         let mut buf = vec![0u8; len];
         self.read_at(rel, offset, &mut buf)?;
