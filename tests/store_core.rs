@@ -426,9 +426,10 @@ fn a_restore_reconstructs_each_degraded_container_once_not_frame_by_frame() {
         get(&store, "bkt", "big", Some(range.clone())).unwrap(),
         object[range.start as usize..range.end as usize]
     );
-    // Restores at once, sharing the kept reconstructions and the read pool, each get every byte. (With the
-    // shard reads of a reconstruction on the read pool itself, this deadlocked: a pool thread waiting for
-    // them stole another frame of the container it was reconstructing.)
+    // Restores at once, sharing the kept reconstructions and the read threads, each get every byte. (With the
+    // shard reads of a reconstruction on the rayon read pool of earlier sessions, this deadlocked: a pool
+    // thread waiting for them stole another frame of the container it was reconstructing. They stay on
+    // threads of their own: queued behind the read threads' tasks, every read thread could wait on them.)
     std::thread::scope(|s| {
         for _ in 0..8 {
             s.spawn(|| assert!(get(&store, "bkt", "big", None).unwrap() == object));

@@ -27,7 +27,7 @@ pub struct Catalog {
 pub const WAL_AUTOCHECKPOINT_PAGES: i64 = 16384;
 
 /// Page cache of the one writer connection, and of each reader connection (KiB). Readers are as many as
-/// concurrent reads (the read pool, ingest threads), so theirs is small: with 64 MiB each, the server's RSS
+/// concurrent reads (the read threads, ingest threads), so theirs is small: with 64 MiB each, the server's RSS
 /// grew with the catalog (362 MiB after a 20 GB upload vs 260 after 2 GB) and could reach GiBs on a
 /// many-core host. Pages not cached here are a pread from the OS page cache away.
 const WRITER_CACHE_KIB: i64 = 16 * 1024;
