@@ -59,10 +59,7 @@ pub trait Disk: Send + Sync {
         len: usize,
         use_bytes: &mut dyn FnMut(&[u8]),
     ) -> io::Result<()> {
-        let mut buf = vec![0u8; len];
-        self.read_at_once(rel, offset, &mut buf)?;
-        use_bytes(&buf);
-        Ok(())
+        lend_read(len, use_bytes, |buf| self.read_at_once(rel, offset, buf))
     }
     fn read_all(&self, rel: &Path) -> io::Result<Vec<u8>>;
     /// Reads a whole file that is read once (scrub, rebuild): its bytes are `buf[range]`. A real disk reads
@@ -90,6 +87,19 @@ pub trait Disk: Send + Sync {
     fn is_present(&self) -> bool;
     /// Closes any files kept open for reading (the disk failed or was retired).
     fn release_handles(&self) {}
+}
+
+/// `read` into a buffer of `len` bytes of its own, then lent to `use_bytes`: `Disk::read_once_with` where no
+/// O_DIRECT buffer can be lent.
+fn lend_read(
+    len: usize,
+    use_bytes: &mut dyn FnMut(&[u8]),
+    read: impl FnOnce(&mut [u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; len];
+    read(&mut buf)?;
+    use_bytes(&buf);
+    Ok(())
 }
 
 /// Files at least this large are written with O_DIRECT (see [`FileDisk::write_direct`]).
@@ -461,10 +471,7 @@ impl Disk for FileDisk {
         if self.read_direct_if_large(rel, offset, len, use_bytes)? {
             return Ok(());
         }
-        let mut buf = vec![0u8; len];
-        self.read_at(rel, offset, &mut buf)?;
-        use_bytes(&buf);
-        Ok(())
+        lend_read(len, use_bytes, |buf| self.read_at(rel, offset, buf))
     }
 
     fn read_at(&self, rel: &Path, offset: u64, buf: &mut [u8]) -> io::Result<()> {

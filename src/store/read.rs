@@ -248,21 +248,15 @@ impl ReadingWindow {
             }
         }
         for (positions, pending) in self.runs {
-            let results = pending.wait().unwrap_or_default();
-            let mut results = results.into_iter();
+            let mut results = pending.wait().unwrap_or_default().into_iter();
             for members in positions {
-                let Some(result) = results.next() else {
-                    // The run's task ended without an answer (it panicked): its chunks are not served.
-                    for (i, container) in members {
-                        if let Some(slot) = out.get_mut(i) {
-                            *slot = Some(Err(StoreError::Corrupt {
-                                container,
-                                detail: "read worker stopped".into(),
-                            }));
-                        }
-                    }
-                    continue;
-                };
+                // None: the run's task ended without an answer (it panicked); its chunks are not served.
+                let result = results.next().unwrap_or_else(|| {
+                    Err(StoreError::Corrupt {
+                        container: members.first().map_or(ContainerId(0), |m| m.1),
+                        detail: "read worker stopped".into(),
+                    })
+                });
                 place_unit(&mut out, members, result);
             }
         }
@@ -654,13 +648,26 @@ impl Store {
         buf: &mut [u8],
         once: bool,
     ) -> io::Result<()> {
+        self.on_shard_source(row, idx, |d| {
+            read_shard_file(d, &shard_path(row.id, idx), within, buf, once)
+        })
+    }
+
+    /// Runs the read `io` on the disk holding shard `idx`, noting a failure against that disk; NotFound if the
+    /// shard's disk is failed or unknown.
+    fn on_shard_source(
+        &self,
+        row: &ContainerRow,
+        idx: usize,
+        io: impl FnOnce(&DiskEntry) -> io::Result<()>,
+    ) -> io::Result<()> {
         let Some(d) = self.shard_source(row, idx) else {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 "shard's disk is failed or unknown",
             ));
         };
-        let r = read_shard_file(&d, &shard_path(row.id, idx), within, buf, once);
+        let r = io(&d);
         if let Err(e) = &r {
             self.note_shard_read_error(&d, e);
         }
@@ -727,20 +734,11 @@ impl Store {
         len: usize,
         use_bytes: &mut dyn FnMut(&[u8]),
     ) -> io::Result<()> {
-        let Some(d) = self.shard_source(row, idx) else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "shard's disk is failed or unknown",
-            ));
-        };
-        let offset = SHARD_HEADER_LEN as u64 + within;
-        let r = d
-            .disk
-            .read_once_with(&shard_path(row.id, idx), offset, len, use_bytes);
-        if let Err(e) = &r {
-            self.note_shard_read_error(&d, e);
-        }
-        r
+        self.on_shard_source(row, idx, |d| {
+            let offset = SHARD_HEADER_LEN as u64 + within;
+            d.disk
+                .read_once_with(&shard_path(row.id, idx), offset, len, use_bytes)
+        })
     }
 
     /// `use_bytes` of container bytes `range` (as `read_container_range` reads them). A range within one data
