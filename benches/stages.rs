@@ -2,8 +2,8 @@
 //! FastCDC (the store's chunker), BLAKE3 per chunk, zstd at `DEFAULT_ZSTD_LEVEL` (compress and decompress),
 //! Reed-Solomon 4+2 on 8 MiB containers with reed-solomon-erasure (what `core::erasure` uses) and
 //! reed-solomon-simd side by side (encode, and reconstruct of two lost data shards), MD5 (the ETag), SHA-256
-//! (SigV4 signed payloads), the shard trailer's XXH3-128 (xxhash-rust and twox-hash, in cache and cold), and
-//! sequential write + fsync.
+//! (SigV4 signed payloads), the shard trailer's XXH3-128 (xxhash-rust and twox-hash, in cache and cold), the
+//! hash maps keyed by chunk ids (std's SipHash against `IdMap`), and sequential write + fsync.
 //!
 //! `cargo bench --bench stages` (one core per stage; `benches/e2e.rs` turns these into pipeline limits).
 //! Under `cargo test` criterion runs each function once on a small sample.
@@ -11,6 +11,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+use cairn::core::ids::{ChunkId, ContainerId, IdMap};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 mod common;
@@ -106,6 +107,27 @@ fn stages(c: &mut Criterion) {
     g.finish();
     drop(cold_shards);
 
+    // The dedup cache's pattern in a duplicate stream: a container's chunk ids go in, each is looked up once,
+    // and they go out when it is evicted. std's SipHash against `IdMap` (foldhash), per chunk id.
+    let ids: Vec<ChunkId> = (0..4096u32)
+        .map(|i| ChunkId::of(&i.to_le_bytes()))
+        .collect();
+    let mut g = c.benchmark_group("id_maps");
+    g.throughput(Throughput::Elements(ids.len() as u64));
+    g.sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    g.bench_function("std_siphash_insert_get_remove", |b| {
+        let mut map: std::collections::HashMap<ChunkId, ContainerId> =
+            std::collections::HashMap::new();
+        b.iter(|| cache_round(&mut map, &ids))
+    });
+    g.bench_function("idmap_foldhash_insert_get_remove", |b| {
+        let mut map: IdMap<ChunkId, ContainerId> = IdMap::default();
+        b.iter(|| cache_round(&mut map, &ids))
+    });
+    g.finish();
+
     let dir = tempfile::tempdir_in(
         std::env::var_os("CAIRN_BENCH_DIR").unwrap_or_else(|| std::env::temp_dir().into()),
     )
@@ -120,6 +142,24 @@ fn stages(c: &mut Criterion) {
         b.iter(|| disk_write_fsync(dir.path(), disk_bytes).expect("disk write"))
     });
     g.finish();
+}
+
+/// Containers of 128 ids each into `map`, every id looked up, then every container's ids removed.
+fn cache_round<S: std::hash::BuildHasher>(
+    map: &mut std::collections::HashMap<ChunkId, ContainerId, S>,
+    ids: &[ChunkId],
+) {
+    for (n, container) in ids.chunks(128).enumerate() {
+        for id in container {
+            map.insert(*id, ContainerId(n as u64));
+        }
+    }
+    for id in ids {
+        black_box(map.get(id));
+    }
+    for id in ids {
+        map.remove(id);
+    }
 }
 
 criterion_group!(benches, stages);

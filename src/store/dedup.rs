@@ -26,7 +26,7 @@
 //! Concurrency: the Bloom filter is lock-free (atomic words), the cache sits behind one mutex held only for
 //! hash-map work, never across a SQLite query. `Send + Sync`; each thread passes its own connection.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -34,7 +34,7 @@ use rusqlite::{Connection, OptionalExtension, Row};
 
 use crate::core::container::{Codec, GroupSlot};
 use crate::core::follow::{NextChunk, SequenceMemo};
-use crate::core::ids::{ChunkId, ContainerId};
+use crate::core::ids::{ChunkId, ContainerId, IdMap};
 use crate::store::catalog::Catalog;
 
 /// Entries per generation of the sequence memo (core::follow): two tables of 2^20 slots of 16 bytes, 32 MiB
@@ -136,9 +136,9 @@ impl Bloom {
 /// that the chunk is stored, and where its references go).
 struct LocalityCache {
     capacity: usize,
-    chunks: HashMap<ChunkId, ContainerId>,
+    chunks: IdMap<ChunkId, ContainerId>,
     /// container -> (tick of last use, its cached ids)
-    containers: HashMap<ContainerId, (u64, Vec<ChunkId>)>,
+    containers: IdMap<ContainerId, (u64, Vec<ChunkId>)>,
     /// Use order with lazy deletion: an entry is live when its tick equals the container's last use.
     order: VecDeque<(ContainerId, u64)>,
     tick: u64,
@@ -149,8 +149,8 @@ impl LocalityCache {
     fn new(capacity: usize) -> LocalityCache {
         LocalityCache {
             capacity: capacity.max(1),
-            chunks: HashMap::new(),
-            containers: HashMap::new(),
+            chunks: IdMap::default(),
+            containers: IdMap::default(),
             order: VecDeque::new(),
             tick: 0,
             last_touched: None,

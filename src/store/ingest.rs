@@ -3,7 +3,7 @@
 //! Memory per upload is bounded: one batch of chunks (`BATCH_BYTES`), one open container
 //! (`container_target`) and one segment of at most `MAX_SEGMENT_ENTRIES` entries, whatever the object size.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
@@ -26,7 +26,7 @@ use crate::core::container::{
     compress_group_bytes_into, compress_group_into, plan_group_spans,
 };
 use crate::core::follow::{NextChunk, StreamFollower, follow_cuts};
-use crate::core::ids::{ChunkId, ContainerId, UploadId};
+use crate::core::ids::{ChunkId, ContainerId, IdMap, IdSet, UploadId};
 use crate::core::records::{ObjectCommitRecord, SegmentRecord, SourceRef, encode_segment_entries};
 
 /// Chunks are hashed and compressed in parallel batches of about this many bytes.
@@ -131,7 +131,7 @@ pub struct Upload {
     successors: Vec<catalog::Successor>,
     open: Option<OpenContainer>,
     /// Chunk ids stored in the open container, so repeats within it dedup.
-    open_ids: HashSet<ChunkId>,
+    open_ids: IdSet<ChunkId>,
     segment_no: u32,
     segment_start: u64,
     segment: Vec<(ChunkId, u32)>,
@@ -206,7 +206,7 @@ impl Store {
             named_last: None,
             successors: Vec::new(),
             open: None,
-            open_ids: HashSet::new(),
+            open_ids: IdSet::default(),
             segment_no: 0,
             segment_start: 0,
             segment: Vec::new(),
@@ -572,8 +572,8 @@ impl Upload {
         // `homes` learns the container of every chunk the batch names: from the index, the open container, or
         // where a new chunk is stored below (a repeat of it later in the batch follows its first copy).
         let mut is_new = vec![false; ids.len()];
-        let mut batch_new: HashSet<ChunkId> = HashSet::new();
-        let mut homes: HashMap<ChunkId, ContainerId> = HashMap::new();
+        let mut batch_new: IdSet<ChunkId> = IdSet::default();
+        let mut homes: IdMap<ChunkId, ContainerId> = IdMap::default();
         let open_id = self.open.as_ref().map(|o| o.builder.id());
         self.store.catalog.read(|conn| {
             for (i, id) in ids.iter().enumerate() {

@@ -1,12 +1,10 @@
 //! Catalog queries. Plain functions over a connection or transaction, so they compose into one transaction.
 
-use std::collections::HashMap;
-
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::core::container::Codec;
 use crate::core::follow::NextChunk;
-use crate::core::ids::{ChunkId, ContainerId, DiskId, UploadId};
+use crate::core::ids::{ChunkId, ContainerId, DiskId, IdMap, UploadId};
 use crate::core::records::{SourceRef, decode_segment_entries};
 use crate::store::api::{BucketInfo, ObjectInfo, ObjectMeta};
 use crate::store::dedup::ChunkLocation;
@@ -346,7 +344,7 @@ pub fn insert_chunks_with_refs(
     // The successor of each chunk (the stream's latest, where it names a chunk twice), written with the row
     // the segment inserts or updates anyway; what is left names chunks of earlier segments (the one before a
     // container's first entry) and is written on its own below.
-    let mut next_of: HashMap<ChunkId, (Option<ContainerId>, NextChunk)> = successors
+    let mut next_of: IdMap<ChunkId, (Option<ContainerId>, NextChunk)> = successors
         .iter()
         .map(|s| (s.prev, (s.home, s.next)))
         .collect();
