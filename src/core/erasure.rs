@@ -9,6 +9,13 @@ use super::error::CoreError;
 /// Shard payloads are a multiple of this many bytes (storage-format.md §3).
 pub const SHARD_ALIGN: usize = 64;
 
+/// Header and trailer bytes around a shard's payload in its file (storage-format.md §3).
+pub const SHARD_FILE_OVERHEAD: usize = 112;
+
+/// The allocation unit [`Geometry::for_container`] counts in: ext4's and XFS's default block. A shard file
+/// takes whole blocks however few bytes it holds.
+pub const FS_BLOCK: usize = 4096;
+
 /// k data shards + m parity shards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Geometry {
@@ -17,7 +24,8 @@ pub struct Geometry {
 }
 
 impl Geometry {
-    /// k in 2..=16, m in 1..=3.
+    /// k in 1..=16, m in 1..=3. (k = 1 is m+1 copies: a store may be laid out so, and a store of wider k
+    /// seals a container too small to be worth splitting so, [`Geometry::for_container`].)
     pub fn new(k: u8, m: u8) -> Result<Geometry, CoreError> {
         let err = |detail: &str| {
             Err(CoreError::Geometry {
@@ -26,8 +34,8 @@ impl Geometry {
                 detail: detail.to_string(),
             })
         };
-        if !(2..=16).contains(&k) {
-            return err("k must be in 2..=16");
+        if !(1..=16).contains(&k) {
+            return err("k must be in 1..=16");
         }
         if !(1..=3).contains(&m) {
             return err("m must be in 1..=3");
@@ -47,6 +55,24 @@ impl Geometry {
             .div_ceil(k)
             .next_multiple_of(SHARD_ALIGN)
             .max(SHARD_ALIGN)
+    }
+
+    /// The geometry a container of `container_len` bytes is sealed with in a store of this geometry
+    /// (storage-format.md §6): the same m, so it survives the same disk losses, and the k' in 1..=k whose
+    /// k'+m shard files allocate the fewest filesystem blocks, the fewest files on a tie. A container of up to
+    /// ~4 KiB (a stream's segment record alone, a small object) is written as 1+m files of one block each
+    /// instead of k+m; from a few tens of KiB on, k itself allocates least.
+    pub fn for_container(&self, container_len: usize) -> Geometry {
+        let blocks = |k: u8| {
+            let g = Geometry { k, m: self.m };
+            let file = g.shard_len(container_len) + SHARD_FILE_OVERHEAD;
+            g.width() * file.div_ceil(FS_BLOCK)
+        };
+        // min_by_key keeps the first of equal keys: ascending k' makes a tie go to fewer files.
+        let k = (1..=self.k.max(1))
+            .min_by_key(|&k| blocks(k))
+            .unwrap_or(self.k);
+        Geometry { k, m: self.m }
     }
 
     /// [`Geometry::shard_len`] for a length read from disk: checked, so a hostile header cannot overflow it.
@@ -259,7 +285,8 @@ mod tests {
 
     #[test]
     fn geometry_limits() {
-        assert!(Geometry::new(1, 1).is_err());
+        assert!(Geometry::new(0, 1).is_err());
+        assert!(Geometry::new(1, 1).is_ok());
         assert!(Geometry::new(17, 1).is_err());
         assert!(Geometry::new(4, 0).is_err());
         assert!(Geometry::new(4, 4).is_err());
@@ -272,6 +299,46 @@ mod tests {
         assert_eq!(g.shard_len_u64(257), Some(128));
         assert_eq!(g.shard_len_u64(u64::MAX), Some(1 << 62));
         assert!(Erasure::new(Geometry { k: 1, m: 9 }).is_err());
+    }
+
+    #[test]
+    fn small_containers_are_sealed_narrow() {
+        let g = Geometry::new(4, 2).unwrap();
+        let k_for = |len: usize| g.for_container(len).k;
+        // A segment record alone (~1 KiB), up to one block per shard file: three files, not six.
+        assert_eq!(k_for(0), 1);
+        assert_eq!(k_for(700), 1);
+        assert_eq!(k_for(4096 - 112 - 64), 1);
+        // 2+2 files of one block each (4 blocks) against 1+2 of two blocks (6) and 4+2 of one (6).
+        assert_eq!(k_for(6000), 2);
+        // 64 KiB: 3+2 files of six blocks tie 4+2 of five (30 blocks): the tie goes to fewer files.
+        assert_eq!(k_for(64 << 10), 3);
+        // Large containers keep the store's k: the least parity per byte.
+        assert_eq!(k_for(1 << 20), 4);
+        assert_eq!(k_for(24 << 20), 4);
+        assert_eq!(g.for_container(700).m, 2);
+        // Never wider than the store.
+        let one = Geometry::new(1, 2).unwrap();
+        assert_eq!(one.for_container(24 << 20), one);
+    }
+
+    #[test]
+    fn narrow_container_survives_m_losses() {
+        let g = Geometry::new(4, 2).unwrap().for_container(900);
+        let e = Erasure::new(g).unwrap();
+        let container: Vec<u8> = (0..900u32).map(|i| (i * 7 % 251) as u8).collect();
+        let shards = e.encode(&container);
+        assert_eq!(shards.len(), 3);
+        // With one data shard the parity rows are the identity: three copies (storage-format.md §6).
+        assert!(shards.iter().all(|s| s == &shards[0]));
+        for keep in 0..3 {
+            let mut have: Vec<Option<Vec<u8>>> = vec![None; 3];
+            have[keep] = Some(shards[keep].clone());
+            e.reconstruct(&mut have).unwrap();
+            let data: Vec<Vec<u8>> = have.into_iter().map(|s| s.unwrap()).collect();
+            assert_eq!(data, shards);
+            assert_eq!(e.join(&data[..1], container.len()), container);
+        }
     }
 
     #[test]
@@ -293,7 +360,7 @@ mod tests {
     }
 
     fn geometry() -> impl Strategy<Value = Geometry> {
-        (2u8..=16, 1u8..=3).prop_map(|(k, m)| Geometry::new(k, m).unwrap())
+        (1u8..=16, 1u8..=3).prop_map(|(k, m)| Geometry::new(k, m).unwrap())
     }
 
     proptest! {
@@ -395,7 +462,16 @@ mod tests {
         }
 
         #[test]
+        fn for_container_keeps_m_and_never_widens(g in geometry(), len in 0usize..(1 << 20)) {
+            let c = g.for_container(len);
+            prop_assert_eq!(c.m, g.m);
+            prop_assert!(c.k >= 1 && c.k <= g.k);
+        }
+
+        #[test]
         fn unequal_lengths_are_malformed(g in geometry()) {
+            // Two shards left after losing one, so that their lengths can disagree.
+            prop_assume!(g.width() >= 3);
             let e = Erasure::new(g).unwrap();
             let mut shards: Vec<Option<Vec<u8>>> = e.encode(b"abc").into_iter().map(Some).collect();
             if let Some(s) = shards[0].as_mut() { s.pop(); }

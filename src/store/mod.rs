@@ -139,7 +139,9 @@ pub struct Store {
     store_id: StoreId,
     catalog: Catalog,
     disks: DiskSet,
-    erasure: Erasure,
+    /// The store's geometry k+m and every narrower k'+m a small container is sealed with
+    /// (`Geometry::for_container`): index k'-1.
+    erasures: Vec<Erasure>,
     dedup: DedupIndex,
     /// (next id, first id not reserved)
     container_ids: Mutex<(u64, u64)>,
@@ -360,7 +362,9 @@ impl Store {
         let parity_buffers =
             buffers::BufferPool::new(SEAL_SLOTS * usize::from(geometry.m), parity_buffer_len);
         let store = Store {
-            erasure: Erasure::new(geometry)?,
+            erasures: (1..=geometry.k)
+                .map(|k| Erasure::new(Geometry { k, m: geometry.m }))
+                .collect::<std::result::Result<_, _>>()?,
             cfg,
             store_id,
             catalog,

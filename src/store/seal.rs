@@ -33,7 +33,11 @@ impl Store {
         let id = builder.id();
         let created = now_ms();
         let mut bytes = builder.seal();
-        let geometry = self.erasure.geometry();
+        // A small container (a segment record alone, a small object) is split into fewer data shards: as many
+        // disk losses survived, fewer files and fsyncs (storage-format.md §6).
+        let store_geometry = self.erasures[self.erasures.len() - 1].geometry();
+        let erasure = &self.erasures[usize::from(store_geometry.for_container(bytes.len()).k) - 1];
+        let geometry = erasure.geometry();
         let container_len = bytes.len() as u64;
         let shard_len = geometry.shard_len(bytes.len());
         // Padded with zeros in place to k whole shards (the build buffer has room for it), so that every data
@@ -49,7 +53,7 @@ impl Store {
                     .unwrap_or_else(|| vec![0; self.parity_buffer_len])
             })
             .collect();
-        let shards = self.erasure.encode_borrowed_reusing(&bytes, spare);
+        let shards = erasure.encode_borrowed_reusing(&bytes, spare);
         debug_assert_eq!(shards.shard_len(), shard_len);
         let width = geometry.width();
 

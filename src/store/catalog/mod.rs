@@ -66,7 +66,7 @@ impl Catalog {
                     "PRAGMA user_version = {}; COMMIT;",
                     schema::SCHEMA_VERSION
                 ));
-                if version > 0 {
+                if (1..3).contains(&version) {
                     // Version 3 rewrites the chunk index: on a big catalog the admin should know why the
                     // start takes a while (the WAL grows by about the catalog's size meanwhile).
                     tracing::info!(

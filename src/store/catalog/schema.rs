@@ -1,7 +1,7 @@
 //! Catalog schema (storage-format.md §7). Migrations key off `PRAGMA user_version`: a new catalog runs
 //! every step from version 1, an older one the steps it lacks, so both end with identical tables.
 
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The whole current schema, as a new catalog gets it: version 1 and every migration (for tests and benches that
 /// build a catalog of their own).
@@ -14,7 +14,18 @@ pub fn current() -> String {
 }
 
 /// Steps from version `i + 1` to `i + 2`.
-pub const MIGRATIONS: &[&str] = &[MIGRATE_V1_TO_V2, MIGRATE_V2_TO_V3, MIGRATE_V3_TO_V4];
+pub const MIGRATIONS: &[&str] = &[
+    MIGRATE_V1_TO_V2,
+    MIGRATE_V2_TO_V3,
+    MIGRATE_V3_TO_V4,
+    MIGRATE_V4_TO_V5,
+];
+
+/// Version 5 changes no table: it marks a store whose `containers` may hold a k narrower than the store's
+/// (k = 1 included), as small containers are sealed from then on (storage-format.md §6). A Cairn from before
+/// reads such shards as malformed, so the version keeps it from opening the store ("upgrade cairn") instead
+/// of finding those containers lost.
+pub const MIGRATE_V4_TO_V5: &str = "";
 
 /// Version 4: `chunk_refs.next`, the chunk that followed this one the last time a stream wrote or named it
 /// (core::follow's `NextChunk` word: its length - 1 in the low 24 bits, 40 bits of its id above; 0 = none
