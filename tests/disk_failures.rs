@@ -297,11 +297,12 @@ fn files_per_container(files: &[PathBuf]) -> BTreeMap<String, Vec<PathBuf>> {
 fn small_objects_are_sealed_as_three_copies_that_survive_two_lost_disks_and_heal() {
     let rig = Rig::new(8, 2);
     rig.make_bucket("bkt");
-    // Objects of one shard block or less: each seals a container of ~0.2-3.6 KB.
+    // Objects of 100 to 2400 bytes: with its segment and commit records each seals a container of less than
+    // 3968 bytes, which fits one 4 KiB block per shard file as 1+2 (storage-format.md §6).
     let small: Vec<(String, Vec<u8>)> = (0..24u64)
         .map(|i| {
             let b = body(i);
-            (format!("small-{i}"), b[..(100 + i as usize * 150)].to_vec())
+            (format!("small-{i}"), b[..(100 + i as usize * 100)].to_vec())
         })
         .collect();
     let before = files_per_container(&rig.shard_files());

@@ -108,7 +108,8 @@ fn io_errors_after_n_ops_reroute_writes_and_fail_the_disk() {
     let r = rig();
     let bad = &r.faulty["d03"];
     bad.fail_after(5);
-    let objects: Vec<Vec<u8>> = (0..6).map(|i| body(i + 1, 600_000)).collect();
+    // Twelve containers of six shards over eight disks: d03 is chosen for far more than five writes.
+    let objects: Vec<Vec<u8>> = (0..12).map(|i| body(i + 1, 600_000)).collect();
     for (i, o) in objects.iter().enumerate() {
         put(&r.store, &format!("o{i}"), o).unwrap();
     }
