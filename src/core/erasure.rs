@@ -58,21 +58,25 @@ impl Geometry {
     }
 
     /// The geometry a container of `container_len` bytes is sealed with in a store of this geometry
-    /// (storage-format.md §6): the same m, so it survives the same disk losses, and the k' in 1..=k whose
-    /// k'+m shard files allocate the fewest filesystem blocks, the fewest files on a tie. A container of up to
-    /// ~4 KiB (a stream's segment record alone, a small object) is written as 1+m files of one block each
-    /// instead of k+m; from a few tens of KiB on, k itself allocates least.
+    /// (storage-format.md §6): the same m, so it survives the same disk losses, and the smallest k' in 1..=k
+    /// whose k'+m shard files allocate no more filesystem blocks than k+m files would. Fewer files cost fewer
+    /// fsyncs at the seal and fewer opens and seeks at every read, rebuild and scrub; never more space. A
+    /// container of up to ~8 KiB (a small object, a bucket record) is 1+m one- or two-block files instead of
+    /// k+m of one block, as is one of 15.9-16.3 KB (a 16 MiB part's segment record when the part repeats);
+    /// from a few hundred KiB on it is k itself.
     pub fn for_container(&self, container_len: usize) -> Geometry {
-        let blocks = |k: u8| {
-            let g = Geometry { k, m: self.m };
-            let file = g.shard_len(container_len) + SHARD_FILE_OVERHEAD;
-            g.width() * file.div_ceil(FS_BLOCK)
-        };
-        // min_by_key keeps the first of equal keys: ascending k' makes a tie go to fewer files.
-        let k = (1..=self.k.max(1))
-            .min_by_key(|&k| blocks(k))
-            .unwrap_or(self.k);
-        Geometry { k, m: self.m }
+        let at = |k: u8| Geometry { k, m: self.m };
+        let widest = self.blocks(container_len);
+        (1..self.k)
+            .map(at)
+            .find(|g| g.blocks(container_len) <= widest)
+            .unwrap_or(*self)
+    }
+
+    /// Filesystem blocks ([`FS_BLOCK`]) the k+m shard files of a `container_len`-byte container allocate.
+    pub fn blocks(&self, container_len: usize) -> usize {
+        let file = self.shard_len(container_len) + SHARD_FILE_OVERHEAD;
+        self.width() * file.div_ceil(FS_BLOCK)
     }
 
     /// [`Geometry::shard_len`] for a length read from disk: checked, so a hostile header cannot overflow it.
@@ -305,18 +309,27 @@ mod tests {
     fn small_containers_are_sealed_narrow() {
         let g = Geometry::new(4, 2).unwrap();
         let k_for = |len: usize| g.for_container(len).k;
-        // A segment record alone (~1 KiB), up to one block per shard file: three files, not six.
+        // Up to one block per 1+2 file: 3 blocks against 4+2's 6.
         assert_eq!(k_for(0), 1);
         assert_eq!(k_for(700), 1);
-        assert_eq!(k_for(4096 - 112 - 64), 1);
-        // 2+2 files of one block each (4 blocks) against 1+2 of two blocks (6) and 4+2 of one (6).
-        assert_eq!(k_for(6000), 2);
-        // 64 KiB: 3+2 files of six blocks tie 4+2 of five (30 blocks): the tie goes to fewer files.
+        assert_eq!(k_for(3968), 1);
+        // Two blocks per 1+2 file tie 4+2's six one-block files: the same space in half the files.
+        assert_eq!(k_for(6000), 1);
+        assert_eq!(k_for(8064), 1);
+        // Past that 1+2 takes 9 blocks and 2+2 8, more than 4+2's 6; 3+2 takes 5.
+        assert_eq!(k_for(8065), 3);
+        assert_eq!(k_for(10_000), 3);
+        // A 16 MiB part's segment record (~440 entries of 36 bytes): 1+2 four-block files, 12 like 4+2's.
+        assert_eq!(k_for(16_000), 1);
+        assert_eq!(k_for(16_300), 2);
+        // 64 KiB: 3+2 files of six blocks take the 30 of 4+2's five-block files.
         assert_eq!(k_for(64 << 10), 3);
         // Large containers keep the store's k: the least parity per byte.
         assert_eq!(k_for(1 << 20), 4);
         assert_eq!(k_for(24 << 20), 4);
         assert_eq!(g.for_container(700).m, 2);
+        assert_eq!(g.blocks(700), 6);
+        assert_eq!(g.for_container(700).blocks(700), 3);
         // Never wider than the store.
         let one = Geometry::new(1, 2).unwrap();
         assert_eq!(one.for_container(24 << 20), one);
@@ -466,6 +479,12 @@ mod tests {
             let c = g.for_container(len);
             prop_assert_eq!(c.m, g.m);
             prop_assert!(c.k >= 1 && c.k <= g.k);
+            // Never more space than the store's own geometry, and no narrower k' that would also fit.
+            prop_assert!(c.blocks(len) <= g.blocks(len));
+            for k in 1..c.k {
+                let narrower = Geometry { k, m: g.m };
+                prop_assert!(narrower.blocks(len) > g.blocks(len));
+            }
         }
 
         #[test]
