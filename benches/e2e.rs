@@ -9,6 +9,8 @@
 //! 4. The same data through restic into a local repository: throughput, stored bytes, Cairn/restic ratios.
 //! 5. Peak server RSS (VmHWM) during one big multipart upload and during 16 parallel uploads.
 //! 6. Stored bytes and dedup ratio over 7 nightly fulls of the three workloads, next to restic's.
+//! Beside 5, not asked by the issue: small objects (2000 PUTs of 2 KiB, then GETs): objects/s, server CPU per
+//! object, shard files and allocated bytes per object.
 //!
 //! `cargo bench --bench e2e` uses the sizes below; under `cargo test` (no `--bench` argument) everything runs on
 //! a few MB. Environment (MB = 10^6 bytes):
@@ -17,14 +19,16 @@
 //!   CAIRN_BENCH_PAR_MB=1000     each of the 16 parallel uploads (CAIRN_BENCH_PAR_N=16)
 //!   CAIRN_BENCH_NIGHTLY_MB=256  one nightly full of each workload
 //!   CAIRN_BENCH_PART_MB=16      multipart part size; CAIRN_BENCH_PARALLEL=8 parts in flight (aws cli: 8 MiB, 10)
-//!   CAIRN_BENCH_SKIP=restic,rss,nightly   sections to skip
+//!   CAIRN_BENCH_SMALL_N=2000    small objects of CAIRN_BENCH_SMALL_BYTES=2048 each
+//!   CAIRN_BENCH_SKIP=restic,rss,small,nightly   sections to skip
 //!   CAIRN_BENCH_DIR             where the data, the store and the restic repos go (default: $TMPDIR)
 //!   CAIRN_BENCH_BIN             the `cairn` binary to run (default: this build), to compare two builds
 //!   CAIRN_BENCH_PERF=dup:/tmp/p.data  record the server with `perf record -g` during one phase (unique, dup,
 //!                               dup-restarted, restore, scrub, degraded, rebuild, scrub-degraded) into the
 //!                               file named
 //!   CAIRN_BENCH_PERF_ARGS="-F 999 -g"  perf record's options (e.g. --call-graph dwarf,32768)
-//!   CAIRN_BENCH_ONLY=rss        only section 5 (CAIRN_BENCH_RSS_TRACE=1: also the RSS every 0.25 s, per second)
+//!   CAIRN_BENCH_ONLY=rss        only section 5 (CAIRN_BENCH_RSS_TRACE=1: also the RSS every 0.25 s, per second);
+//!   CAIRN_BENCH_ONLY=small      only the small objects
 //!   CAIRN_BENCH_AB=/path/a,/path/b  instead of all the above: alternating rounds (CAIRN_BENCH_AB_ROUNDS=3) of
 //!                               unique ingest, duplicate ingest, a scrub and restores (healthy, then with
 //!                               d00 and d01 removed) on a fresh server of each binary, with the server's
@@ -52,6 +56,9 @@ struct Opts {
     big: u64,
     par_n: usize,
     par: u64,
+    /// Small-object PUTs (then GETs) in the small-objects section, and their size.
+    small_n: usize,
+    small_len: usize,
     nightly: u64,
     part: usize,
     parallel: usize,
@@ -84,6 +91,8 @@ impl Opts {
             big: env_mb("CAIRN_BENCH_BIG_MB", bench, 20000.0, 12.0),
             par_n: n("CAIRN_BENCH_PAR_N", if bench { 16 } else { 4 }),
             par: env_mb("CAIRN_BENCH_PAR_MB", bench, 1000.0, 1.0),
+            small_n: n("CAIRN_BENCH_SMALL_N", if bench { 2000 } else { 40 }),
+            small_len: n("CAIRN_BENCH_SMALL_BYTES", 2048),
             nightly: env_mb("CAIRN_BENCH_NIGHTLY_MB", bench, 256.0, 2.0),
             part: env_mb(
                 "CAIRN_BENCH_PART_MB",
@@ -657,6 +666,10 @@ fn main() {
         print_rows("Server RSS", &rss_rows(&o, work));
         return;
     }
+    if std::env::var("CAIRN_BENCH_ONLY").is_ok_and(|v| v == "small") {
+        print_rows("Small objects", &small_object_rows(&o, work));
+        return;
+    }
     let data = work.join("unique.bin");
     let unique_len = write_stream(
         &data,
@@ -1219,6 +1232,10 @@ fn main() {
     if !o.skip("rss") {
         rows.extend(rss_rows(&o, work));
     }
+    // Small objects (no target in the issue: what a file-by-file client's many small PUTs cost).
+    if !o.skip("small") {
+        rows.extend(small_object_rows(&o, work));
+    }
     print_rows("End to end through `cairn serve` (S3), restic, RSS", &rows);
     print_cpu(&cpu, l.cores);
     if let Some(u) = cpu.first() {
@@ -1382,6 +1399,106 @@ fn rss_rows(o: &Opts, work: &Path) -> Vec<Row> {
         Some(rss_big_rest as f64 <= 1.25 * rss_big_first.max(1) as f64),
     ));
     rows
+}
+
+/// Small objects: `small_n` PUTs of `small_len` distinct bytes each, `parallel` in flight, on a fresh server,
+/// then every one read back and checked. Each PUT seals a container of its own (storage-format.md §6), so this
+/// is the cost of a seal (shard files, fsyncs, the catalog transaction) per object, and of opening one to read.
+fn small_object_rows(o: &Opts, work: &Path) -> Vec<Row> {
+    let dir = work.join("cairn-small");
+    let srv = Server::start(&dir);
+    let client = Client::new(&srv.endpoint, "bench", ACCESS, SECRET);
+    client.create_bucket().expect("create bucket");
+    let (files_before, blocks_before) = shard_files_and_allocated(&srv.disks());
+    let body = |i: usize| -> Vec<u8> {
+        let mut b = sample(1000 + i as u64, o.small_len);
+        b[..8].copy_from_slice(&(i as u64).to_le_bytes()); // distinct even where the sample repeats
+        b
+    };
+    let pid = srv.pid().to_string();
+    let run = |get: bool| -> (f64, f64) {
+        let cpu = proc_cpu_secs(&pid);
+        let t = Instant::now();
+        std::thread::scope(|sc| {
+            for lane in 0..o.parallel {
+                let client = client.clone();
+                sc.spawn(move || {
+                    for i in (lane..o.small_n).step_by(o.parallel) {
+                        let key = format!("small-{i}");
+                        let want = body(i);
+                        if get {
+                            let mut got = Vec::with_capacity(want.len());
+                            client
+                                .get(&key, |b| got.extend_from_slice(b))
+                                .expect("small get");
+                            assert!(got == want, "{key} read back differs");
+                        } else {
+                            client
+                                .put(&key, want.len() as u64, &want[..])
+                                .expect("small put");
+                        }
+                    }
+                });
+            }
+        });
+        let n = o.small_n.max(1) as f64;
+        (
+            n / t.elapsed().as_secs_f64(),
+            (proc_cpu_secs(&pid) - cpu) / n * 1e3,
+        )
+    };
+    let (puts, put_ms) = run(false);
+    let (gets, get_ms) = run(true);
+    let (files, blocks) = shard_files_and_allocated(&srv.disks());
+    srv.stop();
+    std::fs::remove_dir_all(&dir).ok();
+    let n = o.small_n.max(1) as f64;
+    let what = format!(
+        "{} x {} B, {} in flight",
+        o.small_n, o.small_len, o.parallel
+    );
+    vec![
+        text_row(
+            &format!("small objects, PUT ({what})"),
+            format!("{puts:.0} objects/s, {put_ms:.2} ms server CPU each"),
+            "(shown, no target)",
+            None,
+        ),
+        text_row(
+            "small objects, GET (each checked)",
+            format!("{gets:.0} objects/s, {get_ms:.2} ms server CPU each"),
+            "",
+            None,
+        ),
+        text_row(
+            "  shard files and allocated bytes per small object",
+            format!(
+                "{:.2} files, {:.0} B",
+                (files - files_before) as f64 / n,
+                (blocks - blocks_before) as f64 / n
+            ),
+            "",
+            None,
+        ),
+    ]
+}
+
+/// Shard files under `disks` and the bytes the filesystem allocated for them (`st_blocks`, not their length:
+/// a file takes whole blocks).
+fn shard_files_and_allocated(disks: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(rd) = std::fs::read_dir(disks) else {
+        return (0, 0);
+    };
+    rd.flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => shard_files_and_allocated(&e.path()),
+            Ok(t) if t.is_file() && e.path().extension().is_some_and(|x| x == "shard") => {
+                (1, e.metadata().map(|m| m.blocks() * 512).unwrap_or(0))
+            }
+            _ => (0, 0),
+        })
+        .fold((0, 0), |(f, b), (f2, b2)| (f + f2, b + b2))
 }
 
 fn nightly(o: &Opts, work: &Path, has_restic: bool) {
