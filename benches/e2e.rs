@@ -9,6 +9,7 @@
 //! 4. The same data through restic into a local repository: throughput, stored bytes, Cairn/restic ratios.
 //! 5. Peak server RSS (VmHWM) during one big multipart upload and during 16 parallel uploads.
 //! 6. Stored bytes and dedup ratio over 7 nightly fulls of the three workloads, next to restic's.
+//!
 //! Beside 5, not asked by the issue: small objects (2000 PUTs of 2 KiB, then GETs): objects/s, server CPU per
 //! object, shard files and allocated bytes per object.
 //!
