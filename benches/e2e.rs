@@ -1406,6 +1406,11 @@ fn rss_rows(o: &Opts, work: &Path) -> Vec<Row> {
 /// then every one read back and checked. Each PUT seals a container of its own (storage-format.md §6), so this
 /// is the cost of a seal (shard files, fsyncs, the catalog transaction) per object, and of opening one to read.
 fn small_object_rows(o: &Opts, work: &Path) -> Vec<Row> {
+    // Creating files is what this measures: after the sections before deleted tens of GB of shard files,
+    // ext4's recently deleted inodes would be measured too (settle_inodes).
+    let settled = o
+        .bench
+        .then(|| settle_inodes(&work.join("inode-probe-small"), Duration::from_secs(120)));
     let dir = work.join("cairn-small");
     let srv = Server::start(&dir);
     let client = Client::new(&srv.endpoint, "bench", ACCESS, SECRET);
@@ -1455,8 +1460,13 @@ fn small_object_rows(o: &Opts, work: &Path) -> Vec<Row> {
     std::fs::remove_dir_all(&dir).ok();
     let n = o.small_n.max(1) as f64;
     let what = format!(
-        "{} x {} B, {} in flight",
-        o.small_n, o.small_len, o.parallel
+        "{} x {} B, {} in flight{}",
+        o.small_n,
+        o.small_len,
+        o.parallel,
+        settled.map_or(String::new(), |(waited, first, last)| format!(
+            "; a file create cost {first:.0} us, {last:.0} after waiting {waited:.0} s"
+        ))
     );
     vec![
         text_row(
