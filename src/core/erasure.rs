@@ -62,8 +62,8 @@ impl Geometry {
     /// whose k'+m shard files allocate no more filesystem blocks than k+m files would. Fewer files cost fewer
     /// fsyncs at the seal and fewer opens and seeks at every read, rebuild and scrub; never more space. A
     /// container of up to ~8 KiB (a small object, a bucket record) is 1+m one- or two-block files instead of
-    /// k+m of one block, as is one of 15.9-16.3 KB (a 16 MiB part's segment record when the part repeats);
-    /// from a few hundred KiB on it is k itself.
+    /// k+m of one block, as is one of 15.9-16.3 KB; the segment record that ends a repeated 16 MiB part
+    /// (~17-19 KB) is 2+m for a 4+m store; from a few hundred KiB on it is k itself.
     pub fn for_container(&self, container_len: usize) -> Geometry {
         let at = |k: u8| Geometry { k, m: self.m };
         let widest = self.blocks(container_len);
@@ -319,9 +319,11 @@ mod tests {
         // Past that 1+2 takes 9 blocks and 2+2 8, more than 4+2's 6; 3+2 takes 5.
         assert_eq!(k_for(8065), 3);
         assert_eq!(k_for(10_000), 3);
-        // A 16 MiB part's segment record (~440 entries of 36 bytes): 1+2 four-block files, 12 like 4+2's.
+        // A segment record of ~440 entries (36 bytes each): 1+2 four-block files, 12 blocks like 4+2's; a few
+        // entries more (a repeated 16 MiB part's ~480) and 2+2's three-block files are the narrowest fit.
         assert_eq!(k_for(16_000), 1);
         assert_eq!(k_for(16_300), 2);
+        assert_eq!(k_for(17_500), 2);
         // 64 KiB: 3+2 files of six blocks take the 30 of 4+2's five-block files.
         assert_eq!(k_for(64 << 10), 3);
         // Large containers keep the store's k: the least parity per byte.
