@@ -63,7 +63,7 @@ impl Geometry {
     /// fsyncs at the seal and fewer opens and seeks at every read, rebuild and scrub; never more space. A
     /// container of up to ~8 KiB (a small object, a bucket record) is 1+m one- or two-block files instead of
     /// k+m of one block, as is one of 15.9-16.3 KB; the segment record that ends a repeated 16 MiB part
-    /// (~17-19 KB) is 2+m for a 4+m store; from a few hundred KiB on it is k itself.
+    /// (~17-19 KB) is 2+m for a 4+m store; for 4+2 from about 147 KB on it is k itself.
     pub fn for_container(&self, container_len: usize) -> Geometry {
         let at = |k: u8| Geometry { k, m: self.m };
         let widest = self.blocks(container_len);
