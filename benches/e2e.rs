@@ -1498,18 +1498,14 @@ fn small_object_rows(o: &Opts, work: &Path) -> Vec<Row> {
 /// a file takes whole blocks).
 fn shard_files_and_allocated(disks: &Path) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
-    let Ok(rd) = std::fs::read_dir(disks) else {
-        return (0, 0);
-    };
-    rd.flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => shard_files_and_allocated(&e.path()),
-            Ok(t) if t.is_file() && e.path().extension().is_some_and(|x| x == "shard") => {
-                (1, e.metadata().map(|m| m.blocks() * 512).unwrap_or(0))
-            }
-            _ => (0, 0),
-        })
-        .fold((0, 0), |(f, b), (f2, b2)| (f + f2, b + b2))
+    let (mut files, mut bytes) = (0, 0);
+    for_each_file(disks, &mut |p, m| {
+        if p.extension().is_some_and(|x| x == "shard") {
+            files += 1;
+            bytes += m.blocks() * 512;
+        }
+    });
+    (files, bytes)
 }
 
 fn nightly(o: &Opts, work: &Path, has_restic: bool) {

@@ -305,33 +305,35 @@ pub fn evict(p: &Path) {
     }
 }
 
-/// Evicts every file under `dir` (recursively) from the page cache.
-pub fn evict_tree(dir: &Path) {
+/// Calls `visit` with the path and metadata of every regular file under `dir` (recursively).
+pub fn for_each_file(dir: &Path, visit: &mut impl FnMut(&Path, &std::fs::Metadata)) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
     for e in rd.flatten() {
         let p = e.path();
         match e.file_type() {
-            Ok(t) if t.is_dir() => evict_tree(&p),
-            Ok(t) if t.is_file() => evict(&p),
+            Ok(t) if t.is_dir() => for_each_file(&p, visit),
+            Ok(t) if t.is_file() => {
+                if let Ok(m) = e.metadata() {
+                    visit(&p, &m);
+                }
+            }
             _ => {}
         }
     }
 }
 
+/// Evicts every file under `dir` (recursively) from the page cache.
+pub fn evict_tree(dir: &Path) {
+    for_each_file(dir, &mut |p, _| evict(p));
+}
+
 /// Bytes of all regular files under `dir`.
 pub fn tree_bytes(dir: &Path) -> u64 {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    rd.flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
-            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
-            _ => 0,
-        })
-        .sum()
+    let mut bytes = 0;
+    for_each_file(dir, &mut |_, m| bytes += m.len());
+    bytes
 }
 
 pub mod s3;

@@ -10,6 +10,7 @@ use super::disk::shard_path;
 use super::error::{Result, StoreError};
 use super::{Store, now_ms};
 use crate::core::container::ContainerBuilder;
+use crate::core::erasure::{Erasure, Geometry};
 use crate::core::ids::{ChunkId, DiskId};
 use crate::core::placement::place;
 use crate::core::shard::{ShardHeader, encode_trailer};
@@ -18,6 +19,17 @@ use crate::core::shard::{ShardHeader, encode_trailer};
 const MAX_PLACEMENT_ATTEMPTS: usize = 4;
 
 impl Store {
+    /// The coder a container of `container_len` bytes is sealed with: a small one (a segment record alone, a
+    /// small object) is split into fewer data shards, as many disk losses survived, fewer files and fsyncs
+    /// (`Geometry::for_container`, storage-format.md §6).
+    fn erasure_for(&self, container_len: usize) -> &Erasure {
+        let store_geometry = Geometry {
+            k: self.cfg.k,
+            m: self.cfg.m,
+        };
+        &self.erasures[usize::from(store_geometry.for_container(container_len).k) - 1]
+    }
+
     /// Seals `builder`, writes its shards, then commits one catalog transaction holding the container, its
     /// shard locations, its new chunk rows, the references of the segment sealed with it (`segment_refs`, from
     /// `catalog::segment_refs_with_homes`), the chunk successors its stream showed (`successors`), and whatever
@@ -33,10 +45,7 @@ impl Store {
         let id = builder.id();
         let created = now_ms();
         let mut bytes = builder.seal();
-        // A small container (a segment record alone, a small object) is split into fewer data shards: as many
-        // disk losses survived, fewer files and fsyncs (storage-format.md §6).
-        let store_geometry = self.erasures[self.erasures.len() - 1].geometry();
-        let erasure = &self.erasures[usize::from(store_geometry.for_container(bytes.len()).k) - 1];
+        let erasure = self.erasure_for(bytes.len());
         let geometry = erasure.geometry();
         let container_len = bytes.len() as u64;
         let shard_len = geometry.shard_len(bytes.len());
