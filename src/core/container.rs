@@ -236,6 +236,19 @@ impl ContainerBuilder {
         offset
     }
 
+    /// Moves every entry of `other` (another container still being built) to the end of this one, in order,
+    /// byte for byte: an entry's header holds no offset and no container id, so the entries stay valid.
+    /// Returns how far `other`'s payload offsets moved (add it to every offset `other`'s pushes returned) and
+    /// `other`'s buffer, for reuse. Used to seal the last containers of concurrent uploads as one (group
+    /// commit, storage-format.md §6).
+    pub fn append(&mut self, other: ContainerBuilder) -> (u64, Vec<u8>) {
+        let shift = (self.buf.len() - CONTAINER_HEADER_LEN) as u64;
+        self.buf
+            .extend_from_slice(&other.buf[CONTAINER_HEADER_LEN.min(other.buf.len())..]);
+        self.entries += other.entries;
+        (shift, other.buf)
+    }
+
     /// Appends the footer and returns the container bytes.
     pub fn seal(mut self) -> Vec<u8> {
         let footer_offset = self.buf.len() as u64;
@@ -1190,6 +1203,66 @@ mod tests {
             }
         }
         Ok(out)
+    }
+
+    #[test]
+    fn appended_entries_keep_their_bytes_and_move_by_the_returned_shift() {
+        // Two uploads' last containers: chunks, a group and records in each.
+        let a_text = b"first upload ".repeat(50);
+        let mut a = ContainerBuilder::new(ContainerId(10), 1_700_000_000_000, 0);
+        let (codec, stored) = compress_chunk(&a_text, DEFAULT_ZSTD_LEVEL);
+        let a_chunk_at = a.push_chunk(&ChunkId::of(&a_text), codec, a_text.len() as u32, &stored);
+        a.push_record(EntryType::Segment, b"segment of a");
+        let (g1, g2) = (b"member one ".repeat(30), b"member two ".repeat(40));
+        let frame = compress_group(&[&g1, &g2], DEFAULT_ZSTD_LEVEL).unwrap();
+        let mut b = ContainerBuilder::new(ContainerId(11), 1_700_000_000_001, 0);
+        let b_raw_at = b.push_chunk(&ChunkId::of(b"xyz"), Codec::Raw, 3, b"xyz");
+        let b_group_at = b.push_group(
+            &[
+                (ChunkId::of(&g1), g1.len() as u32),
+                (ChunkId::of(&g2), g2.len() as u32),
+            ],
+            &frame,
+        );
+        b.push_record(EntryType::Commit, br#"{"v":1,"key":"b"}"#);
+        let b_alone = {
+            let mut copy = ContainerBuilder::new(ContainerId(11), 1_700_000_000_001, 0);
+            copy.buf = b.buf.clone();
+            copy.entries = b.entries;
+            copy.seal()
+        };
+        let (_, b_entries) = parse_container(&b_alone).unwrap();
+        let len_before = a.len();
+
+        let (shift, _buffer) = a.append(b);
+        assert_eq!(shift, (len_before - CONTAINER_HEADER_LEN) as u64);
+        assert_eq!(a.entry_count(), 5);
+        let merged = a.seal();
+        let (header, entries) = parse_container(&merged).unwrap();
+        assert_eq!(header.id, ContainerId(10), "the first container's id and header stay");
+        assert_eq!(entries.len(), 5);
+        assert_eq!(entries[0].payload_offset, a_chunk_at);
+        for (moved, original) in entries[2..].iter().zip(&b_entries) {
+            assert_eq!(moved.header, original.header);
+            assert_eq!(moved.payload, original.payload);
+            assert_eq!(moved.payload_offset, original.payload_offset + shift);
+        }
+        // Where b's pushes said its chunks were, plus the shift, is where they are now.
+        let raw_at = (b_raw_at + shift) as usize;
+        assert_eq!(&merged[raw_at..raw_at + 3], b"xyz");
+        let frame_at = (b_group_at + shift) as usize;
+        assert_eq!(&merged[frame_at..frame_at + frame.len()], &frame[..]);
+        let chunks = all_chunks(&entries).unwrap();
+        let ids: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
+        assert_eq!(
+            ids,
+            vec![
+                ChunkId::of(&a_text),
+                ChunkId::of(b"xyz"),
+                ChunkId::of(&g1),
+                ChunkId::of(&g2)
+            ]
+        );
     }
 
     #[test]
