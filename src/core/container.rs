@@ -1239,7 +1239,11 @@ mod tests {
         assert_eq!(a.entry_count(), 5);
         let merged = a.seal();
         let (header, entries) = parse_container(&merged).unwrap();
-        assert_eq!(header.id, ContainerId(10), "the first container's id and header stay");
+        assert_eq!(
+            header.id,
+            ContainerId(10),
+            "the first container's id and header stay"
+        );
         assert_eq!(entries.len(), 5);
         assert_eq!(entries[0].payload_offset, a_chunk_at);
         for (moved, original) in entries[2..].iter().zip(&b_entries) {

@@ -13,11 +13,13 @@ use super::frames::FrameBatch;
 use super::md5_lanes::{BatchBytes, Md5Stream};
 use crate::core::md5x::Md5State;
 use rayon::prelude::*;
+use rusqlite::Transaction;
 
 use super::api::{ObjectInfo, ObjectMeta, PartInfo, PutCondition, SealedUpload};
 use super::catalog;
 use super::dedup::ChunkLocation;
 use super::error::Result;
+use super::final_seal::FinalSeal;
 use super::objects::PartRecord;
 use super::{Store, now_ms};
 use crate::core::chunker::chunks_at;
@@ -149,13 +151,13 @@ pub struct Upload {
 /// What the final seal of an upload also commits.
 // One value per finished upload, on the stack: its size does not matter.
 #[allow(clippy::large_enum_variant)]
-enum Finish<'a> {
+enum Finish {
     Sealed,
-    Part(&'a PartRecord<'a>),
+    Part(PartRecord),
     Object {
         record: ObjectCommitRecord,
         info: ObjectInfo,
-        cond: &'a PutCondition,
+        cond: PutCondition,
     },
 }
 
@@ -801,8 +803,9 @@ impl Upload {
             .ok_or_else(|| super::StoreError::Config("no open container".into()))
     }
 
-    /// Seals the open container with the current segment (and, at the end, the upload's final state).
-    fn seal_current(&mut self, finish: Option<Finish<'_>>) -> Result<()> {
+    /// Seals the open container with the current segment (and, at the end, the upload's final state: then
+    /// together with other uploads' last containers, `Store::seal_final`).
+    fn seal_current(&mut self, finish: Option<Finish>) -> Result<()> {
         if self.segment.is_empty() && finish.is_none() && self.open.is_none() {
             return Ok(());
         }
@@ -825,7 +828,6 @@ impl Upload {
             open.builder
                 .push_record(EntryType::Commit, &record.encode());
         }
-        let container = open.builder.id();
         let upload = self.id;
         let (size, md5) = (self.size, self.digest());
         let store = self.store.clone();
@@ -834,47 +836,69 @@ impl Upload {
             .map(|seg| catalog::segment_refs_with_homes(&seg.entries, &homes))
             .unwrap_or_default();
         let successors = std::mem::take(&mut self.successors);
-        store.seal_container(
-            open.builder,
-            &open.new_chunks,
-            &segment_refs,
-            &successors,
-            |tx| {
-                catalog::upsert_upload_open(tx, &upload, now_ms())?;
-                if let Some(seg) = &segment {
-                    catalog::insert_segment(
-                        tx,
-                        &upload,
-                        seg.segment_no,
-                        seg.logical_start,
-                        container,
-                        &encode_segment_entries(&seg.entries),
-                    )?;
+        let sealed_segment = segment.is_some();
+        let last = finish.is_some();
+        // What the transaction commits besides the container and its chunks, given the container the segment
+        // ended up in (the upload's own, or the group's its last container was moved into).
+        let segment_row = segment.map(|seg| {
+            (
+                seg.segment_no,
+                seg.logical_start,
+                encode_segment_entries(&seg.entries),
+            )
+        });
+        let commit = move |tx: &Transaction<'_>, container: ContainerId| -> Result<()> {
+            catalog::upsert_upload_open(tx, &upload, now_ms())?;
+            if let Some((segment_no, logical_start, entries)) = &segment_row {
+                catalog::insert_segment(
+                    tx,
+                    &upload,
+                    *segment_no,
+                    *logical_start,
+                    container,
+                    entries,
+                )?;
+            }
+            let sealed = SealedUpload {
+                upload_id: upload,
+                size,
+                md5,
+            };
+            match &finish {
+                None => Ok(()),
+                Some(Finish::Sealed) => catalog::seal_upload(tx, &upload, size, &md5, 0),
+                Some(Finish::Part(part)) => {
+                    catalog::seal_upload(tx, &upload, size, &md5, 0)?;
+                    part.record(tx, &sealed)
                 }
-                match &finish {
-                    None => Ok(()),
-                    Some(Finish::Sealed) => catalog::seal_upload(tx, &upload, size, &md5, 0),
-                    Some(Finish::Part(part)) => {
-                        catalog::seal_upload(tx, &upload, size, &md5, 0)?;
-                        part.record(
-                            tx,
-                            &SealedUpload {
-                                upload_id: upload,
-                                size,
-                                md5,
-                            },
-                        )
-                    }
-                    Some(Finish::Object { record, info, cond }) => {
-                        catalog::seal_upload(tx, &upload, size, &md5, 0)?;
-                        store.commit_in_tx(tx, info, &record.sources, cond)
-                    }
+                Some(Finish::Object { record, info, cond }) => {
+                    catalog::seal_upload(tx, &upload, size, &md5, 0)?;
+                    store.commit_in_tx(tx, info, &record.sources, cond)
                 }
-            },
-        )?;
+            }
+        };
+        if last {
+            // The upload's last container: sealed with whatever other uploads finish meanwhile.
+            self.store.seal_final(FinalSeal {
+                builder: open.builder,
+                new_chunks: open.new_chunks,
+                segment_refs,
+                successors,
+                commit: Box::new(commit),
+            })?;
+        } else {
+            let container = open.builder.id();
+            self.store.seal_container(
+                open.builder,
+                &open.new_chunks,
+                &segment_refs,
+                &successors,
+                |tx| commit(tx, container),
+            )?;
+        }
         self.registered = true;
         self.open_ids.clear();
-        if segment.is_some() {
+        if sealed_segment {
             self.segment_no += 1;
         }
         self.segment_start = self.logical;
@@ -953,11 +977,10 @@ impl Upload {
             meta,
             sources: vec![source],
         };
-        let cond = PutCondition::None;
         self.seal_current(Some(Finish::Object {
             record,
             info: info.clone(),
-            cond: &cond,
+            cond: PutCondition::None,
         }))?;
         self.done = true;
         Ok(info)
@@ -966,12 +989,12 @@ impl Upload {
     /// Seals the stream without making it an object (multipart parts, conditional PUTs).
     /// Ends the stream and records it as part `part.part_number` of a multipart upload, in the transaction
     /// that seals it.
-    pub fn finish_part(mut self, part: PartRecord<'_>) -> Result<PartInfo> {
+    pub fn finish_part(mut self, part: PartRecord) -> Result<PartInfo> {
         // Refused before any shard is written if the upload is gone (aborted while the part streamed): the
         // transaction below would refuse it too, but after writing shard files nothing then refers to.
         self.store.get_multipart(part.mpu_id())?;
         self.drain()?;
-        self.seal_current(Some(Finish::Part(&part)))?;
+        self.seal_current(Some(Finish::Part(part.clone())))?;
         self.done = true;
         Ok(part.info(&SealedUpload {
             upload_id: self.id,

@@ -16,6 +16,7 @@ pub mod dedup;
 pub mod disk;
 pub mod diskset;
 pub mod error;
+mod final_seal;
 mod frames;
 mod ingest;
 mod io_threads;
@@ -160,6 +161,8 @@ pub struct Store {
     parity_buffer_len: usize,
     /// Bounds the seals encoding and writing at once (`SEAL_SLOTS`).
     seal_slots: buffers::Slots,
+    /// Uploads' last containers waiting to be sealed together (final_seal.rs).
+    final_seals: final_seal::FinalSeals,
     /// The threads the seals write their shard files on: one per shard of every seal slot.
     shard_writers: io_threads::IoThreads,
     /// Containers a restore found degraded, reconstructed once and kept for its next frames (reconstructed.rs).
@@ -379,6 +382,7 @@ impl Store {
             parity_buffers,
             parity_buffer_len,
             seal_slots: buffers::Slots::new(SEAL_SLOTS),
+            final_seals: final_seal::FinalSeals::default(),
             shard_writers: io_threads::IoThreads::new(
                 SEAL_SLOTS * geometry.width(),
                 "cairn-shard-write",

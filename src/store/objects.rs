@@ -721,20 +721,21 @@ fn drop_multipart(tx: &rusqlite::Connection, id: &str) -> Result<()> {
 
 /// A part to be recorded for a multipart upload: in its own transaction (`put_part`) or in the one that seals
 /// the part's upload (`Upload::finish_part`, one catalog commit per part instead of two).
-pub struct PartRecord<'a> {
-    mpu_id: &'a str,
+#[derive(Clone, Debug)]
+pub struct PartRecord {
+    mpu_id: String,
     part_number: u32,
     checksums: BTreeMap<String, String>,
     checksums_json: String,
     now: u64,
 }
 
-impl<'a> PartRecord<'a> {
+impl PartRecord {
     pub fn new(
-        mpu_id: &'a str,
+        mpu_id: &str,
         part_number: u32,
         checksums: BTreeMap<String, String>,
-    ) -> Result<PartRecord<'a>> {
+    ) -> Result<PartRecord> {
         if !(1..=MAX_PARTS).contains(&part_number) {
             return Err(StoreError::InvalidArgument(format!(
                 "part number must be 1..={MAX_PARTS}"
@@ -743,7 +744,7 @@ impl<'a> PartRecord<'a> {
         let checksums_json =
             serde_json::to_string(&checksums).map_err(|e| StoreError::Config(e.to_string()))?;
         Ok(PartRecord {
-            mpu_id,
+            mpu_id: mpu_id.to_string(),
             part_number,
             checksums,
             checksums_json,
@@ -752,12 +753,12 @@ impl<'a> PartRecord<'a> {
     }
 
     pub(crate) fn mpu_id(&self) -> &str {
-        self.mpu_id
+        &self.mpu_id
     }
 
     /// Records the part (replacing an earlier upload of the same number, whose reference it drops).
     pub(crate) fn record(&self, tx: &Transaction<'_>, sealed: &SealedUpload) -> Result<()> {
-        mpu_exists(tx, self.mpu_id)?;
+        mpu_exists(tx, &self.mpu_id)?;
         let old: Option<Vec<u8>> = tx
             .query_row(
                 "SELECT upload_id FROM parts WHERE mpu_id = ?1 AND part_number = ?2",

@@ -42,6 +42,59 @@ impl Store {
         successors: &[catalog::Successor],
         then: impl FnOnce(&Transaction<'_>) -> Result<()>,
     ) -> Result<()> {
+        let row = self.write_shards(builder)?;
+        let md5_states = self.unsaved_md5_states();
+        let inserted_ids = self.catalog.write(|tx| {
+            catalog::insert_container(tx, &row)?;
+            catalog::save_md5_checkpoints(tx, &md5_states, super::MD5_CHECKPOINTS_KEPT)?;
+            let inserted =
+                catalog::insert_chunks_with_refs(tx, new_chunks, segment_refs, successors)?;
+            then(tx)?;
+            Ok(inserted)
+        })?;
+        self.count_shards(&row);
+        self.note_committed_chunks(new_chunks, &inserted_ids);
+        Ok(())
+    }
+
+    /// MD5 checkpoint states hashed since the last seal (of any upload): they ride along with the next
+    /// container's transaction. A hint, so losing them with a failed transaction costs only hashing.
+    pub(super) fn unsaved_md5_states(&self) -> Vec<([u8; 32], Vec<u8>)> {
+        self.md5_memo
+            .take_unsaved()
+            .into_iter()
+            .map(|(fingerprint, state)| (fingerprint, state.to_bytes()))
+            .collect()
+    }
+
+    /// After the commit: each disk holding a shard of `row` holds one more.
+    pub(super) fn count_shards(&self, row: &ContainerRow) {
+        for d in row.disks.iter().flatten() {
+            if let Some(e) = self.disks.get(*d) {
+                e.shards.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// After the commit: the chunks of `new_chunks` the transaction inserted (`inserted_ids`, sorted; a
+    /// concurrent upload may have indexed some first) go into the dedup cache, in stream order as it keeps
+    /// them.
+    pub(super) fn note_committed_chunks(
+        &self,
+        new_chunks: &[(ChunkId, ChunkLocation)],
+        inserted_ids: &[ChunkId],
+    ) {
+        let inserted: Vec<(ChunkId, ChunkLocation)> = new_chunks
+            .iter()
+            .filter(|(id, _)| inserted_ids.binary_search(id).is_ok())
+            .copied()
+            .collect();
+        self.dedup.note_inserted(&inserted);
+    }
+
+    /// Seals `builder` and writes its shards, each to its own disk, durably (re-placing shards whose disk
+    /// failed the write). Returns the container's catalog row, not yet committed.
+    pub(super) fn write_shards(&self, builder: ContainerBuilder) -> Result<ContainerRow> {
         let id = builder.id();
         let created = now_ms();
         let mut bytes = builder.seal();
@@ -144,43 +197,14 @@ impl Store {
         }
         drop(slot);
         self.container_buffers.give(bytes);
-        let row = ContainerRow {
+        Ok(ContainerRow {
             id,
             k: geometry.k,
             m: geometry.m,
             len: container_len,
             shard_len: shard_len as u64,
             created_unix_ms: created,
-            disks: placed.clone(),
-        };
-        // MD5 checkpoint states hashed since the last seal (of any upload) ride along: a hint, so losing them
-        // with a failed transaction costs only hashing.
-        let md5_states: Vec<([u8; 32], Vec<u8>)> = self
-            .md5_memo
-            .take_unsaved()
-            .into_iter()
-            .map(|(fingerprint, state)| (fingerprint, state.to_bytes()))
-            .collect();
-        let inserted_ids = self.catalog.write(|tx| {
-            catalog::insert_container(tx, &row)?;
-            catalog::save_md5_checkpoints(tx, &md5_states, super::MD5_CHECKPOINTS_KEPT)?;
-            let inserted =
-                catalog::insert_chunks_with_refs(tx, new_chunks, segment_refs, successors)?;
-            then(tx)?;
-            Ok(inserted)
-        })?;
-        // In stream order, as the dedup cache keeps them.
-        let inserted: Vec<(ChunkId, ChunkLocation)> = new_chunks
-            .iter()
-            .filter(|(id, _)| inserted_ids.binary_search(id).is_ok())
-            .copied()
-            .collect();
-        for d in placed.into_iter().flatten() {
-            if let Some(e) = self.disks.get(d) {
-                e.shards.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        self.dedup.note_inserted(&inserted);
-        Ok(())
+            disks: placed,
+        })
     }
 }
