@@ -300,6 +300,123 @@ fn shared_failure(e: StoreError, n: usize) -> Vec<Result<()>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{ObjectMeta, PartRecord, PutCondition, StoreConfig};
+    use std::io::Read;
+    use std::sync::Arc;
+
+    fn containers(store: &Store) -> i64 {
+        store
+            .catalog
+            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM containers", [], |r| r.get(0))?))
+            .unwrap()
+    }
+
+    fn waiting(store: &Store) -> usize {
+        store.final_seals.lock().unwrap().waiting.len()
+    }
+
+    fn bytes(seed: u8, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| {
+                (i as u32)
+                    .wrapping_mul(2_654_435_761)
+                    .rotate_left(seed as u32) as u8
+                    ^ seed
+            })
+            .collect()
+    }
+
+    /// Three uploads end while a seal is under way (here: while the test holds the lead): the next leader
+    /// seals all three as one container and one transaction. The part whose multipart upload was aborted
+    /// meanwhile fails alone; the object and the other part commit, read back, and the catalog is consistent.
+    #[test]
+    fn uploads_ending_during_a_seal_are_sealed_as_one_and_fail_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = StoreConfig::embedded(dir.path().join("data"));
+        cfg.container_target = 256 * 1024;
+        let store = Store::open(cfg).unwrap();
+        store.create_bucket("bkt").unwrap();
+        let kept = store
+            .create_multipart("bkt", "kept", ObjectMeta::default())
+            .unwrap();
+        let aborted = store
+            .create_multipart("bkt", "aborted", ObjectMeta::default())
+            .unwrap();
+        let before = containers(&store);
+
+        // Hold the lead, as a seal under way does.
+        store.final_seals.lock().unwrap().leading = true;
+        let (object, part, lost) = (bytes(1, 3000), bytes(2, 40_000), bytes(3, 5000));
+        let uploader =
+            |body: Vec<u8>,
+             finish: Box<dyn FnOnce(crate::store::Upload) -> Result<String> + Send>| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    let mut up = store.begin_upload()?;
+                    up.write(&body)?;
+                    finish(up)
+                })
+            };
+        let put = uploader(
+            object.clone(),
+            Box::new(|up| Ok(up.finish_object("bkt", "small", ObjectMeta::default())?.key)),
+        );
+        let kept_id = kept.clone();
+        let kept_part = uploader(
+            part.clone(),
+            Box::new(move |up| {
+                Ok(up
+                    .finish_part(PartRecord::new(&kept_id, 1, Default::default())?)?
+                    .etag)
+            }),
+        );
+        let aborted_id = aborted.clone();
+        let aborted_part = uploader(
+            lost,
+            Box::new(move |up| {
+                Ok(up
+                    .finish_part(PartRecord::new(&aborted_id, 1, Default::default())?)?
+                    .etag)
+            }),
+        );
+        while waiting(&store) < 3 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        store.abort_multipart(&aborted).unwrap();
+        {
+            let mut q = store.final_seals.lock().unwrap();
+            q.leading = false;
+            store.final_seals.sealed.notify_all();
+        }
+
+        assert_eq!(put.join().unwrap().unwrap(), "small");
+        let etag = kept_part.join().unwrap().unwrap();
+        let refused = aborted_part.join().unwrap();
+        assert!(
+            matches!(refused, Err(StoreError::NoSuchUpload(_))),
+            "{refused:?}"
+        );
+        assert_eq!(
+            containers(&store),
+            before + 1,
+            "one container for the three"
+        );
+
+        store
+            .complete_multipart(&kept, &[(1, etag)], Default::default(), PutCondition::None)
+            .unwrap();
+        for (key, want) in [("small", &object), ("kept", &part)] {
+            let (_, mut r) = store.open_object("bkt", key, None).unwrap();
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).unwrap();
+            assert_eq!(&got, want, "{key}");
+        }
+        let problems = store
+            .catalog
+            .read(crate::store::recover::check_catalog)
+            .unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+    }
 
     fn seal_of(len: usize) -> FinalSeal {
         let mut builder = ContainerBuilder::new(ContainerId(len as u64), 0, len);
