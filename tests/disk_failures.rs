@@ -160,6 +160,13 @@ impl Rig {
         ok
     }
 
+    /// DELETE; true for a 2xx answer.
+    fn delete(&self, key: &str) -> bool {
+        self.curl(&["-X", "DELETE", &format!("{}/bkt/{key}", self.endpoint)])
+            .status
+            .success()
+    }
+
     /// GET; None if the server refused or broke off the body.
     fn get(&self, key: &str) -> Option<Vec<u8>> {
         let out = self.curl(&[&format!("{}/bkt/{key}", self.endpoint)]);
@@ -312,11 +319,13 @@ fn files_per_container(files: &[PathBuf]) -> BTreeMap<String, Vec<PathBuf>> {
     out
 }
 
-/// Small objects PUT by many clients at once: the last containers of uploads finishing while another seal
-/// is under way are sealed together (group commit, storage-format.md §6). Every acknowledged object reads back,
-/// the catalog rebuilt from the disks alone finds every one of them again, and they survive two lost disks.
+/// Small objects PUT, then a third of them deleted, by many clients at once: the last containers of uploads,
+/// and the tombstone containers of deletes, that end while another seal is under way are sealed together
+/// (group commit, storage-format.md §6). Every acknowledged object reads back and every deleted one is gone,
+/// the catalog rebuilt from the disks alone finds exactly the same objects again, and they survive two lost
+/// disks.
 #[test]
-fn concurrent_small_puts_are_sealed_together_and_rebuild_from_disks() {
+fn concurrent_small_puts_and_deletes_are_sealed_together_and_rebuild_from_disks() {
     let mut rig = Rig::new(8, 0);
     rig.make_bucket("bkt");
     let objects: Vec<(String, Vec<u8>)> = (0..96u64)
@@ -337,8 +346,11 @@ fn concurrent_small_puts_are_sealed_together_and_rebuild_from_disks() {
             });
         }
     });
-    let after = files_per_container(&rig.shard_files());
-    let new = after.keys().filter(|id| !before.contains_key(*id)).count();
+    let after_puts = files_per_container(&rig.shard_files());
+    let new = after_puts
+        .keys()
+        .filter(|id| !before.contains_key(*id))
+        .count();
     assert!(
         new < objects.len(),
         "12 clients at once: some containers hold more than one object ({new} containers for {} objects)",
@@ -348,25 +360,57 @@ fn concurrent_small_puts_are_sealed_together_and_rebuild_from_disks() {
         assert_eq!(rig.get(k).as_ref(), Some(v), "{k}");
     }
 
-    // Disaster recovery from the disks alone: every object of the shared containers is found again.
+    // Every third object deleted, again by 12 clients at once: their tombstones share containers too.
+    let (deleted, kept): (Vec<_>, Vec<_>) =
+        objects.iter().enumerate().partition(|(i, _)| i % 3 == 0);
+    let deleted: Vec<&String> = deleted.into_iter().map(|(_, (k, _))| k).collect();
+    let kept: Vec<&(String, Vec<u8>)> = kept.into_iter().map(|(_, o)| o).collect();
+    std::thread::scope(|s| {
+        for client in deleted.chunks(3) {
+            let rig = &rig;
+            s.spawn(move || {
+                for k in client {
+                    assert!(rig.delete(k), "DELETE {k}");
+                }
+            });
+        }
+    });
+    let after_deletes = files_per_container(&rig.shard_files());
+    let tombstone_containers = after_deletes
+        .keys()
+        .filter(|id| !after_puts.contains_key(*id))
+        .count();
+    assert!(
+        (1..deleted.len()).contains(&tombstone_containers),
+        "{tombstone_containers} containers for {} deletes",
+        deleted.len()
+    );
+    for k in &deleted {
+        assert_eq!(rig.get(k), None, "{k} was deleted");
+    }
+
+    // Disaster recovery from the disks alone: the same objects, no more, no fewer.
     rig.kill();
     let (code, out, err) = rig.cli(&["catalog", "rebuild", "--json"]);
     assert_eq!(code, 0, "{out} {err}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(report["objects"], objects.len(), "{report:#}");
+    assert_eq!(report["objects"], kept.len(), "{report:#}");
     assert_eq!(report["objects_damaged"].as_array().map(Vec::len), Some(0));
     let (code, out, err) = rig.cli(&["catalog", "check", "--json"]);
     assert_eq!(code, 0, "catalog check after the rebuild: {out} {err}");
     rig.start();
-    // Two disks gone, no spare: still every object, from parity.
+    // Two disks gone, no spare: still every kept object, from parity, and no deleted one.
     std::fs::remove_dir_all(rig.disk("d02")).unwrap();
     std::fs::remove_dir_all(rig.disk("d05")).unwrap();
-    for (k, v) in &objects {
+    for (k, v) in &kept {
         assert_eq!(
             rig.get(k).as_ref(),
             Some(v),
             "{k} after the rebuild, two disks gone"
         );
+    }
+    for k in &deleted {
+        assert_eq!(rig.get(k), None, "{k} stays deleted after the rebuild");
     }
 }
 

@@ -24,8 +24,10 @@ use crate::core::ids::{ChunkId, ContainerId};
 pub(super) const GROUP_ITEM_MAX: usize = 1 << 20;
 
 /// What an upload's share of a group's transaction commits besides its chunks and references (its segment,
-/// its upload row, its part or object), given the id of the container it ended up in.
-pub(crate) type CommitFinal = Box<dyn FnOnce(&Transaction<'_>, ContainerId) -> Result<()> + Send>;
+/// its upload row, its part or object; a record-only container's bucket, commit or tombstone rows), given the
+/// store and the id of the container it ended up in. It runs on whichever thread leads the seal.
+pub(crate) type CommitFinal =
+    Box<dyn FnOnce(&Store, &Transaction<'_>, ContainerId) -> Result<()> + Send>;
 
 /// One upload's last container, ready to seal: its entries, the new chunks they hold (located in `builder`),
 /// the references and successors of the segment in it, and what else its transaction commits.
@@ -249,7 +251,7 @@ impl Store {
                         &share.successors,
                     )?;
                     if let Some(commit) = share.commit.take() {
-                        commit(tx, id)?;
+                        commit(self, tx, id)?;
                     }
                     Ok(inserted)
                 })();
@@ -432,7 +434,7 @@ mod tests {
             new_chunks: Vec::new(),
             segment_refs: Vec::new(),
             successors: Vec::new(),
-            commit: Box::new(|_, _| Ok(())),
+            commit: Box::new(|_, _, _| Ok(())),
         }
     }
 

@@ -830,7 +830,6 @@ impl Upload {
         }
         let upload = self.id;
         let (size, md5) = (self.size, self.digest());
-        let store = self.store.clone();
         let segment_refs = segment
             .as_ref()
             .map(|seg| catalog::segment_refs_with_homes(&seg.entries, &homes))
@@ -847,36 +846,37 @@ impl Upload {
                 encode_segment_entries(&seg.entries),
             )
         });
-        let commit = move |tx: &Transaction<'_>, container: ContainerId| -> Result<()> {
-            catalog::upsert_upload_open(tx, &upload, now_ms())?;
-            if let Some((segment_no, logical_start, entries)) = &segment_row {
-                catalog::insert_segment(
-                    tx,
-                    &upload,
-                    *segment_no,
-                    *logical_start,
-                    container,
-                    entries,
-                )?;
-            }
-            let sealed = SealedUpload {
-                upload_id: upload,
-                size,
-                md5,
+        let commit =
+            move |store: &Store, tx: &Transaction<'_>, container: ContainerId| -> Result<()> {
+                catalog::upsert_upload_open(tx, &upload, now_ms())?;
+                if let Some((segment_no, logical_start, entries)) = &segment_row {
+                    catalog::insert_segment(
+                        tx,
+                        &upload,
+                        *segment_no,
+                        *logical_start,
+                        container,
+                        entries,
+                    )?;
+                }
+                let sealed = SealedUpload {
+                    upload_id: upload,
+                    size,
+                    md5,
+                };
+                match &finish {
+                    None => Ok(()),
+                    Some(Finish::Sealed) => catalog::seal_upload(tx, &upload, size, &md5, 0),
+                    Some(Finish::Part(part)) => {
+                        catalog::seal_upload(tx, &upload, size, &md5, 0)?;
+                        part.record(tx, &sealed)
+                    }
+                    Some(Finish::Object { record, info, cond }) => {
+                        catalog::seal_upload(tx, &upload, size, &md5, 0)?;
+                        store.commit_in_tx(tx, info, &record.sources, cond)
+                    }
+                }
             };
-            match &finish {
-                None => Ok(()),
-                Some(Finish::Sealed) => catalog::seal_upload(tx, &upload, size, &md5, 0),
-                Some(Finish::Part(part)) => {
-                    catalog::seal_upload(tx, &upload, size, &md5, 0)?;
-                    part.record(tx, &sealed)
-                }
-                Some(Finish::Object { record, info, cond }) => {
-                    catalog::seal_upload(tx, &upload, size, &md5, 0)?;
-                    store.commit_in_tx(tx, info, &record.sources, cond)
-                }
-            }
-        };
         if last {
             // The upload's last container: sealed with whatever other uploads finish meanwhile.
             self.store.seal_final(FinalSeal {
@@ -888,12 +888,13 @@ impl Upload {
             })?;
         } else {
             let container = open.builder.id();
-            self.store.seal_container(
+            let store = &self.store;
+            store.seal_container(
                 open.builder,
                 &open.new_chunks,
                 &segment_refs,
                 &successors,
-                |tx| commit(tx, container),
+                |tx| commit(store, tx, container),
             )?;
         }
         self.registered = true;

@@ -2,6 +2,7 @@
 //! small record container written first so the disks alone can rebuild the catalog (storage-format.md §4.3-4.4).
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use md5::{Digest, Md5};
@@ -10,6 +11,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use super::api::*;
 use super::catalog::{self, ObjectRow};
 use super::error::{Result, StoreError};
+use super::final_seal::FinalSeal;
 use super::ingest::md5_bytes;
 use super::{Store, now_ms};
 use crate::core::container::{ContainerBuilder, EntryType};
@@ -58,19 +60,27 @@ impl Store {
             .ok_or_else(|| StoreError::NoSuchBucket(bucket.to_string()))
     }
 
-    /// Writes a container holding only `records` and commits `then` with it.
+    /// Writes a container holding only `records` and commits `then` with it: sealed with whatever other
+    /// uploads' last containers and record containers are waiting (group commit, final_seal.rs), so that many
+    /// deletes, bucket records or object commits at once share a few shard files and one transaction.
     fn write_records(
         &self,
         records: &[(EntryType, Vec<u8>)],
-        then: impl FnOnce(&Transaction<'_>) -> Result<()>,
+        then: impl FnOnce(&Store, &Transaction<'_>) -> Result<()> + Send + 'static,
     ) -> Result<()> {
         let id = self.alloc_container_id()?;
         let size: usize = records.iter().map(|r| r.1.len() + 64).sum();
-        let mut b = ContainerBuilder::new(id, now_ms(), size + 128);
+        let mut builder = ContainerBuilder::new(id, now_ms(), size + 128);
         for (ty, payload) in records {
-            b.push_record(*ty, payload);
+            builder.push_record(*ty, payload);
         }
-        self.seal_container(b, &[], &[], &[], then)
+        self.seal_final(FinalSeal {
+            builder,
+            new_chunks: Vec::new(),
+            segment_refs: Vec::new(),
+            successors: Vec::new(),
+            commit: Box::new(move |store, tx, _| then(store, tx)),
+        })
     }
 
     // ---------------- buckets ----------------
@@ -93,13 +103,14 @@ impl Store {
             seq,
             deleted: false,
         };
-        self.write_records(&[(EntryType::Bucket, rec.encode())], |tx| {
+        let name = name.to_string();
+        self.write_records(&[(EntryType::Bucket, rec.encode())], move |_, tx| {
             let n = tx.execute(
                 "INSERT OR IGNORE INTO buckets(name, created_unix_ms, seq) VALUES (?1, ?2, ?3)",
                 params![name, created as i64, seq as i64],
             )?;
             if n == 0 {
-                return Err(StoreError::BucketExists(name.to_string()));
+                return Err(StoreError::BucketExists(name));
             }
             Ok(())
         })
@@ -121,11 +132,12 @@ impl Store {
             seq,
             deleted: true,
         };
-        self.write_records(&[(EntryType::Bucket, rec.encode())], |tx| {
-            if catalog::bucket_has_objects(tx, name)? {
-                return Err(StoreError::BucketNotEmpty(name.to_string()));
+        let name = name.to_string();
+        self.write_records(&[(EntryType::Bucket, rec.encode())], move |_, tx| {
+            if catalog::bucket_has_objects(tx, &name)? {
+                return Err(StoreError::BucketNotEmpty(name));
             }
-            tx.execute("DELETE FROM buckets WHERE name = ?1", [name])?;
+            tx.execute("DELETE FROM buckets WHERE name = ?1", [&name])?;
             Ok(())
         })
     }
@@ -269,8 +281,9 @@ impl Store {
             meta,
             sources: sources.clone(),
         };
-        self.write_records(&[(EntryType::Commit, record.encode())], |tx| {
-            self.commit_in_tx(tx, &info, &sources, &cond)
+        let committed = info.clone();
+        self.write_records(&[(EntryType::Commit, record.encode())], move |store, tx| {
+            store.commit_in_tx(tx, &committed, &sources, &cond)
         })?;
         Ok(info)
     }
@@ -339,20 +352,28 @@ impl Store {
                 (EntryType::Tombstone, t.encode())
             })
             .collect();
-        let mut out = vec![false; keys.len()];
-        let out_ref = &mut out;
-        self.write_records(&records, |tx| {
+        // Filled in by the transaction, on whichever thread leads the seal.
+        let deleted = Arc::new(Mutex::new(vec![false; keys.len()]));
+        let (marks, bucket, keys) = (Arc::clone(&deleted), bucket.to_string(), keys.to_vec());
+        self.write_records(&records, move |_, tx| {
+            let mut marks = marks
+                .lock()
+                .map_err(|_| StoreError::Config("delete marks poisoned".into()))?;
             for (i, k) in keys.iter().enumerate() {
-                if let Some(ex) = catalog::get_object(tx, bucket, k)?
+                if let Some(ex) = catalog::get_object(tx, &bucket, k)?
                     && ex.info.seq < seq
                 {
-                    catalog::delete_object_row(tx, bucket, k)?;
+                    catalog::delete_object_row(tx, &bucket, k)?;
                     release_sources(tx, &ex.sources)?;
-                    out_ref[i] = true;
+                    marks[i] = true;
                 }
             }
             Ok(())
         })?;
+        let out = deleted
+            .lock()
+            .map_err(|_| StoreError::Config("delete marks poisoned".into()))?
+            .clone();
         Ok(out)
     }
 
